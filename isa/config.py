@@ -1,0 +1,316 @@
+"""Hardware configuration of the Energon co-processor: one immutable object, every derived size here.
+
+A configuration is built from a named data file (``edge``, ``server`` in ``configs/``) or from a user's
+TOML file with the same sections. The assembler, scheduler and simulator all take it explicitly; no
+part of energon-tvm reads hardware numbers from anywhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+#: On-chip buffers, in the order the ISA numbers them.
+BUFFERS = ("q", "kplane", "score", "index", "kv", "out", "bias", "param")
+
+#: Bytes per element as each buffer stores it (index holds bits: 1/8).
+PARAM_BYTES_PER_HEAD = 16  # float64 qk_scale, float64 v_scale
+
+
+@dataclass(frozen=True)
+class EnergyTable:
+    """Energy per action in picojoules (see ``configs/energy_45nm.toml`` for sources)."""
+
+    name: str
+    fu_mac_4b: float
+    au_mac_16b: float
+    au_exp: float
+    fu_compare: float
+    au_div: float
+    sram_small_8k: float
+    sram_medium_32k: float
+    sram_large_256k: float
+    dram_per_byte: float
+    leakage_mw: float
+
+    def sram_per_byte(self, capacity: int) -> float:
+        """Energy per byte accessed in an SRAM of ``capacity`` bytes."""
+        if capacity <= 8 * 1024:
+            return self.sram_small_8k
+        if capacity <= 32 * 1024:
+            return self.sram_medium_32k
+        return self.sram_large_256k
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Primary parameters of one Energon machine. Derived sizes are properties below."""
+
+    name: str
+    clock_ghz: float
+    # Filtering Unit
+    fu_macs_per_cycle: int
+    fu_mac_bits: int
+    fu_select_per_cycle: int
+    max_query_tile: int
+    # Attention Unit
+    au_macs_per_cycle: int
+    au_exp_per_cycle: int
+    au_pipeline_cycles: int
+    max_head_dim: int
+    # on-chip buffers, bytes, in BUFFERS order
+    buffer_bytes: tuple[int, ...]
+    # DRAM
+    dram_bandwidth_gbps: float
+    dram_latency_ns: float
+    dram_burst_bytes: int
+    dram_request_cycles: int
+    dram_size_mib: int
+    energy: EnergyTable = field(compare=True)
+
+    def __post_init__(self) -> None:
+        def rule(ok: bool, name: str, value: Any, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"config {self.name!r}: {name} = {value!r} {what}")
+
+        for name in ("fu_macs_per_cycle", "fu_mac_bits", "fu_select_per_cycle", "max_query_tile",
+                     "au_macs_per_cycle", "au_exp_per_cycle", "max_head_dim", "dram_burst_bytes",
+                     "dram_size_mib"):
+            value = getattr(self, name)
+            rule(isinstance(value, int) and not isinstance(value, bool) and value > 0, name, value,
+                 "must be a positive integer")
+        for name in ("au_pipeline_cycles", "dram_request_cycles"):
+            value = getattr(self, name)
+            rule(isinstance(value, int) and value >= 0, name, value, "must be a non-negative integer")
+        for name in ("clock_ghz", "dram_bandwidth_gbps", "dram_latency_ns"):
+            value = getattr(self, name)
+            rule(isinstance(value, (int, float)) and value > 0 and math.isfinite(value), name, value,
+                 "must be a positive number")
+        rule(self.fu_mac_bits in (1, 2, 4, 8, 16), "fu_mac_bits", self.fu_mac_bits,
+             "must be one of 1, 2, 4, 8, 16")
+        rule(self.dram_burst_bytes & (self.dram_burst_bytes - 1) == 0, "dram_burst_bytes",
+             self.dram_burst_bytes, "must be a power of two")
+        rule(self.max_head_dim % 8 == 0, "max_head_dim", self.max_head_dim,
+             "must be a multiple of 8 (K bit-planes are stored a byte per 8 dims)")
+        rule(self.max_query_tile <= 4096, "max_query_tile", self.max_query_tile, "must be at most 4096")
+        rule(self.dram_size_mib <= 4095, "dram_size_mib", self.dram_size_mib,
+             "must be at most 4095 (instructions carry 32-bit DRAM addresses)")
+        rule(len(self.buffer_bytes) == len(BUFFERS), "buffers", self.buffer_bytes,
+             f"must give all of {', '.join(BUFFERS)}")
+        for name, size in zip(BUFFERS, self.buffer_bytes):
+            rule(isinstance(size, int) and 64 <= size <= (1 << 24), f"buffers.{name}", size,
+                 "must be an integer between 64 bytes and 16 MiB")
+        rule(self.buffer("param") >= PARAM_BYTES_PER_HEAD, "buffers.param", self.buffer("param"),
+             f"must hold at least one head ({PARAM_BYTES_PER_HEAD} bytes)")
+
+    # -- derived sizes: the only place they are computed ---------------------------------------
+    def buffer(self, name: str) -> int:
+        """Capacity in bytes of the on-chip buffer ``name``."""
+        try:
+            return self.buffer_bytes[BUFFERS.index(name)]
+        except ValueError:
+            raise ConfigError(f"unknown buffer {name!r}; buffers are {', '.join(BUFFERS)}") from None
+
+    def addr_bits(self, name: str) -> int:
+        """Width of an instruction field holding a byte address in buffer ``name``."""
+        return max(1, (self.buffer(name) - 1).bit_length())
+
+    @property
+    def row_bits(self) -> int:
+        """Width of a query-row count field (1 .. max_query_tile)."""
+        return self.max_query_tile.bit_length()
+
+    @property
+    def head_slot_bits(self) -> int:
+        """Width of a field naming a head's slot in the param buffer."""
+        return max(1, (self.max_heads - 1).bit_length())
+
+    @property
+    def max_heads(self) -> int:
+        """Heads one program can cover: one param-buffer slot each."""
+        return self.buffer("param") // PARAM_BYTES_PER_HEAD
+
+    @property
+    def dram_bytes(self) -> int:
+        return self.dram_size_mib << 20
+
+    @property
+    def dram_bytes_per_cycle(self) -> float:
+        return self.dram_bandwidth_gbps / self.clock_ghz
+
+    @property
+    def dram_latency_cycles(self) -> int:
+        return math.ceil(self.dram_latency_ns * self.clock_ghz)
+
+    @property
+    def dram_burst_cycles(self) -> float:
+        """Cycles one burst occupies the DRAM channel."""
+        return self.dram_burst_bytes / self.dram_bytes_per_cycle
+
+    def fu_passes(self, q_bits: int, k_bits: int) -> int:
+        """Passes of the native low-bit multiplier array a (q_bits x k_bits) product needs."""
+        return math.ceil(q_bits / self.fu_mac_bits) * math.ceil(k_bits / self.fu_mac_bits)
+
+    @property
+    def peak_tops(self) -> float:
+        """Peak low-bit plus INT16 operations per second, in TOPS (2 ops per MAC)."""
+        return 2 * (self.fu_macs_per_cycle + self.au_macs_per_cycle) * self.clock_ghz / 1e3
+
+    # -- identity ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["buffer_bytes"] = dict(zip(BUFFERS, self.buffer_bytes))
+        return d
+
+    @cached_property
+    def fingerprint(self) -> bytes:
+        """16-byte digest of every primary parameter (name excluded): binaries record it."""
+        d = self.to_dict()
+        d.pop("name")
+        d["energy"].pop("name")
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).digest()[:16]
+
+    def replace(self, **changes: Any) -> HardwareConfig:
+        """A copy with some primary parameters changed (validated again), for design-space sweeps.
+
+        Buffers can be given by name: ``cfg.replace(buffer_kv=131072)``.
+        """
+        buffers = dict(zip(BUFFERS, self.buffer_bytes))
+        for key in [k for k in changes if k.startswith("buffer_") and k != "buffer_bytes"]:
+            name = key[len("buffer_"):]
+            if name not in buffers:
+                raise ConfigError(f"unknown buffer {name!r}; buffers are {', '.join(BUFFERS)}")
+            buffers[name] = changes.pop(key)
+        changes.setdefault("buffer_bytes", tuple(buffers[b] for b in BUFFERS))
+        try:
+            return dataclasses.replace(self, **changes)
+        except TypeError as err:
+            raise ConfigError(f"config {self.name!r}: {err}") from None
+
+
+def _section(doc: dict, key: str, where: str) -> dict:
+    value = doc.get(key)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: missing section [{key}]")
+    return value
+
+
+def _take(section: dict, key: str, where: str) -> Any:
+    if key not in section:
+        raise ConfigError(f"{where}: missing field {key!r}")
+    return section.pop(key)
+
+
+def _no_extra(section: dict, where: str) -> None:
+    if section:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(section))}")
+
+
+def load_energy_table(name_or_path: str | Path) -> EnergyTable:
+    path = _resolve(name_or_path)
+    doc = _read_toml(path)
+    where = str(path)
+    try:
+        compute = dict(_section(doc, "compute", where))
+        sram = dict(_section(doc, "sram", where))
+        dram = dict(_section(doc, "dram", where))
+        static = dict(_section(doc, "static", where))
+        table = EnergyTable(
+            name=str(doc.get("name", path.stem)),
+            fu_mac_4b=float(_take(compute, "fu_mac_4b", where)),
+            au_mac_16b=float(_take(compute, "au_mac_16b", where)),
+            au_exp=float(_take(compute, "au_exp", where)),
+            fu_compare=float(_take(compute, "fu_compare", where)),
+            au_div=float(_take(compute, "au_div", where)),
+            sram_small_8k=float(_take(sram, "small_8k", where)),
+            sram_medium_32k=float(_take(sram, "medium_32k", where)),
+            sram_large_256k=float(_take(sram, "large_256k", where)),
+            dram_per_byte=float(_take(dram, "per_byte", where)),
+            leakage_mw=float(_take(static, "leakage_mw", where)),
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+    for key, value in dataclasses.asdict(table).items():
+        if key != "name" and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{where}: energy {key} = {value!r} must be a finite number >= 0")
+    return table
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix != ".toml" and not path.exists():
+        builtin = CONFIG_DIR / f"{name_or_path}.toml"
+        if builtin.exists():
+            return builtin
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml") if not p.stem.startswith("energy"))
+        raise ConfigError(f"no hardware config named {str(name_or_path)!r}; built-in configs are "
+                          f"{', '.join(known)}, or give the path of a .toml file")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    return path
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable TOML file: {err}") from None
+
+
+def load_config(name_or_path: str | Path = "edge") -> HardwareConfig:
+    """Load a built-in configuration by name (``edge``, ``server``) or a user's TOML file."""
+    if isinstance(name_or_path, HardwareConfig):
+        return name_or_path
+    path = _resolve(name_or_path)
+    doc = _read_toml(path)
+    where = str(path)
+    fu = dict(_section(doc, "filter_unit", where))
+    au = dict(_section(doc, "attention_unit", where))
+    buffers = dict(_section(doc, "buffers", where))
+    dram = dict(_section(doc, "dram", where))
+    energy = dict(_section(doc, "energy", where))
+    table_ref = _take(energy, "table", where)
+    table_path = path.parent / f"{table_ref}.toml"
+    kwargs = dict(
+        name=str(doc.get("name", path.stem)),
+        clock_ghz=_take(doc, "clock_ghz", where),
+        fu_macs_per_cycle=_take(fu, "macs_per_cycle", where + " [filter_unit]"),
+        fu_mac_bits=_take(fu, "mac_bits", where + " [filter_unit]"),
+        fu_select_per_cycle=_take(fu, "select_per_cycle", where + " [filter_unit]"),
+        max_query_tile=_take(fu, "max_query_tile", where + " [filter_unit]"),
+        au_macs_per_cycle=_take(au, "macs_per_cycle", where + " [attention_unit]"),
+        au_exp_per_cycle=_take(au, "exp_per_cycle", where + " [attention_unit]"),
+        au_pipeline_cycles=_take(au, "pipeline_cycles", where + " [attention_unit]"),
+        max_head_dim=_take(au, "max_head_dim", where + " [attention_unit]"),
+        buffer_bytes=tuple(_take(buffers, b, where + " [buffers]") for b in BUFFERS),
+        dram_bandwidth_gbps=_take(dram, "bandwidth_gbps", where + " [dram]"),
+        dram_latency_ns=_take(dram, "latency_ns", where + " [dram]"),
+        dram_burst_bytes=_take(dram, "burst_bytes", where + " [dram]"),
+        dram_request_cycles=_take(dram, "request_cycles", where + " [dram]"),
+        dram_size_mib=_take(dram, "size_mib", where + " [dram]"),
+        energy=load_energy_table(table_path if table_path.exists() else table_ref),
+    )
+    doc.pop("name", None)
+    for section, name in ((fu, "filter_unit"), (au, "attention_unit"), (buffers, "buffers"),
+                          (dram, "dram"), (energy, "energy")):
+        _no_extra(section, f"{where} [{name}]")
+        doc.pop(name)
+    _no_extra(doc, where)
+    return HardwareConfig(**kwargs)

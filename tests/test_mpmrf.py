@@ -1,0 +1,196 @@
+"""The MP-MRF reference against independent computations and its defining properties."""
+
+import numpy as np
+import pytest
+
+from energon_tvm.mpmrf import FilterRound, MPMRFParams, float_attention, mpmrf_attention
+
+
+def _qkv(rng, b=2, h=3, sq=24, sk=40, d=32, structured=True):
+    q = rng.standard_normal((b, h, sq, d)).astype(np.float32)
+    k = rng.standard_normal((b, h, sk, d)).astype(np.float32)
+    v = rng.standard_normal((b, h, sk, d)).astype(np.float32)
+    if structured:  # a few keys aligned with the queries, as trained attention has
+        k[..., :4, :] += 2.0 * q.mean(axis=2, keepdims=True)
+    return q, k, v
+
+
+def _dense_int16(q, k, v, mask, scale):
+    """Dense INT16 attention written out independently: int64 einsum, float64 softmax."""
+    def quant(x):
+        s = np.abs(x.astype(np.float64)).max(axis=(2, 3), keepdims=True) / 32767
+        return np.clip(np.rint(x / s), -32767, 32767).astype(np.int64), s
+    q16, sq = quant(q)
+    k16, sk = quant(k)
+    v16, sv = quant(v)
+    logits = np.einsum("bhqd,bhkd->bhqk", q16, k16).astype(np.float64) * (sq * sk * scale)
+    m = np.broadcast_to(mask, logits.shape)
+    logits = np.where(m > -1e4, logits + m, -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return (np.einsum("bhqk,bhkd->bhqd", p, v16.astype(np.float64)) * sv).astype(np.float32)
+
+
+def _padding_mask(rng, b, sk):
+    mask = np.zeros((b, 1, 1, sk), np.float32)
+    for i in range(b):
+        mask[i, ..., sk - rng.integers(0, sk // 2):] = -np.inf
+    return mask
+
+
+@pytest.mark.parametrize("d", [32, 64, 128])
+def test_alpha_minus_one_is_dense_int16_exactly(d):
+    rng = np.random.default_rng(d)
+    q, k, v = _qkv(rng, d=d)
+    mask = _padding_mask(rng, 2, 40)
+    res = mpmrf_attention(q, k, v, mask, MPMRFParams.dense(2))
+    assert all(np.array_equal(kept, res.candidates) for kept in res.kept)
+    expect = _dense_int16(q, k, v, mask, 1 / np.sqrt(d))
+    np.testing.assert_allclose(res.output, expect, rtol=1e-6, atol=1e-7)
+
+
+def quantization_error_bound(q, k, v, scale):
+    """Per (b, h) bound on |dense INT16 attention - float attention|, elementwise.
+
+    With |x - sx x16| <= sx / 2 per element, each logit moves by at most
+    delta = scale * D * (Qmax sk / 2 + Kmax sq / 2 + sq sk / 4). Shifting every logit by at most delta
+    scales each softmax weight by a factor within [e^-2delta, e^2delta], so the weights move by
+    at most (e^2delta - 1) in total (l1); the outputs move by at most
+    (e^2delta - 1) * Vmax + sv / 2 (the last term from V's own rounding).
+    """
+    d = q.shape[-1]
+    amax = lambda x: np.abs(x.astype(np.float64)).max(axis=(2, 3))  # noqa: E731
+    sq, sk, sv = amax(q) / 32767, amax(k) / 32767, amax(v) / 32767
+    delta = scale * d * (amax(q) * sk / 2 + amax(k) * sq / 2 + sq * sk / 4)
+    return ((np.exp(2 * delta) - 1) * amax(v) + sv / 2)[..., None, None]
+
+
+@pytest.mark.parametrize("d", [32, 64, 128])
+def test_dense_int16_matches_float_within_derived_bound(d):
+    rng = np.random.default_rng(10 + d)
+    q, k, v = _qkv(rng, d=d)
+    mask = _padding_mask(rng, 2, 40)
+    res = mpmrf_attention(q, k, v, mask, MPMRFParams.dense(2))
+    ref = float_attention(q, k, v, mask)
+    err = np.abs(res.output.astype(np.float64) - ref)
+    bound = quantization_error_bound(q, k, v, 1 / np.sqrt(d))
+    assert np.all(err <= bound + 1e-6)
+    assert err.max() > 0  # the bound is not vacuous: quantisation does change the output
+
+
+@pytest.mark.parametrize("mask_shape", [None, (2, 1, 1, 40), (2, 1, 24, 40), (24, 40)])
+def test_masked_never_kept_and_row_max_survives(mask_shape):
+    rng = np.random.default_rng(1)
+    q, k, v = _qkv(rng)
+    mask = None
+    if mask_shape is not None:
+        mask = np.where(rng.random(mask_shape) < 0.3, -np.inf, 0.0).astype(np.float32)
+        mask[..., 0] = 0.0  # every row keeps at least one key
+        mask[..., 1] = -1e4  # the threshold itself counts as masked
+    params = MPMRFParams((FilterRound(4, 2, 0.5), FilterRound(4, 4, 0.9)))
+    res = mpmrf_attention(q, k, v, mask, params)
+    masked = np.zeros((2, 3, 24, 40), bool) if mask is None else np.broadcast_to(mask <= -1e4, (2, 3, 24, 40))
+    prev = res.candidates
+    assert np.array_equal(prev, ~masked)
+    for i, (kept, rnd) in enumerate(zip(res.kept, params.rounds)):
+        assert not np.any(kept & masked)
+        assert np.all(kept <= prev)  # a round only removes candidates
+        # the row maximum of this round's integer scores (without bias: the mask is 0/-inf) survives
+        q16 = np.clip(np.rint(q / (np.abs(q).max((2, 3), keepdims=True) / 32767)), -32767, 32767)
+        k16 = np.clip(np.rint(k / (np.abs(k).max((2, 3), keepdims=True) / 32767)), -32767, 32767)
+        s = np.einsum("bhqd,bhkd->bhqk", q16.astype(np.int64) >> (16 - rnd.q_bits),
+                      k16.astype(np.int64) >> (16 - rnd.k_bits))
+        best = np.where(prev, s, np.iinfo(np.int64).min).max(-1, keepdims=True)
+        has = prev.any(-1)
+        assert np.all((kept & (s == best)).any(-1)[has]), f"round {i + 1} lost a row maximum"
+        prev = kept
+
+
+def test_kept_ratio_non_increasing_in_alpha():
+    rng = np.random.default_rng(2)
+    q, k, v = _qkv(rng, sq=64, sk=96, d=64)
+    ratios = []
+    for alpha in np.linspace(-1, 1, 21):
+        res = mpmrf_attention(q, k, v, None, MPMRFParams((FilterRound(4, 4, float(alpha)),)))
+        ratios.append(res.kept_ratio())
+    assert ratios[0] == 1.0
+    assert all(a >= b for a, b in zip(ratios, ratios[1:]))
+    assert ratios[-1] < 0.2
+
+
+def test_sq_differs_from_sk_and_kept_ratio_axes():
+    rng = np.random.default_rng(3)
+    q, k, v = _qkv(rng, sq=5, sk=77)
+    res = mpmrf_attention(q, k, v)
+    assert res.output.shape == (2, 3, 5, 32)
+    assert res.kept[0].shape == (2, 3, 5, 77)
+    per_head = res.kept_ratio(axis=(0, 2))
+    assert per_head.shape == (3,)
+    assert 0 < res.kept_ratio() <= res.kept_ratio(0) <= 1
+
+
+def test_fully_masked_row_outputs_zero():
+    rng = np.random.default_rng(4)
+    q, k, v = _qkv(rng, b=1, h=1, sq=3, sk=8)
+    mask = np.zeros((3, 8), np.float32)
+    mask[1] = -np.inf
+    res = mpmrf_attention(q, k, v, mask)
+    assert np.all(res.output[0, 0, 1] == 0)
+    assert not res.final_kept[0, 0, 1].any()
+    assert np.all(float_attention(q, k, v, mask)[0, 0, 1] == 0)
+
+
+def test_bias_is_carried_into_filter_scores():
+    rng = np.random.default_rng(5)
+    q, k, v = _qkv(rng, b=1, h=1, sq=16, sk=32, structured=False)
+    bias = np.zeros((16, 32), np.float32)
+    bias[:, 7] = 50.0  # a strong positive bias makes key 7 the row maximum everywhere
+    res = mpmrf_attention(q, k, v, bias, MPMRFParams((FilterRound(4, 2, 0.99),)))
+    assert res.final_kept[0, 0, :, 7].all()
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda a: {**a, "q": np.full_like(a["q"], np.nan)}, "q contains NaN"),
+        (lambda a: {**a, "k": a["k"][:, :, :, :16]}, "does not match q shape"),
+        (lambda a: {**a, "v": a["v"][:, :, :3]}, "v shape"),
+        (lambda a: {**a, "mask": np.zeros((7, 9), np.float32)}, "does not broadcast"),
+        (lambda a: {**a, "mask": np.full((8, 8), np.nan, np.float32)}, "mask contains NaN"),
+        (lambda a: {**a, "q": a["q"][0]}, "4-d array"),
+    ],
+)
+def test_bad_input_raises_value_error(change, match):
+    rng = np.random.default_rng(6)
+    q, k, v = _qkv(rng, b=1, h=1, sq=8, sk=8)
+    args = change({"q": q, "k": k, "v": v, "mask": None})
+    with pytest.raises(ValueError, match=match):
+        mpmrf_attention(**args)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: FilterRound(0, 2, 0.0), "q_bits = 0"),
+        (lambda: FilterRound(4, 17, 0.0), "k_bits = 17"),
+        (lambda: FilterRound(4, 4, 1.5), "alpha = 1.5"),
+        (lambda: FilterRound(4, 4, -1.01), "alpha = -1.01"),
+        (lambda: MPMRFParams((FilterRound(4, 4, 0.0), FilterRound(4, 2, 0.0))), "fewer bits than round 1"),
+        (lambda: MPMRFParams.from_alphas([0.1]), "1 alpha value"),
+    ],
+)
+def test_bad_parameters_raise_value_error(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_any_number_of_rounds():
+    rng = np.random.default_rng(7)
+    q, k, v = _qkv(rng)
+    params = MPMRFParams((FilterRound(2, 1, -0.5), FilterRound(4, 2, 0.0), FilterRound(8, 4, 0.2)))
+    res = mpmrf_attention(q, k, v, None, params)
+    assert len(res.kept) == 3
+    ratios = res.kept_ratios()
+    assert ratios == sorted(ratios, reverse=True)
+    res0 = mpmrf_attention(q, k, v, None, MPMRFParams(()))
+    assert res0.kept == () and res0.final_kept.all()
