@@ -9,7 +9,8 @@ K [Sk, D], V [Sk, D], an optional additive mask/bias M broadcastable to [Sq, Sk]
 2. Low-precision views are the most significant bits of the codes: ``x_b = x16 >> (16 - b)``.
 3. Candidates C start as the keys whose mask entry is above -1e4. Round r (q_bits, k_bits, alpha)
    computes integer scores ``q_qb . k_kb`` plus the bias quantised into that round's integer domain,
-   ``rint(M / (sq * sk * s * 2**(16 - qb) * 2**(16 - kb)))``, over each row's candidates, then keeps
+   ``rint(M / (sq * sk * s * 2**(16 - qb) * 2**(16 - kb)))``, the sum saturated to INT32 (the
+   Filtering Unit's score width), over each row's candidates, then keeps
    the candidates whose score x satisfies ``x >= theta`` with mean m, max X and min mu of the row's
    candidate scores and ``theta = m + a * (X - m)`` for a >= 0, ``theta = m + a * (m - mu)`` for a < 0.
    The threshold unit holds alpha in fixed point, ``a = rint(alpha * 1024) / 1024``, and compares
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .isa.numerics import ALPHA_ONE, MASK_THRESHOLD, FilterRound, MPMRFParams
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 __all__ = ["FilterRound", "MPMRFParams", "MPMRFResult", "float_attention", "mpmrf_attention"]
 
@@ -145,8 +148,9 @@ def mpmrf_attention(q, k, v, mask=None, params: MPMRFParams | None = None,
         qv = q16 >> (16 - r.q_bits)
         kv = k16 >> (16 - r.k_bits)
         round_scale = qk_scale * float(2 ** (16 - r.q_bits)) * float(2 ** (16 - r.k_bits))
-        bias_int = np.clip(np.rint(bias / round_scale), -(2**31), 2**31 - 1).astype(np.int64)
-        kept = _filter_round(_int_matmul(qv, kv) + bias_int, kept, r.alpha_fixed)
+        bias_int = np.clip(np.rint(bias / round_scale), INT32_MIN, INT32_MAX).astype(np.int64)
+        scores = np.clip(_int_matmul(qv, kv) + bias_int, INT32_MIN, INT32_MAX)
+        kept = _filter_round(scores, kept, r.alpha_fixed)
         kept_rounds.append(kept)
 
     logits = _int_matmul(q16, k16) * qk_scale + bias

@@ -50,7 +50,8 @@ def decode(word: bytes, cfg: HardwareConfig, offset: int = 0) -> Instruction:
         raise BinaryFormatError(f"unknown opcode {opcode:#04x}", offset)
     layout, end = _layout(op, cfg)
     if value >> end:
-        raise BinaryFormatError(f"{op.mnemonic}: reserved bits {end}..{WORD_BITS - 1} are not zero", offset)
+        raise BinaryFormatError(f"{op.mnemonic}: reserved bits {end}..{WORD_BITS - 1} are not zero "
+                                f"(they hold {value >> end:#x})", offset)
     args = []
     for f, pos, n, lo, hi in layout:
         raw = (value >> pos) & ((1 << n) - 1)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .config import HardwareConfig
@@ -122,7 +123,7 @@ class OpSpec:
                 return f
         raise KeyError(f"{self.mnemonic} has no field {name!r}")
 
-    @property
+    @cached_property
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
 
@@ -157,8 +158,17 @@ def _head() -> Field:
                  hi=lambda c: c.max_heads - 1)
 
 
+class BiasMode(enum.IntEnum):
+    """How an instruction reads the FP32 bias tile at its ``bias`` address."""
+
+    NONE = 0  # no bias
+    TILE = 1  # [rows, keys]: one bias row per query row
+    ROW = 2   # [1, keys]: one row shared by every query row (padding masks)
+
+
 _DRAM = Field("dram", 32, "DRAM byte address")
-_FLAG_BIAS = Field("usebias", 1, "1: add the FP32 bias tile at `bias`", default=0)
+_FLAG_BIAS = Field("biasmode", 2, "none | tile ([rows, keys] at `bias`) | row ([1, keys], shared by all rows)",
+                   enum=BiasMode, default=0)
 _TOKEN = Field("token", 4, "dependency token (counting semaphore) 0..15")
 
 
@@ -192,10 +202,10 @@ OPS: tuple[OpSpec, ...] = (
            "`dram`; plane p lands at buf + p * keys * D / 8, so a later round loads only the planes it "
            "is missing. One contiguous segment per plane."),
     OpSpec("LD.BIAS", 11, Unit.LOAD,
-           (_DRAM, _rows(), _keys(), Field("bcast", 1, "1: every row reads the same DRAM row "
-                                           "(padding masks)", default=0), _addr("bias", "buf")),
+           (_DRAM, _rows(), _keys(), _addr("bias", "buf")),
            ("dram",), ("bias",),
-           "Load an FP32 bias tile [rows, keys]; DRAM row stride SEQ_K * 4 bytes, or 0 with `bcast`."),
+           "Load an FP32 bias tile [rows, keys] (DRAM row stride SEQ_K * 4 bytes) to `buf`, row-major. "
+           "A padding mask is a single row (rows = 1) that consumers read in `row` bias mode."),
     OpSpec("LD.KV", 12, Unit.LOAD,
            (_DRAM, _keys(), _rows("query rows whose kept bits select the keys"),
             _addr("index", "idx", "kept bitmask of the tile's row 0 at the chunk's first key"),
@@ -208,11 +218,11 @@ OPS: tuple[OpSpec, ...] = (
     OpSpec("F.CAND", 16, Unit.FILTER,
            (_rows(), Field("q0", 16, "absolute index of the tile's first query"),
             Field("k0", 16, "absolute index of the chunk's first key (multiple of 8)"), _keys(),
-            _addr("index", "idx"), _addr("bias"),
+            _addr("index", "idx"), _addr("bias"), _head(),
             Field("causal", 1, "1: keep only keys k <= q + CAUSAL_SHIFT", default=0), _FLAG_BIAS),
            ("bias",), ("index",),
-           "Write the initial candidate bits of a tile x chunk: every key, less the causally masked "
-           "ones and those whose bias entry is <= -1e4."),
+           "Write the initial candidate bits of a tile x chunk of head `head`: every key, less the "
+           "causally masked ones and those whose bias entry is <= -1e4."),
     OpSpec("F.SCORE", 17, Unit.FILTER,
            (Field("qb", 5, "Q bits of this round's low-precision view", lo=1, hi=16),
             Field("kb", 5, "K bits (planes) of this round's view", lo=1, hi=16), _rows(),
@@ -222,16 +232,20 @@ OPS: tuple[OpSpec, ...] = (
             _FLAG_BIAS),
            ("q", "kplane", "index", "bias", "param"), ("score",),
            "Low-bit scores (q16 >> (16 - qb)) . (K view from the top kb planes) for the candidate "
-           "pairs of a tile x chunk, plus the bias quantised into the round's integer domain; "
-           "accumulate each row's candidate count, sum, max and min into the threshold unit."),
+           "pairs of a tile x chunk, plus the bias quantised into the round's integer domain, "
+           "saturated to INT32; accumulate each row's candidate count, sum, max and min into the "
+           "threshold unit."),
     OpSpec("F.SELECT", 18, Unit.FILTER,
            (Field("round", 3, "filter round number, for statistics", lo=1),
             Field("alpha", 12, "threshold coefficient, fixed point (1024 = 1.0)", lo=-1024, hi=1024,
                   signed=True),
-            _rows(), _keys(), _addr("score", "sc"), _addr("index", "idx")),
+            _rows(), Field("q0", 16, "absolute index of the tile's first query (for statistics)"),
+            Field("k0", 16, "absolute index of the chunk's first key (for statistics)"), _keys(),
+            _addr("score", "sc"), _addr("index", "idx"), _head()),
            ("score", "index"), ("index",),
            "Per-row threshold from the latched statistics and alpha; clear the kept bit of every "
-           "candidate scoring below it."),
+           "candidate scoring below it. `head`, `q0` and `k0` place the tile for statistics and for "
+           "timing-only runs driven by a sparsity profile."),
     # ATTEND ---------------------------------------------------------------------------------------
     OpSpec("A.INIT", 24, Unit.ATTEND, (_rows(),), (), (),
            "Reset the online-softmax state (running max, sum, accumulator) of the tile's rows."),

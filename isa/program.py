@@ -17,8 +17,9 @@ for, and per-instruction labels). Its binary form::
     end-8   8     checksum: the first 8 bytes of SHA-256 over everything before it
 
 Sections: 1 = code (256-bit words), 2 = memory map (canonical JSON), 3 = metadata (canonical JSON);
-each exactly once. Loading validates every part and raises :class:`BinaryFormatError` with the byte
-offset of the first problem.
+each exactly once, in this order. Loading validates every part, accepts only this canonical form (so
+every valid binary is exactly what :meth:`Program.to_bytes` writes for the program it decodes to) and
+raises :class:`BinaryFormatError` with the byte offset of the first problem.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .config import CONFIG_DIR, HardwareConfig, load_config
@@ -116,6 +118,12 @@ class MemoryMap:
                 return r
         return None
 
+    @cached_property
+    def bounds(self) -> tuple[list[int], list[int], list[str]]:
+        """Region starts, ends and names sorted by address, for fast address -> region lookups."""
+        spans = sorted((r.offset, r.end, r.name) for r in self.regions)
+        return [s[0] for s in spans], [s[1] for s in spans], [s[2] for s in spans]
+
     def to_list(self) -> list[dict]:
         return [r.to_dict() for r in self.regions]
 
@@ -172,7 +180,11 @@ class Program:
     @classmethod
     def from_bytes(cls, blob: bytes, cfg: HardwareConfig | None = None) -> Program:
         """Validate and decode a binary. Without ``cfg`` the built-in config whose fingerprint the
-        binary records is used."""
+        binary records is used.
+
+        Only the canonical form is accepted (the bytes :meth:`to_bytes` writes for the decoded
+        program): sections in the order code, memory map, metadata, and canonical JSON. So a binary
+        and its program determine each other, which the assembler's round trip relies on."""
         blob = bytes(blob)
         if len(blob) < HEADER.size + CHECKSUM_BYTES:
             raise BinaryFormatError(f"truncated: {len(blob)} bytes, a program has at least "
@@ -192,61 +204,80 @@ class Program:
             raise BinaryFormatError(f"header says {total} bytes but the binary has {len(blob)} "
                                     f"({'truncated' if total > len(blob) else 'trailing data'})", 28)
         body, digest = blob[:-CHECKSUM_BYTES], blob[-CHECKSUM_BYTES:]
-        if hashlib.sha256(body).digest()[:CHECKSUM_BYTES] != digest:
-            raise BinaryFormatError("checksum mismatch: the binary is corrupt or was modified",
-                                    len(body))
+        expected = hashlib.sha256(body).digest()[:CHECKSUM_BYTES]
+        if digest != expected:
+            raise BinaryFormatError(f"checksum mismatch: stored {digest.hex()}, computed {expected.hex()}; "
+                                    f"the binary is corrupt or was modified", len(body))
         cfg = _config_for(fingerprint) if cfg is None else cfg
         if cfg.fingerprint != fingerprint:
             raise BinaryFormatError(f"binary was built for another hardware config (fingerprint "
                                     f"{fingerprint.hex()}); {cfg.name!r} has {cfg.fingerprint.hex()}", 8)
-        table_end = HEADER.size + SECTION.size * nsec
-        if table_end > len(body):
-            raise BinaryFormatError(f"section table of {nsec} entries runs past the end", HEADER.size)
-        payloads: dict[int, bytes] = {}
-        pos = table_end
-        for i in range(nsec):
+        if nsec != len(SECTION_NAMES):
+            raise BinaryFormatError(f"section count {nsec}; a program has {len(SECTION_NAMES)} sections "
+                                    f"({', '.join(SECTION_NAMES.values())})", 24)
+        pos = HEADER.size + SECTION.size * nsec
+        if pos > len(body):
+            raise BinaryFormatError(f"section table of {nsec} entries ends at byte {pos}, past the end of "
+                                    f"the {len(body)}-byte body", HEADER.size)
+        payloads: dict[int, tuple[int, bytes]] = {}  # kind -> (offset, payload)
+        for i, expected_kind in enumerate(SECTION_NAMES):
             at = HEADER.size + SECTION.size * i
             kind, res, off, length = SECTION.unpack_from(body, at)
-            if kind not in SECTION_NAMES or kind in payloads:
-                raise BinaryFormatError(f"section {i}: {'unknown' if kind not in SECTION_NAMES else 'repeated'}"
-                                        f" kind {kind}", at)
+            if kind != expected_kind:
+                raise BinaryFormatError(f"section {i} has kind {kind}; section {i} must be kind "
+                                        f"{expected_kind} ({SECTION_NAMES[expected_kind]})", at)
             if res or off != pos or off + length > len(body):
                 raise BinaryFormatError(f"section {i} ({SECTION_NAMES[kind]}): bad placement offset={off} "
-                                        f"length={length} (expected offset {pos}, body {len(body)} bytes)", at)
-            payloads[kind] = body[off:off + length]
+                                        f"length={length} reserved={res} (expected offset {pos}, reserved "
+                                        f"0, body {len(body)} bytes)", at)
+            payloads[kind] = (off, body[off:off + length])
             pos = off + length
         if pos != len(body):
             raise BinaryFormatError(f"{len(body) - pos} bytes after the last section", pos)
-        missing = [SECTION_NAMES[k] for k in SECTION_NAMES if k not in payloads]
-        if missing:
-            raise BinaryFormatError(f"missing section(s): {', '.join(missing)}", HEADER.size)
-        code_off = HEADER.size + SECTION.size * nsec
-        code = decode_code(payloads[SECTION_CODE], cfg, code_off)
-        memmap = _json_section(payloads, SECTION_MEMMAP, body)
-        meta = _json_section(payloads, SECTION_META, body)
+        code_off, code_raw = payloads[SECTION_CODE]
+        code = decode_code(code_raw, cfg, code_off)
+        map_off, map_raw = payloads[SECTION_MEMMAP]
+        meta_off, meta_raw = payloads[SECTION_META]
+        memmap = _json_section(map_raw, SECTION_MEMMAP, map_off)
+        meta = _json_section(meta_raw, SECTION_META, meta_off)
         try:
             memory_map = MemoryMap.from_list(memmap)
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise BinaryFormatError(f"memory map section is malformed: {err}",
-                                    body.find(payloads[SECTION_MEMMAP])) from None
-        if not isinstance(meta, dict):
-            raise BinaryFormatError("metadata section is not a JSON object", body.find(payloads[SECTION_META]))
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:
+            # OverflowError: int(Infinity); RecursionError: str() of a deeply nested name
+            raise BinaryFormatError(f"memory map section is malformed: {err}", map_off) from None
+        _require_canonical(map_raw, canonical_json(memory_map.to_list()), SECTION_MEMMAP, map_off)
         if memory_map.extent > cfg.dram_bytes:
             raise BinaryFormatError(f"memory map needs {memory_map.extent} bytes of DRAM; config "
-                                    f"{cfg.name!r} has {cfg.dram_bytes}", body.find(payloads[SECTION_MEMMAP]))
+                                    f"{cfg.name!r} has {cfg.dram_bytes}", map_off)
+        if not isinstance(meta, dict):
+            raise BinaryFormatError(f"metadata section is a JSON {type(meta).__name__}, not an object",
+                                    meta_off)
+        if not isinstance(meta.get("config"), str):
+            raise BinaryFormatError(f"metadata \"config\" entry is {meta.get('config')!r}; it must be the "
+                                    f"config name, a string", meta_off)
         try:
-            return cls(str(meta.get("config", cfg.name)), fingerprint, code, memory_map, meta)
-        except (TypeError, ValueError) as err:  # metadata JSON that cannot be re-serialised
-            raise BinaryFormatError(f"metadata section is malformed: {err}", 0) from None
+            program = cls(meta["config"], fingerprint, code, memory_map, meta)
+        except (TypeError, ValueError, RecursionError) as err:  # JSON that cannot be re-serialised
+            raise BinaryFormatError(f"metadata section is malformed: {err}", meta_off) from None
+        _require_canonical(meta_raw, canonical_json(program.meta), SECTION_META, meta_off)
+        return program
 
 
-def _json_section(payloads: dict[int, bytes], kind: int, body: bytes) -> Any:
-    raw = payloads[kind]
+def _json_section(raw: bytes, kind: int, offset: int) -> Any:
     try:
         return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise BinaryFormatError(f"{SECTION_NAMES[kind]} section is not valid JSON: {err}",
-                                body.find(raw)) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        # ValueError besides JSONDecodeError: integers longer than Python's int/str digit limit
+        raise BinaryFormatError(f"{SECTION_NAMES[kind]} section is not valid JSON: {err}", offset) from None
+
+
+def _require_canonical(raw: bytes, canonical: bytes, kind: int, offset: int) -> None:
+    if raw != canonical:
+        at = next((i for i, (a, b) in enumerate(zip(raw, canonical)) if a != b), min(len(raw), len(canonical)))
+        seen = raw[max(0, at - 8):at + 8]
+        raise BinaryFormatError(f"{SECTION_NAMES[kind]} section is not canonical JSON (sorted keys, no "
+                                f"spaces, integers as integers): {seen!r} where the encoder writes "
+                                f"{canonical[max(0, at - 8):at + 8]!r}", offset + at)
 
 
 def _config_for(fingerprint: bytes) -> HardwareConfig:

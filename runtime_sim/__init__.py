@@ -1,0 +1,32 @@
+"""The Energon co-processor, simulated: functional + cycle + energy model, traces and reports.
+Never imports TVM."""
+
+from .driver import DriverError, layout_inputs, read_output, run_attention
+from .machine import SimResult, Simulator
+from .profile import SparsityProfile
+from .traps import (
+    BufferOverflow,
+    Deadlock,
+    DramOutOfRange,
+    IllegalInstruction,
+    InstructionBudgetExceeded,
+    SimulatorTrap,
+    UninitializedRead,
+)
+
+__all__ = [
+    "BufferOverflow",
+    "Deadlock",
+    "DramOutOfRange",
+    "DriverError",
+    "IllegalInstruction",
+    "InstructionBudgetExceeded",
+    "SimResult",
+    "Simulator",
+    "SimulatorTrap",
+    "SparsityProfile",
+    "UninitializedRead",
+    "layout_inputs",
+    "read_output",
+    "run_attention",
+]

@@ -1,0 +1,80 @@
+"""Human-readable outputs of a run: a Chrome/Perfetto trace of unit activity, and Markdown/CSV reports.
+
+The trace is the Trace Event Format (``chrome://tracing``, ui.perfetto.dev): one track per unit, one
+complete event per instruction, timestamps in microseconds of simulated time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from ..isa.instructions import Unit
+from .machine import SimResult
+
+
+def chrome_trace(result: SimResult, clock_ghz: float = 1.0, name: str = "energon") -> dict:
+    """Trace-event JSON (a dict) for a run made with ``trace=True``."""
+    if result.events is None:
+        raise ValueError("this run recorded no events; run with trace=True")
+    to_us = 1.0 / (clock_ghz * 1e3)
+    events = [{"name": "process_name", "ph": "M", "pid": 0, "args": {"name": name}}]
+    events += [{"name": "thread_name", "ph": "M", "pid": 0, "tid": int(u), "args": {"name": u.label}}
+               for u in Unit]
+    for unit, pc, mnemonic, start, end, label in result.events:
+        events.append({"name": mnemonic, "cat": unit.label, "ph": "X", "pid": 0, "tid": int(unit),
+                       "ts": start * to_us, "dur": max(end - start, 0) * to_us,
+                       "args": {"pc": pc, "tile": label, "start_cycle": start, "end_cycle": end}})
+    return {"traceEvents": events, "displayTimeUnit": "ns"}
+
+
+def write_chrome_trace(result: SimResult, path, clock_ghz: float = 1.0) -> None:
+    with open(path, "w") as f:
+        json.dump(chrome_trace(result, clock_ghz), f)
+
+
+def _rows(stats: dict) -> list[tuple[str, str, str]]:
+    """(section, metric, value) rows shared by the Markdown and CSV reports."""
+    rows = [("run", "config", stats["config"]), ("run", "cycles", str(stats["cycles"])),
+            ("run", "time_us", f"{stats['time_us']:.3f}"), ("run", "instructions", str(stats["instructions"]))]
+    for unit, u in stats["units"].items():
+        rows.append(("units", f"{unit} busy", f"{u['busy']} ({u['utilization']:.1%})"))
+        for cause, cycles in u["stall"].items():
+            rows.append(("units", f"{unit} stall {cause}", str(cycles)))
+    for direction in ("read", "write"):
+        for tensor, n in sorted(stats["dram_bytes"][direction].items()):
+            rows.append(("dram", f"{direction} {tensor} bytes", str(n)))
+    rows.append(("dram", "segments", str(stats["dram_segments"])))
+    rows.append(("dram", "utilization", f"{stats['dram_utilization']:.1%}"))
+    for kind, n in stats["macs"].items():
+        rows.append(("compute", f"MACs {kind}", str(n)))
+    rows.append(("compute", "exponentials", str(stats["exps"])))
+    rows.append(("sparsity", "candidate pairs", str(stats["candidates"])))
+    for i, (kept, ratio) in enumerate(zip(stats["kept"], stats["kept_ratio"]), 1):
+        rows.append(("sparsity", f"kept after round {i}", f"{kept} ({ratio:.1%})"))
+    for buf, acc in stats["sram_bytes"].items():
+        if acc["read"] or acc["write"]:
+            rows.append(("sram", f"{buf} read/write bytes", f"{acc['read']} / {acc['write']}"))
+    for comp, pj in stats["energy_pj"].items():
+        rows.append(("energy", f"{comp} (nJ)", f"{pj / 1e3:.2f}"))
+    return rows
+
+
+def markdown_report(stats: dict, title: str = "Energon simulation") -> str:
+    out = [f"# {title}", ""]
+    section = None
+    for sec, metric, value in _rows(stats):
+        if sec != section:
+            out += ["", f"## {sec}", "", "| metric | value |", "|---|---:|"]
+            section = sec
+        out.append(f"| {metric} | {value} |")
+    return "\n".join(out).replace("\n\n\n", "\n\n") + "\n"
+
+
+def csv_report(stats: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["section", "metric", "value"])
+    writer.writerows(_rows(stats))
+    return buf.getvalue()

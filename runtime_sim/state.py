@@ -1,0 +1,124 @@
+"""Architectural state of the simulated machine: DRAM, the on-chip buffers, registers and the
+per-lane state of the threshold unit and the Attention Unit."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..isa.config import BUFFERS, HardwareConfig
+from ..isa.instructions import Reg
+from .traps import BufferOverflow, DramOutOfRange, UninitializedRead
+
+
+class Sram:
+    """One on-chip buffer: bytes plus a written-mask so reads of never-written data trap."""
+
+    def __init__(self, name: str, capacity: int):
+        self.name = name
+        self.capacity = capacity
+        self.data = np.zeros(capacity, np.uint8)
+        self.written = np.zeros(capacity, bool)
+
+    def _check(self, addr: int, nbytes: int, pc) -> None:
+        if addr < 0 or addr + nbytes > self.capacity:
+            raise BufferOverflow(f"{self.name} buffer access of {nbytes} bytes at {addr:#x} ends at "
+                                 f"{addr + nbytes:#x}; the {self.name} buffer has {self.capacity} bytes", pc)
+
+    def read(self, addr: int, nbytes: int, pc, check_written: bool = True) -> np.ndarray:
+        self._check(addr, nbytes, pc)
+        if check_written and not self.written[addr:addr + nbytes].all():
+            first = addr + int(np.argmin(self.written[addr:addr + nbytes]))
+            raise UninitializedRead(f"{self.name} buffer byte {first:#x} (in {addr:#x}..{addr + nbytes - 1:#x}) "
+                                    f"was never written", pc)
+        return self.data[addr:addr + nbytes]
+
+    def write(self, addr: int, payload: np.ndarray, pc) -> None:
+        payload = np.ascontiguousarray(payload).view(np.uint8).reshape(-1)
+        self._check(addr, payload.size, pc)
+        self.data[addr:addr + payload.size] = payload
+        self.written[addr:addr + payload.size] = True
+
+    def reserve(self, addr: int, nbytes: int, pc) -> None:
+        """Timing-only runs: mark a destination written without moving data."""
+        self._check(addr, nbytes, pc)
+        self.written[addr:addr + nbytes] = True
+
+    # strided row access: ``rows`` rows of ``width`` bytes, ``stride`` bytes apart
+    def _rows_index(self, addr: int, rows: int, width: int, stride: int, pc) -> np.ndarray:
+        last = addr + (rows - 1) * stride + width
+        if addr < 0 or last > self.capacity:
+            raise BufferOverflow(f"{self.name} buffer access of {rows} rows x {width} bytes (stride {stride}) "
+                                 f"at {addr:#x} ends at {last:#x}; the {self.name} buffer has {self.capacity} "
+                                 f"bytes", pc)
+        return addr + np.arange(rows)[:, None] * stride + np.arange(width)[None, :]
+
+    def read_rows(self, addr: int, rows: int, width: int, stride: int, pc) -> np.ndarray:
+        idx = self._rows_index(addr, rows, width, stride, pc)
+        if not self.written[idx].all():
+            first = int(idx.reshape(-1)[np.argmin(self.written[idx].reshape(-1))])
+            raise UninitializedRead(f"{self.name} buffer byte {first:#x} was never written", pc)
+        return self.data[idx]
+
+    def write_rows(self, addr: int, payload: np.ndarray, stride: int, pc) -> None:
+        rows, width = payload.shape
+        idx = self._rows_index(addr, rows, width, stride, pc)
+        self.data[idx] = payload
+        self.written[idx] = True
+
+
+class Dram:
+    """Byte-addressed DRAM of the config's size; pages are only touched when used."""
+
+    def __init__(self, cfg: HardwareConfig, image: np.ndarray | None = None):
+        self.size = cfg.dram_bytes
+        self.data = np.zeros(self.size, np.uint8)
+        if image is not None:
+            if image.size > self.size:
+                raise DramOutOfRange(f"DRAM image of {image.size} bytes does not fit the config's "
+                                     f"{self.size} bytes")
+            self.data[:image.size] = image.view(np.uint8).reshape(-1)
+
+    def check(self, addr: int, nbytes: int, pc) -> None:
+        if addr < 0 or addr + nbytes > self.size:
+            raise DramOutOfRange(f"{nbytes} bytes at {addr:#x} end at {addr + nbytes:#x}, beyond DRAM size "
+                                 f"{self.size:#x}", pc)
+
+    def read(self, addr: int, nbytes: int, pc) -> np.ndarray:
+        self.check(addr, nbytes, pc)
+        return self.data[addr:addr + nbytes]
+
+    def write(self, addr: int, payload: np.ndarray, pc) -> None:
+        payload = np.ascontiguousarray(payload).view(np.uint8).reshape(-1)
+        self.check(addr, payload.size, pc)
+        self.data[addr:addr + payload.size] = payload
+
+
+class MachineState:
+    """Everything a program can read or write."""
+
+    def __init__(self, cfg: HardwareConfig, dram: Dram):
+        self.cfg = cfg
+        self.dram = dram
+        self.buf = {name: Sram(name, cfg.buffer(name)) for name in BUFFERS}
+        self.regs = {r: 0 for r in Reg}
+        lanes = cfg.max_query_tile
+        # threshold unit: per-row candidate count, score sum, max, min of the current round
+        self.f_n = np.zeros(lanes, np.int64)
+        self.f_sum = np.zeros(lanes, np.int64)
+        self.f_max = np.zeros(lanes, np.int64)
+        self.f_min = np.zeros(lanes, np.int64)
+        self.f_valid = np.zeros(lanes, bool)
+        # attention unit: online-softmax running max, sum and accumulator per row
+        self.a_m = np.full(lanes, -np.inf)
+        self.a_l = np.zeros(lanes)
+        self.a_acc = np.zeros((lanes, cfg.max_head_dim))
+        self.a_valid = np.zeros(lanes, bool)
+
+    @property
+    def head_dim(self) -> int:
+        return self.regs[Reg.HEAD_DIM]
+
+    @property
+    def index_row_bytes(self) -> int:
+        return (self.regs[Reg.SEQ_K] + 7) // 8
+

@@ -1,0 +1,182 @@
+"""The engine: a worked timing example, traps, timing-only mode, traces and reports."""
+
+import json
+
+import numpy as np
+import pytest
+from energon_tvm.isa.errors import EnergonError
+from energon_tvm.isa.instructions import Unit, make
+from energon_tvm.runtime_sim import (
+    BufferOverflow,
+    Deadlock,
+    DramOutOfRange,
+    IllegalInstruction,
+    InstructionBudgetExceeded,
+    Simulator,
+    UninitializedRead,
+)
+from energon_tvm.runtime_sim.report import chrome_trace, csv_report, markdown_report
+from simkit import image, program, sync
+
+D, SQ, SK = 32, 8, 16
+
+
+def worked_example(cfg):
+    body = [
+        make("LD.PARAM", dram=0, heads=1, buf=0),
+        make("LD.Q", dram=0x100, rows=8, buf=0),
+        make("LD.KP", dram=0x1000, keys=16, plane_lo=0, plane_hi=2, buf=0),
+        sync(Unit.LOAD, 0),
+        sync(Unit.FILTER, 0, "WAIT"),
+        make("F.CAND", rows=8, q0=0, k0=0, keys=16, idx=0, bias=0, head=0),
+        make("F.SCORE", qb=4, kb=2, rows=8, q=0, kp=0, keys=16, sc=0, idx=0, bias=0, head=0, first=1),
+        make("F.SELECT", round=1, alpha=-1024, rows=8, q0=0, k0=0, keys=16, sc=0, idx=0, head=0),
+        sync(Unit.FILTER, 1),
+        sync(Unit.FILTER, 2),
+        sync(Unit.LOAD, 1, "WAIT"),
+        make("LD.KV", dram=0x2000, keys=16, rows=8, idx=0, buf=0),
+        sync(Unit.LOAD, 3),
+        sync(Unit.ATTEND, 2, "WAIT"),
+        make("A.INIT", rows=8),
+        sync(Unit.ATTEND, 3, "WAIT"),
+        make("A.ATTN", rows=8, q=0, keys=16, kv=0, idx=0, bias=0, head=0),
+        make("A.NORM", rows=8, out=0, head=0),
+        sync(Unit.ATTEND, 4),
+        sync(Unit.STORE, 4, "WAIT"),
+        make("ST.OUT", dram=0x8000, rows=8, buf=0),
+    ]
+    return program(cfg, body, d=D, sq=SQ, sk=SK, v_offset=SK * D * 2)
+
+
+def test_worked_timing_example(cfg):
+    """Cycle count by hand, edge config: DRAM latency 100 cycles, 4 cycles per request, 64-byte bursts
+    at 25.6 B/cycle = 2.5 cycles each; FU 512 MACs/cycle and 64 compares/cycle; AU 128 MACs/cycle,
+    8 exp/cycle, 8 pipeline cycles. One DRAM channel."""
+    assert (cfg.dram_latency_cycles, cfg.dram_request_cycles, cfg.dram_burst_cycles) == (100, 4, 2.5)
+    # LOAD  LD.PARAM 16 B:  0 + 100 latency, 4 + 1 burst * 2.5 = 6.5 -> ends ceil(106.5) = 107
+    #       LD.Q 8 rows x 64 B = 512 B: 107 + 100 = 207, + 4 + 8 * 2.5 = 24 -> 231
+    #       LD.KP 2 planes x 64 B: 231 + 100 = 331, + 2 * (4 + 2.5) = 13 -> 344; signal t0 at 344
+    # FILTER waits t0 until 344; F.CAND 128 compares / 64 = 2 -> 346; F.SCORE 128 pairs x 32 dims
+    #       = 4096 MACs / 512 = 8 -> 354; F.SELECT 128 / 64 = 2 -> 356; signals t1, t2 at 356
+    # LOAD  waits t1: 344 -> 356; LD.KV all 16 keys kept (alpha = -1): one run each for K and V,
+    #       1024 B = 16 bursts: 356 + 100 = 456, + 2 * (4 + 16 * 2.5) = 88 -> 544; signal t3
+    # ATTEND waits t2 until 356; A.INIT 1 cycle -> 357; waits t3 until 544; A.ATTN 128 pairs:
+    #       2 * 128 * 32 = 8192 MACs / 128 = 64 cycles vs (128 + 8) exp / 8 = 17 -> 64 + 8 = 72 -> 616;
+    #       A.NORM 8 x 32 = 256 / 128 = 2 + 8 = 10 -> 626; signal t4
+    # STORE waits t4 until 626; ST.OUT 1024 B: 626 + 100 = 726, + 4 + 16 * 2.5 = 44 -> 770
+    dram = image((0, np.array([1e-9, 1e-4])), (0x100, np.ones((8, 32), np.int16)),
+                 (0x1000, np.zeros((16, 16, 4), np.uint8)), (0x2000, np.ones((2, 16, 32), np.int16)))
+    r = Simulator(cfg).run(worked_example(cfg), dram)
+    s = r.stats
+    assert s["cycles"] == 770
+    assert s["units"]["load"]["busy"] == 107 + 124 + 113 + 188
+    assert s["units"]["filter"]["busy"] == 2 + 8 + 2
+    assert s["units"]["attend"]["busy"] == 1 + 72 + 10
+    assert s["units"]["store"]["busy"] == 144
+    assert s["units"]["filter"]["stall"] == {"wait:load": 344}
+    assert s["units"]["load"]["stall"] == {"wait:filter": 12}
+    assert s["units"]["attend"]["stall"] == {"wait:filter": 356, "wait:load": 187}
+    assert s["units"]["store"]["stall"] == {"wait:attend": 626}
+    assert s["macs"] == {"fu_int4xint2": 4096, "au_int16": 8192}
+    assert s["dram_bytes"]["read_total"] == 16 + 512 + 128 + 2048
+    assert s["energy_pj"]["total"] == pytest.approx(sum(v for k, v in s["energy_pj"].items() if k != "total"))
+    assert s["energy_pj"]["leakage"] == pytest.approx(cfg.energy.leakage_mw * 770)
+
+
+def test_dram_contention_is_attributed(cfg):
+    """The store's request waits for the loader's long transfer on the one DRAM channel."""
+    body = [make("LD.PARAM", dram=0, heads=1, buf=0), sync(Unit.LOAD, 0), make("LD.Q", dram=0x100, rows=64, buf=0),
+            sync(Unit.ATTEND, 0, "WAIT"), make("A.INIT", rows=1), make("A.NORM", rows=1, out=0, head=0),
+            sync(Unit.ATTEND, 1), sync(Unit.STORE, 1, "WAIT"), make("ST.OUT", dram=0x8000, rows=1, buf=0)]
+    r = Simulator(cfg).run(program(cfg, body, d=D, sq=64, sk=64), image((0, np.array([1.0, 1.0]))))
+    # LD.PARAM 0..107; LD.Q 107 + 100 latency, 4 + 64 bursts * 2.5 = 164 on the channel -> 371
+    # A.INIT 107..108, A.NORM 32 / 128 -> 1 + 8 -> 117; ST.OUT issues at 117, its transfer could begin
+    # at 217 but the channel is busy until 371: 154 cycles of contention, then 4 + 2 * 2.5 = 9 -> 380
+    assert r.cycles == 380
+    assert r.stats["units"]["store"]["stall"] == {"dram:contention": 154, "wait:attend": 117}
+    assert r.stats["units"]["store"]["busy"] == 380 - 117 - 154
+
+
+def _trap(cfg, body, **kw):
+    return Simulator(cfg, **kw).run(program(cfg, body, d=D, sq=SQ, sk=SK), image())
+
+
+@pytest.mark.parametrize("body, trap, text", [
+    ([make("LD.Q", dram=0, rows=8, buf=0), make("SETR", reg=0, value=64)], IllegalInstruction, "SETR after"),
+    ([sync(Unit.LOAD, 3), sync(Unit.FILTER, 3)], IllegalInstruction, "token 3 is signaled by both load and filter"),
+    ([make("F.SELECT", round=1, alpha=0, rows=8, q0=0, k0=0, keys=16, sc=0, idx=0, head=0)],
+     UninitializedRead, "index buffer"),
+    ([make("F.CAND", rows=8, q0=0, k0=4, keys=8, idx=0, bias=0, head=0)], IllegalInstruction, "k0 = 4"),
+    ([make("F.CAND", rows=8, q0=0, k0=8, keys=16, idx=0, bias=0, head=0)], IllegalInstruction, "exceeds SEQ_Q"),
+    ([make("LD.Q", dram=(1 << 30) - 100, rows=8, buf=0)], DramOutOfRange, "beyond DRAM size"),
+    ([make("LD.Q", dram=0, rows=8, buf=16384 - 256)], BufferOverflow, "the q buffer has 16384 bytes"),
+    ([make("F.SCORE", qb=4, kb=2, rows=8, q=0, kp=0, keys=16, sc=0, idx=0, bias=0, head=0, first=1)],
+     UninitializedRead, "never written"),
+    ([make("LD.KP", dram=0, keys=16, plane_lo=3, plane_hi=2, buf=0)], IllegalInstruction, "plane_lo = 3"),
+    ([sync(Unit.FILTER, 5, "WAIT"), sync(Unit.ATTEND, 6, "WAIT"), sync(Unit.LOAD, 6)], Deadlock,
+     "filter at pc 5 waits on token 5"),
+    ([make("A.ATTN", rows=8, q=0, keys=16, kv=0, idx=0, bias=0, head=0)], IllegalInstruction, "A.INIT"),
+])
+def test_traps_name_the_pc_and_instruction(cfg, body, trap, text):
+    with pytest.raises(trap) as err:
+        _trap(cfg, body)
+    msg = str(err.value)
+    assert text in msg, msg
+    if err.value.pc is not None and err.value.pc < 5 + len(body):
+        assert f"pc {err.value.pc}" in msg
+        assert body[err.value.pc - 5].op.mnemonic.lower() in msg
+
+
+def test_missing_halt_and_budget(cfg):
+    from energon_tvm.isa.program import MemoryMap, Program
+
+    no_halt = Program.build(cfg, [make("SETR", reg=0, value=32)], MemoryMap(()))
+    with pytest.raises(IllegalInstruction, match="does not end with HALT"):
+        Simulator(cfg).run(no_halt, image())
+    with pytest.raises(InstructionBudgetExceeded, match="budget is 4"):
+        _trap(cfg, [make("A.INIT", rows=1)], budget=4)
+
+
+def test_mutated_programs_never_crash_or_hang(cfg):
+    """Random field values in a real program: the run completes or traps with a project error."""
+    base = worked_example(cfg)
+    rng = np.random.default_rng(7)
+    dram = image((0x100, np.ones((8, 32), np.int16)))
+    outcomes = set()
+    for _ in range(300):
+        code = list(base.code)
+        pc = int(rng.integers(5, len(code) - 1))
+        ins = code[pc]
+        if not ins.args:
+            continue
+        from energon_tvm.isa.encoding import _layout
+
+        layout, _ = _layout(ins.op, cfg)
+        args = list(ins.args)
+        i = int(rng.integers(len(args)))
+        lo, hi = layout[i][3], layout[i][4]
+        args[i] = int(rng.integers(lo, hi + 1))
+        code[pc] = type(ins)(ins.op, tuple(args))
+        prog = type(base)(base.config_name, base.config_fingerprint, tuple(code), base.memory_map, base.meta)
+        try:
+            Simulator(cfg).run(prog, dram)
+            outcomes.add("ok")
+        except EnergonError as err:
+            outcomes.add(type(err).__name__)
+    assert "ok" in outcomes and len(outcomes) >= 4, outcomes
+
+
+def test_trace_and_reports(cfg, tmp_path):
+    dram = image((0, np.array([1e-9, 1e-4])), (0x100, np.ones((8, 32), np.int16)))
+    r = Simulator(cfg).run(worked_example(cfg), dram, trace=True)
+    trace = chrome_trace(r, cfg.clock_ghz)
+    json.dumps(trace)
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert {e["name"] for e in spans} >= {"LD.Q", "F.SCORE", "A.ATTN", "ST.OUT"}
+    assert max(e["ts"] + e["dur"] for e in spans) == pytest.approx(r.cycles / 1e3)
+    md = markdown_report(r.stats)
+    assert "| cycles | 770 |" in md and "## energy" in md
+    csv = csv_report(r.stats)
+    assert csv.splitlines()[0] == "section,metric,value" and "run,cycles,770" in csv
+    with pytest.raises(ValueError, match="trace=True"):
+        chrome_trace(Simulator(cfg).run(worked_example(cfg), dram))
