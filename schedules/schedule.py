@@ -168,3 +168,13 @@ def default_schedule(workload: AttentionWorkload, cfg: HardwareConfig) -> Schedu
     s = grow(s, "q_tile", min(w.seq_q, cfg.max_query_tile))
     s = grow(s, "k_chunk", _ceil8(w.seq_k) * 8)
     return s
+
+
+def dense_workload(workload: AttentionWorkload) -> AttentionWorkload:
+    """The dense INT16 baseline of a workload: the same attention with no filter round, every candidate
+    kept. Scheduled on the same machine, it is what MP-MRF's speedup is measured against."""
+    from dataclasses import replace
+
+    from ..isa.numerics import MPMRFParams
+
+    return replace(workload, params=MPMRFParams(()))
