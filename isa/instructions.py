@@ -229,12 +229,14 @@ OPS: tuple[OpSpec, ...] = (
             _addr("q"), _addr("kplane", "kp"), _keys(), _addr("score", "sc"), _addr("index", "idx"),
             _addr("bias"), _head(),
             Field("first", 1, "1: first chunk of the round: reset the per-row statistics", default=0),
-            _FLAG_BIAS),
+            _FLAG_BIAS,
+            Field("store", 1, "1: write the scores to `sc` for F.SELECT; 0: statistics only (a later "
+                  "F.RESELECT recomputes them)", default=1)),
            ("q", "kplane", "index", "bias", "param"), ("score",),
            "Low-bit scores (q16 >> (16 - qb)) . (K view from the top kb planes) for the candidate "
            "pairs of a tile x chunk, plus the bias quantised into the round's integer domain, "
            "saturated to INT32; accumulate each row's candidate count, sum, max and min into the "
-           "threshold unit."),
+           "threshold unit, and with `store` keep the scores in the score buffer."),
     OpSpec("F.SELECT", 18, Unit.FILTER,
            (Field("round", 3, "filter round number, for statistics", lo=1),
             Field("alpha", 12, "threshold coefficient, fixed point (1024 = 1.0)", lo=-1024, hi=1024,
@@ -246,6 +248,19 @@ OPS: tuple[OpSpec, ...] = (
            "Per-row threshold from the latched statistics and alpha; clear the kept bit of every "
            "candidate scoring below it. `head`, `q0` and `k0` place the tile for statistics and for "
            "timing-only runs driven by a sparsity profile."),
+    OpSpec("F.RESELECT", 19, Unit.FILTER,
+           (Field("qb", 5, "Q bits of this round's low-precision view", lo=1, hi=16),
+            Field("kb", 5, "K bits (planes) of this round's view", lo=1, hi=16),
+            Field("round", 3, "filter round number, for statistics", lo=1),
+            Field("alpha", 12, "threshold coefficient, fixed point (1024 = 1.0)", lo=-1024, hi=1024,
+                  signed=True),
+            _rows(), Field("q0", 16, "absolute index of the tile's first query (for statistics)"),
+            Field("k0", 16, "absolute index of the chunk's first key (for statistics)"), _keys(),
+            _addr("q"), _addr("kplane", "kp"), _addr("index", "idx"), _addr("bias"), _head(), _FLAG_BIAS),
+           ("q", "kplane", "index", "bias", "param"), ("index",),
+           "Recompute this round's scores for a tile x chunk (as F.SCORE) and select against the "
+           "latched statistics (as F.SELECT), without the score buffer: twice the low-bit MACs, "
+           "but query tiles are no longer bounded by the score buffer's size."),
     # ATTEND ---------------------------------------------------------------------------------------
     OpSpec("A.INIT", 24, Unit.ATTEND, (_rows(),), (), (),
            "Reset the online-softmax state (running max, sum, accumulator) of the tile's rows."),

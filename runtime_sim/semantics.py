@@ -209,9 +209,10 @@ def f_cand(run, a, pc, ins) -> Work:
     return w
 
 
-@executes("F.SCORE")
-def f_score(run, a, pc, ins) -> Work:
-    st, w = run.state, Work()
+def _filter_scores(run, w: Work, a: dict, pc) -> np.ndarray | None:
+    """(candidate bits, integer scores) [rows, keys] of a round for a tile x chunk (scores None in
+    timing-only runs), counting the low-bit MACs of the candidate pairs and the operand reads."""
+    st = run.state
     rows, keys, qb, kb = a["rows"], a["keys"], a["qb"], a["kb"]
     d = st.head_dim
     cand = _read_bits(run, w, a["idx"], rows, keys, pc)
@@ -224,7 +225,42 @@ def f_score(run, a, pc, ins) -> Work:
     w.fu_macs = int(cand.sum()) * d
     w.fu_passes = st.cfg.fu_passes(qb, kb)
     w.fu_precision = f"int{qb}xint{kb}"
-    w.wrote("score", rows * keys * 4)
+    if not run.functional:
+        return cand, None
+    k_view = from_bitplanes(planes.reshape(kb, keys, d // 8), kb)
+    scores = _int_matmul(q16.astype(np.int64) >> (16 - qb), k_view)
+    if bias is not None:
+        round_scale = qk_scale * float(2 ** (16 - qb)) * float(2 ** (16 - kb))
+        b64 = np.where(bias > MASK_THRESHOLD, bias.astype(np.float64), 0.0)
+        scores += np.clip(np.rint(b64 / round_scale), INT32_MIN, INT32_MAX).astype(np.int64)
+    return cand, np.clip(scores, INT32_MIN, INT32_MAX)
+
+
+def _select(run, w: Work, a: dict, cand: np.ndarray, scores: np.ndarray | None, pc, ins) -> None:
+    """Threshold a round's scores against the latched per-row statistics; write the kept bits."""
+    st, rows, keys = run.state, a["rows"], a["keys"]
+    w.compares += rows * keys
+    if not st.f_valid[:rows].all():
+        raise IllegalInstruction("selection without statistics: no F.SCORE with first=1 for these rows", pc, ins)
+    if run.profile is not None:
+        kept = run.profile.bits(a["round"], a["head"], a["q0"], rows, a["k0"], keys)
+        if np.any(kept & ~cand):
+            raise IllegalInstruction("sparsity profile keeps a key that is not a candidate here: the profile "
+                                     "does not belong to this program", pc, ins)
+    else:
+        alpha = a["alpha"]
+        n, total = st.f_n[:rows, None], st.f_sum[:rows, None]
+        spread = n * st.f_max[:rows, None] - total if alpha >= 0 else total - n * st.f_min[:rows, None]
+        kept = cand & (ALPHA_ONE * n * scores >= ALPHA_ONE * total + alpha * spread)
+    _write_bits(run, w, a["idx"], kept, pc)
+    run.record_bits(a["round"], a["head"], a["q0"], a["k0"], kept)
+
+
+@executes("F.SCORE")
+def f_score(run, a, pc, ins) -> Work:
+    st, w = run.state, Work()
+    rows, keys = a["rows"], a["keys"]
+    cand, scores = _filter_scores(run, w, a, pc)
     lanes = slice(0, rows)
     if a["first"]:
         st.f_n[lanes], st.f_sum[lanes] = 0, 0
@@ -232,46 +268,37 @@ def f_score(run, a, pc, ins) -> Work:
         st.f_valid[lanes] = True
     elif not st.f_valid[lanes].all():
         raise IllegalInstruction("F.SCORE continues a round whose first chunk (first=1) never ran", pc, ins)
-    if not run.functional:
-        st.buf["score"].reserve(a["sc"], rows * keys * 4, pc)
-        return w
-    k_view = from_bitplanes(planes.reshape(kb, keys, d // 8), kb)
-    scores = _int_matmul(q16.astype(np.int64) >> (16 - qb), k_view)
-    if bias is not None:
-        round_scale = qk_scale * float(2 ** (16 - qb)) * float(2 ** (16 - kb))
-        b64 = np.where(bias > MASK_THRESHOLD, bias.astype(np.float64), 0.0)
-        scores += np.clip(np.rint(b64 / round_scale), INT32_MIN, INT32_MAX).astype(np.int64)
-    scores = np.clip(scores, INT32_MIN, INT32_MAX)
-    st.buf["score"].write(a["sc"], scores.astype(np.int32), pc)
-    st.f_n[lanes] += cand.sum(axis=1)
-    st.f_sum[lanes] += np.where(cand, scores, 0).sum(axis=1)
-    st.f_max[lanes] = np.maximum(st.f_max[lanes], np.where(cand, scores, -BIG).max(axis=1))
-    st.f_min[lanes] = np.minimum(st.f_min[lanes], np.where(cand, scores, BIG).min(axis=1))
+    if a["store"]:
+        w.wrote("score", rows * keys * 4)
+        if scores is None:
+            st.buf["score"].reserve(a["sc"], rows * keys * 4, pc)
+        else:
+            st.buf["score"].write(a["sc"], scores.astype(np.int32), pc)
+    if scores is not None:
+        st.f_n[lanes] += cand.sum(axis=1)
+        st.f_sum[lanes] += np.where(cand, scores, 0).sum(axis=1)
+        st.f_max[lanes] = np.maximum(st.f_max[lanes], np.where(cand, scores, -BIG).max(axis=1))
+        st.f_min[lanes] = np.minimum(st.f_min[lanes], np.where(cand, scores, BIG).min(axis=1))
     return w
 
 
 @executes("F.SELECT")
 def f_select(run, a, pc, ins) -> Work:
-    st, w = run.state, Work()
-    rows, keys, alpha = a["rows"], a["keys"], a["alpha"]
+    w = Work()
+    rows, keys = a["rows"], a["keys"]
     cand = _read_bits(run, w, a["idx"], rows, keys, pc)
-    raw = st.buf["score"].read(a["sc"], rows * keys * 4, pc)
+    raw = run.state.buf["score"].read(a["sc"], rows * keys * 4, pc)
     w.read("score", rows * keys * 4)
-    w.compares = rows * keys
-    if not st.f_valid[:rows].all():
-        raise IllegalInstruction("F.SELECT without statistics: no F.SCORE with first=1 for these rows", pc, ins)
-    if run.profile is not None:
-        kept = run.profile.bits(a["round"], a["head"], a["q0"], rows, a["k0"], keys)
-        if np.any(kept & ~cand):
-            raise IllegalInstruction("sparsity profile keeps a key that is not a candidate here: the profile "
-                                     "does not belong to this program", pc, ins)
-    else:
-        scores = raw.view(np.int32).reshape(rows, keys).astype(np.int64)
-        n, total = st.f_n[:rows, None], st.f_sum[:rows, None]
-        spread = n * st.f_max[:rows, None] - total if alpha >= 0 else total - n * st.f_min[:rows, None]
-        kept = cand & (ALPHA_ONE * n * scores >= ALPHA_ONE * total + alpha * spread)
-    _write_bits(run, w, a["idx"], kept, pc)
-    run.record_bits(a["round"], a["head"], a["q0"], a["k0"], kept)
+    scores = raw.view(np.int32).reshape(rows, keys).astype(np.int64) if run.functional else None
+    _select(run, w, a, cand, scores, pc, ins)
+    return w
+
+
+@executes("F.RESELECT")
+def f_reselect(run, a, pc, ins) -> Work:
+    w = Work()
+    cand, scores = _filter_scores(run, w, a, pc)
+    _select(run, w, a, cand, scores, pc, ins)
     return w
 
 

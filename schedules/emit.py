@@ -101,6 +101,7 @@ class _Emitter:
         self.rounds = w.params.rounds
         self.planes = plane_bits(w)
         self.plane_slots = head_plane_slots(w, cfg) if s.plane_mode == "head" else CHUNK_PLANE_SLOTS
+        self.passes = 1 if s.filter_mode == "store" else 2  # streamed planes are needed by both passes
         self.streams: dict[Unit, list[tuple[Instruction, str]]] = {u: [] for u in Unit}
         self.order: list[tuple[Unit, int, int]] = []  # program order: (unit, start, end) stream slices
         # running counters of K/V chunk slots and streamed plane slots, per consuming unit
@@ -205,7 +206,7 @@ class _Emitter:
         self.sync(Unit.LOAD, "SIGNAL", TILE_LOADED, lab)
         if self.rounds and self.s.plane_mode == "chunk":
             for n, r in enumerate(self.rounds, 1):
-                for k0, keys in self.chunks(t):
+                for k0, keys in self.chunks(t) * self.passes:
                     self.sync(Unit.LOAD, "WAIT", PLANES_FREE, lab)
                     slot = self.plane_counter % self.plane_slots
                     self.plane_counter += 1
@@ -234,28 +235,44 @@ class _Emitter:
             self.put(Unit.FILTER, f"{lab} k{k0}-{k0 + keys - 1}", "F.CAND", rows=t.rows, q0=t.q0, k0=k0, keys=keys,
                      idx=self.idx_addr(i, k0), bias=self.bias_addr(i, k0), head=t.slot, causal=int(self.w.causal),
                      biasmode=int(self.bias_mode))
+        store = self.s.filter_mode == "store"
         for n, r in enumerate(self.rounds, 1):
-            for c, (k0, keys) in enumerate(chunks):
+            for c, (k0, keys) in enumerate(chunks):  # pass 1: scores and per-row statistics
                 clab = f"{lab} k{k0}-{k0 + keys - 1} r{n}"
-                if self.s.plane_mode == "chunk":
-                    self.sync(Unit.FILTER, "WAIT", PLANES_LOADED, clab)
-                    kp = (self.plane_counter_f % self.plane_slots) * self.keys_max * self.d * self.planes // 8
-                    self.plane_counter_f += 1
-                else:
-                    kp = self.head_planes_addr(t, k0)
+                kp = self.planes_in(t, k0, clab)
                 self.put(Unit.FILTER, clab, "F.SCORE", qb=r.q_bits, kb=r.k_bits, rows=t.rows, q=self.q_addr(i),
-                         kp=kp, keys=keys, sc=self.score_addr(k0), idx=self.idx_addr(i, k0),
-                         bias=self.bias_addr(i, k0), head=t.slot, first=int(c == 0), biasmode=int(self.bias_mode))
-                if self.s.plane_mode == "chunk":
-                    self.sync(Unit.FILTER, "SIGNAL", PLANES_FREE, clab)
-            for k0, keys in chunks:
-                self.put(Unit.FILTER, f"{lab} k{k0}-{k0 + keys - 1} r{n}", "F.SELECT", round=n, alpha=r.alpha_fixed,
-                         rows=t.rows, q0=t.q0, k0=k0, keys=keys, sc=self.score_addr(k0), idx=self.idx_addr(i, k0),
-                         head=t.slot)
+                         kp=kp, keys=keys, sc=self.score_addr(k0) if store else 0, idx=self.idx_addr(i, k0),
+                         bias=self.bias_addr(i, k0), head=t.slot, first=int(c == 0), biasmode=int(self.bias_mode),
+                         store=int(store))
+                self.planes_out(clab)
+            for k0, keys in chunks:  # pass 2: threshold and selector
+                clab = f"{lab} k{k0}-{k0 + keys - 1} r{n}"
+                if store:
+                    self.put(Unit.FILTER, clab, "F.SELECT", round=n, alpha=r.alpha_fixed, rows=t.rows, q0=t.q0,
+                             k0=k0, keys=keys, sc=self.score_addr(k0), idx=self.idx_addr(i, k0), head=t.slot)
+                    continue
+                kp = self.planes_in(t, k0, clab)
+                self.put(Unit.FILTER, clab, "F.RESELECT", qb=r.q_bits, kb=r.k_bits, round=n, alpha=r.alpha_fixed,
+                         rows=t.rows, q0=t.q0, k0=k0, keys=keys, q=self.q_addr(i), kp=kp, idx=self.idx_addr(i, k0),
+                         bias=self.bias_addr(i, k0), head=t.slot, biasmode=int(self.bias_mode))
+                self.planes_out(clab)
         self.sync(Unit.FILTER, "SIGNAL", GATHER_READY, lab)
         self.sync(Unit.FILTER, "SIGNAL", INDEX_READY, lab)
         if self.rounds and self.s.plane_mode == "head" and t.last_of_head:
             self.sync(Unit.FILTER, "SIGNAL", PLANES_FREE, lab)
+
+    def planes_in(self, t: Tile, k0: int, label: str) -> int:
+        """Where the filter reads a chunk's planes; streamed planes are waited for first."""
+        if self.s.plane_mode != "chunk":
+            return self.head_planes_addr(t, k0)
+        self.sync(Unit.FILTER, "WAIT", PLANES_LOADED, label)
+        slot = self.plane_counter_f % self.plane_slots
+        self.plane_counter_f += 1
+        return slot * self.keys_max * self.d * self.planes // 8
+
+    def planes_out(self, label: str) -> None:
+        if self.s.plane_mode == "chunk":
+            self.sync(Unit.FILTER, "SIGNAL", PLANES_FREE, label)
 
     def attend(self, i: int, t: Tile) -> None:
         lab = f"h{t.slot} q{t.q0}-{t.q0 + t.rows - 1}"

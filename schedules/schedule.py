@@ -20,6 +20,7 @@ from ..isa.errors import ScheduleError
 from .workload import AttentionWorkload
 
 PLANE_MODES = ("head", "chunk")
+FILTER_MODES = ("store", "recompute")
 CHUNK_PLANE_SLOTS = 2  # streamed K planes: chunks in flight
 
 
@@ -31,6 +32,7 @@ class Schedule:
     kv_slots: int = 2      # gathered K/V chunks in flight
     out_slots: int = 2     # output tiles in flight
     plane_mode: str = "head"  # K bit-planes: "head" resident per head, or "chunk" streamed
+    filter_mode: str = "store"  # "store" scores for F.SELECT, or "recompute" them (F.RESELECT)
 
     def __post_init__(self) -> None:
         for name in ("q_tile", "k_chunk", "tile_slots", "kv_slots", "out_slots"):
@@ -42,6 +44,8 @@ class Schedule:
                                 f"on index-buffer bytes)")
         if self.plane_mode not in PLANE_MODES:
             raise ScheduleError(f"schedule plane_mode = {self.plane_mode!r}; one of {', '.join(PLANE_MODES)}")
+        if self.filter_mode not in FILTER_MODES:
+            raise ScheduleError(f"schedule filter_mode = {self.filter_mode!r}; one of {', '.join(FILTER_MODES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,7 +57,7 @@ class Schedule:
     def from_dict(cls, d: dict) -> Schedule:
         try:
             return cls(**{k: d[k] for k in ("q_tile", "k_chunk", "tile_slots", "kv_slots", "out_slots",
-                                            "plane_mode")})
+                                            "plane_mode", "filter_mode") if k in d})
         except (KeyError, TypeError) as err:
             raise ScheduleError(f"malformed schedule record {d!r}: {err}") from None
 
@@ -90,7 +94,7 @@ def buffer_usage(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareC
     return {
         "q": s.tile_slots * rows * d * 2,
         "kplane": kplane,
-        "score": rows * sk_pad * 4 if filtering else 0,
+        "score": rows * sk_pad * 4 if filtering and s.filter_mode == "store" else 0,
         "index": s.tile_slots * rows * _ceil8(sk),
         "kv": s.kv_slots * 2 * keys * d * 2,
         "out": s.out_slots * rows * d * 4,
@@ -132,7 +136,7 @@ def check_fits(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareCon
     if over:
         raise ScheduleError(f"tile of {rows} queries x {chunk_keys(workload, schedule)} keys "
                             f"({schedule.tile_slots} tile slot(s), {schedule.kv_slots} K/V slot(s), planes per "
-                            f"{schedule.plane_mode}) does not fit: " + "; ".join(over))
+                            f"{schedule.plane_mode}, {schedule.filter_mode} scores) does not fit: " + "; ".join(over))
 
 
 def fits(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareConfig) -> bool:
@@ -144,18 +148,28 @@ def fits(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareConfig) -
 
 
 def default_schedule(workload: AttentionWorkload, cfg: HardwareConfig) -> Schedule:
-    """Greedy heuristic: the safest tiling that fits, then grow query tile and key chunk while they fit."""
+    """Greedy heuristic: the safest tiling that fits, then grow query tile and key chunk while they fit.
+
+    Both filter modes are grown; storing scores wins unless recomputing them allows a larger query tile
+    (fewer tiles means fewer K/V gathers, and DRAM is what bounds a sparse schedule, not the FU).
+    """
     check_workload(workload, cfg)
-    w = workload
-    start_rows, start_keys = 1, 8
+    candidates = [_grow(workload, cfg, mode) for mode in FILTER_MODES]
+    fitting = [s for s in candidates if s is not None]
+    if not fitting:
+        check_fits(workload, Schedule(1, 8, 1, 1, 1, "chunk", "recompute"), cfg)  # raises, naming the buffers
+    return max(fitting, key=lambda s: (s.q_tile, s.filter_mode == "store"))
+
+
+def _grow(w: AttentionWorkload, cfg: HardwareConfig, filter_mode: str) -> Schedule | None:
     # most buffering first; give it up step by step until the smallest tiling fits
     for slots, kv_slots, out_slots, plane_mode in [(2, 2, 2, "head"), (2, 2, 2, "chunk"), (1, 2, 2, "chunk"),
                                                     (1, 1, 1, "chunk")]:
-        s = Schedule(start_rows, start_keys, slots, kv_slots, out_slots, plane_mode)
+        s = Schedule(1, 8, slots, kv_slots, out_slots, plane_mode, filter_mode)
         if fits(w, s, cfg):
             break
     else:
-        check_fits(w, s, cfg)  # even the smallest tiling overflows: raise, naming the buffers
+        return None
 
     def grow(s: Schedule, field: str, limit: int) -> Schedule:
         while getattr(s, field) < limit:
@@ -166,8 +180,7 @@ def default_schedule(workload: AttentionWorkload, cfg: HardwareConfig) -> Schedu
         return s
 
     s = grow(s, "q_tile", min(w.seq_q, cfg.max_query_tile))
-    s = grow(s, "k_chunk", _ceil8(w.seq_k) * 8)
-    return s
+    return grow(s, "k_chunk", _ceil8(w.seq_k) * 8)
 
 
 def dense_workload(workload: AttentionWorkload) -> AttentionWorkload:

@@ -5,12 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from energon_tvm.isa.config import load_config
 from energon_tvm.isa.errors import ScheduleError
-from energon_tvm.mpmrf import mpmrf_attention
 from energon_tvm.runtime_sim import run_attention
 from energon_tvm.schedules import (
     AttentionWorkload,
@@ -20,8 +16,13 @@ from energon_tvm.schedules import (
     default_schedule,
     dense_workload,
     emit_program,
+    fits,
 )
 from energon_tvm.schedules.graph import critical_path, dependency_graph
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from energon_tvm.mpmrf import mpmrf_attention
 from energon_tvm.workloads import structured_qkv
 
 CONFIGS = {name: load_config(name) for name in ("edge", "server")}
@@ -105,7 +106,8 @@ def test_every_mask_kind_on_both_configs(mask, cfg_name):
     (AttentionWorkload(1, 1, 16, 16, 256), "head dim 256 is wider than the edge datapath"),
     (AttentionWorkload(1, 1, 16, 16, 36), "head dim 36 is not a multiple of 8"),
     (AttentionWorkload(4, 80, 16, 16, 32), "320 heads exceed the 256 head slots"),
-    (AttentionWorkload(1, 1, 16, 16384, 64), "score buffer needs 65536 bytes, edge has 32768"),
+    (AttentionWorkload(1, 1, 16, 8192, 64, bias_shape=(1, 1, 1, 8192)),
+     "bias buffer needs 32768 bytes, edge has 16384"),
 ])
 def test_workloads_the_machine_cannot_take(w, match):
     with pytest.raises(ScheduleError, match=match):
@@ -124,12 +126,18 @@ def test_explicit_schedules_that_do_not_fit_name_the_buffer():
 
 def test_heuristic_grows_tiles_until_the_buffers_are_full():
     cfg = CONFIGS["edge"]
+    w = AttentionWorkload(1, 12, 128, 128, 32)
+    s = default_schedule(w, cfg)
+    # two output tiles of 64 rows x 32 x 4 B fill the 16 KiB out buffer: the binding constraint
+    assert (s.q_tile, s.filter_mode) == (64, "store")
+    assert buffer_usage(w, s, cfg)["out"] == cfg.buffer("out")
+    # at S=512 stored scores cap the tile at 32 KiB / (512 x 4 B) = 16 rows; recomputing them frees
+    # the score buffer and the tile doubles, again up to the out buffer
     w = AttentionWorkload(1, 12, 512, 512, 64)
     s = default_schedule(w, cfg)
-    usage = buffer_usage(w, s, cfg)
-    assert usage["score"] == cfg.buffer("score")  # 16 rows x 512 keys x 4 bytes: the binding buffer
-    dense = default_schedule(dense_workload(w), cfg)
-    assert dense.q_tile > s.q_tile  # no score buffer in the dense baseline: larger tiles fit
+    assert (s.q_tile, s.filter_mode) == (32, "recompute")
+    assert buffer_usage(w, Schedule(16, 512), cfg)["score"] == cfg.buffer("score")
+    assert not fits(w, Schedule(32, 512), cfg)
 
 
 def test_schedule_records_replay_to_identical_bytes():

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
-
 from energon_tvm.isa.asm import assemble, disassemble
-from energon_tvm.mpmrf import FilterRound, MPMRFParams, mpmrf_attention
 from energon_tvm.runtime_sim import Simulator, SparsityProfile, layout_inputs, read_output, run_attention
 from energon_tvm.schedules.emit import emit_program
 from energon_tvm.schedules.schedule import Schedule, default_schedule
 from energon_tvm.schedules.workload import AttentionWorkload
+
+from energon_tvm.mpmrf import FilterRound, MPMRFParams, mpmrf_attention
 from energon_tvm.workloads import structured_qkv
 
 
@@ -61,7 +61,8 @@ def test_scheduled_programs_equal_reference(cfg, w):
 
 
 @pytest.mark.parametrize("schedule", [Schedule(8, 16, 1, 1, 1, "chunk"), Schedule(16, 24, 3, 2, 1, "head"),
-                                      Schedule(5, 8, 2, 1, 2, "chunk")])
+                                      Schedule(5, 8, 2, 1, 2, "chunk"), Schedule(8, 16, 2, 2, 2, "chunk", "recompute"),
+                                      Schedule(40, 32, 1, 2, 1, "head", "recompute")])
 def test_every_schedule_knob_computes_the_same(cfg, schedule):
     w = AttentionWorkload(1, 2, 40, 56, 32, causal=True)
     check_against_reference(w, cfg, schedule)
@@ -116,6 +117,7 @@ def test_hand_written_assembly_program(cfg):
 @pytest.mark.parametrize("w, schedule", [
     (AttentionWorkload(2, 3, 33, 50, 64, bias_shape=(2, 1, 1, 50)), None),
     (AttentionWorkload(1, 2, 40, 56, 32, causal=True), Schedule(8, 16, 2, 2, 2, "chunk")),
+    (AttentionWorkload(1, 2, 40, 56, 32, bias_shape=(1, 2, 40, 56)), Schedule(8, 16, 2, 2, 2, "chunk", "recompute")),
 ])
 def test_timing_only_mode_gives_the_same_cycles(cfg, w, schedule):
     prog, full, ref = check_against_reference(w, cfg, schedule)

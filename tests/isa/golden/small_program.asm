@@ -17,9 +17,9 @@
     signal    unit=LOAD token=0                                  ;    7 load
     wait      unit=FILTER token=0                                ;    8 filter
     f.cand    rows=64 q0=0 k0=0 keys=128 idx=0x0000 bias=0x0000 head=0 causal=0 biasmode=NONE ;    9 filter  b0 h0 q0:64 k0:128
-    f.score   qb=4 kb=2 rows=64 q=0x0000 kp=0x0000 keys=128 sc=0x0000 idx=0x0000 bias=0x0000 head=0 first=1 biasmode=NONE ;   10 filter  b0 h0 q0:64 k0:128 round 1
+    f.score   qb=4 kb=2 rows=64 q=0x0000 kp=0x0000 keys=128 sc=0x0000 idx=0x0000 bias=0x0000 head=0 first=1 biasmode=NONE store=1 ;   10 filter  b0 h0 q0:64 k0:128 round 1
     f.select  round=1 alpha=-256 rows=64 q0=0 k0=0 keys=128 sc=0x0000 idx=0x0000 head=0 ;   11 filter  b0 h0 q0:64 k0:128 round 1
-    f.score   qb=4 kb=4 rows=64 q=0x0000 kp=0x0000 keys=128 sc=0x0000 idx=0x0000 bias=0x0000 head=0 first=1 biasmode=NONE ;   12 filter  b0 h0 q0:64 k0:128 round 2
+    f.score   qb=4 kb=4 rows=64 q=0x0000 kp=0x0000 keys=128 sc=0x0000 idx=0x0000 bias=0x0000 head=0 first=1 biasmode=NONE store=1 ;   12 filter  b0 h0 q0:64 k0:128 round 2
     f.select  round=2 alpha=0 rows=64 q0=0 k0=0 keys=128 sc=0x0000 idx=0x0000 head=0 ;   13 filter  b0 h0 q0:64 k0:128 round 2
     signal    unit=FILTER token=1                                ;   14 filter
     signal    unit=FILTER token=2                                ;   15 filter
