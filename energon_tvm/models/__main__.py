@@ -1,0 +1,123 @@
+"""Command line for the model side of the end-to-end evaluation.
+
+``python -m energon_tvm.models export --seq-len 128 -o out/minilm.onnx``
+    export all-MiniLM-L6-v2 to ONNX at a fixed shape (inputs input_ids, attention_mask).
+``python -m energon_tvm.models probe --onnx out/minilm.onnx --n 2000 -o out/probe.npz``
+    embed VADER movie-review snippets densely with onnxruntime, train the sentiment probe once,
+    print its dense accuracy, sizes and timings, and save it.
+
+A user's mistake (missing wheel, bad shape, unreachable index, ...) prints one line and exits with
+status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..isa.errors import EnergonError
+from . import corpus, minilm, probe
+
+
+def _export(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    path = minilm.export_onnx(args.output, seq_len=args.seq_len, batch=args.batch, attn=args.attn)
+    elapsed = time.perf_counter() - t0
+    print(f"exported {minilm.MODEL_NAME} ({args.attn} attention) to {path}: "
+          f"{path.stat().st_size / 1e6:.1f} MB in {elapsed:.1f} s")
+    print(f"  inputs  {', '.join(minilm.INPUT_NAMES)}: int64 [{args.batch}, {args.seq_len}]")
+    print(f"  output  {minilm.OUTPUT_NAME}: float32 [{args.batch}, {args.seq_len}, {minilm.HIDDEN_SIZE}]")
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    if not Path(args.onnx).is_file():  # before the corpus download, not after it
+        raise minilm.ModelInputError(f"ONNX model {args.onnx!r} does not exist (export it with "
+                                     f"`python -m energon_tvm.models export -o {args.onnx}`)")
+    t0 = time.perf_counter()
+    items = corpus.fetch_vader_movie_reviews(args.cache_dir)
+    t_fetch = time.perf_counter() - t0
+    rows = corpus.sample_rows(items, args.n, seed=args.seed, neutral_band=args.neutral_band)
+    texts = [items[r][0] for r in rows]
+    labels = corpus.labels_of(items, rows)
+    print(f"corpus: {len(items)} movie-review snippets, {len(corpus.polar_rows(items, args.neutral_band))} "
+          f"outside the neutral band |score| < {args.neutral_band:g}; sampled {len(rows)} "
+          f"({labels.mean():.1%} positive) with seed {args.seed}  [{t_fetch:.1f} s]")
+
+    t0 = time.perf_counter()
+    embeddings = minilm.embed_onnxruntime(args.onnx, texts, progress=not args.no_progress)
+    t_embed = time.perf_counter() - t0
+    import onnxruntime as ort
+
+    batch, seq_len = minilm.onnx_input_shape(ort.InferenceSession(str(args.onnx), providers=["CPUExecutionProvider"]))
+    truncated = minilm.count_truncated(texts, seq_len)
+    print(f"dense embeddings: {embeddings.shape[0]} x {embeddings.shape[1]} with onnxruntime "
+          f"(batch {batch}, seq_len {seq_len}, {truncated} text(s) truncated)  "
+          f"[{t_embed:.1f} s, {len(texts) / t_embed:.1f} texts/s]")
+
+    t0 = time.perf_counter()
+    metadata = {"model": minilm.MODEL_NAME, "onnx": str(args.onnx), "seq_len": seq_len, "onnx_batch": batch,
+                "corpus": corpus.SDIST_NAME, "corpus_sha256": corpus.SDIST_SHA256, "index": probe.VADER_ROWS,
+                "n": len(rows), "sample_seed": args.seed, "neutral_band": args.neutral_band}
+    trained = probe.fit_with_split(embeddings, labels, rows, test_fraction=args.test_fraction, seed=args.seed,
+                                   C=args.C, metadata=metadata)
+    t_train = time.perf_counter() - t0
+    meta = trained.metadata
+    print(f"probe: logistic regression C={args.C:g}, seed {args.seed}, stratified "
+          f"{1 - args.test_fraction:.0%}/{args.test_fraction:.0%} split: {meta['n_train']} train / "
+          f"{meta['n_test']} test  [{t_train:.2f} s]")
+    print(f"  dense accuracy: train {meta['train_accuracy']:.4f}, test {meta['test_accuracy']:.4f} "
+          f"(majority class {max(meta['test_positive_fraction'], 1 - meta['test_positive_fraction']):.4f})")
+    path = probe.save_probe(trained, args.output)
+    print(f"saved probe to {path}")
+    if args.embeddings:
+        out = Path(args.embeddings)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, rows=rows, labels=labels, embeddings=embeddings)
+        print(f"saved dense embeddings to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m energon_tvm.models", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    export = sub.add_parser("export", help="export all-MiniLM-L6-v2 to ONNX at a fixed shape")
+    export.add_argument("--seq-len", type=int, default=128, help="tokens per text, [CLS]/[SEP] included (128)")
+    export.add_argument("--batch", type=int, default=1, help="fixed batch size of the export (1)")
+    export.add_argument("--attn", choices=minilm.ATTN_IMPLEMENTATIONS, default="eager",
+                        help="transformers attention implementation (eager)")
+    export.add_argument("-o", "--output", default="out/minilm.onnx", help="ONNX file to write (out/minilm.onnx)")
+    export.set_defaults(run=_export)
+
+    pr = sub.add_parser("probe", help="train the sentiment probe on dense onnxruntime embeddings")
+    pr.add_argument("--onnx", required=True, help="model exported by the export command")
+    pr.add_argument("--n", type=int, default=2000, help="snippets to sample from the corpus (2000)")
+    pr.add_argument("--seed", type=int, default=probe.SEED, help="seed of the sample, the split and the fit (0)")
+    pr.add_argument("--test-fraction", type=float, default=probe.TEST_FRACTION, help="held-out fraction (0.3)")
+    pr.add_argument("--neutral-band", type=float, default=corpus.NEUTRAL_BAND,
+                    help="drop snippets with |mean score| below this (0.5)")
+    pr.add_argument("--C", type=float, default=probe.C, help="inverse regularisation strength (1)")
+    pr.add_argument("--cache-dir", default=None, help="corpus cache ($ENERGON_CACHE or ~/.cache/energon-tvm)")
+    pr.add_argument("--embeddings", default=None, help="also save rows, labels and dense embeddings to this .npz")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.add_argument("-o", "--output", default="out/probe.npz", help="probe file to write (out/probe.npz)")
+    pr.set_defaults(run=_probe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except EnergonError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
