@@ -1,0 +1,54 @@
+"""``tvmc compile``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..main import command
+from ..target import OPTIONS
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="ONNX model (.onnx) or torch.export program (.pt2)")
+    p.add_argument("-o", "--output", required=True, help="package to write (.tar)")
+    p.add_argument("--model-format", choices=["onnx", "pytorch"], help="default: from the file suffix")
+    p.add_argument("--target", default="energon, llvm", help='"energon, llvm" (default) or "llvm"')
+    for kind, options in OPTIONS.items():
+        for option, help_text in options.items():
+            p.add_argument(f"--target-{kind}-{option}", dest=f"target_{kind}_{option}", help=help_text)
+    p.add_argument("--input-shapes", help='fix input shapes: "name:[1,128],mask:[1,128]"')
+    p.add_argument("--tuning-records", help="JSON-lines tuning records (tvmc tune); the best per workload is used")
+    p.add_argument("--dump-code", help="comma list of isa,relax: write them next to the output")
+    p.add_argument("--dump-offloads", metavar="-|FILE", help="list every attention site, offloaded or not and why")
+
+
+@command("compile", "compile a model; attention goes to Energon, the rest to the host CPU")(add_arguments)
+def run(args) -> int:
+    from ..compiler import compile_model, write
+
+    verbose = args.verbose
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    result = compile_model(args.model, model_format=args.model_format, target=args.target,
+                           config=args.target_energon_config, alpha=args.target_energon_alpha,
+                           input_shapes=args.input_shapes, tuning_records=args.tuning_records,
+                           log=say if verbose else None)
+    written = write(result, args.output, args.dump_code)
+    if args.dump_offloads:
+        text = result.offloads.format() if result.offloads is not None else "energon is not in the target\n"
+        if args.dump_offloads == "-":
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        else:
+            Path(args.dump_offloads).write_text(text)
+            written.append(Path(args.dump_offloads))
+    n_sites = 0 if result.offloads is None else len(result.offloads)
+    t = result.timings
+    print(f"compiled {Path(args.model).name} for {result.target.describe()}: {len(result.calls)} of {n_sites} "
+          f"attention site(s) offloaded; {sum(t.values()):.1f} s "
+          f"({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})")
+    for path in written:
+        print(f"  wrote {path}")
+    return 0

@@ -1,0 +1,153 @@
+"""``tvmc compile``: model -> Relax -> Energon partition -> host build -> package.
+
+The Python API mirrors the command line: :func:`compile_model` takes the same options and returns a
+:class:`CompileResult`; :func:`write` turns it into the package (:mod:`.package`).
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from ..isa.program import Program
+from .errors import TVMCError
+from .frontends import LoadedModel, TensorSpec, load_model
+from .package import sha256, write_package
+from .target import Target, parse_target
+
+
+@dataclass
+class CompiledCall:
+    """One offloaded attention call site: its workload, schedule and program."""
+
+    index: int
+    site: str
+    workload: dict
+    program: bytes
+    schedule: dict
+    schedule_source: str  # "heuristic" or "tuning records"
+
+    @property
+    def member(self) -> str:
+        return f"programs/call_{self.index:03d}.bin"
+
+
+@dataclass
+class CompileResult:
+    model: LoadedModel
+    target: Target
+    library: bytes
+    calls: list[CompiledCall]
+    offloads: object  # OffloadReport (None when energon is not in the target)
+    relax_text: str
+    outputs: list[TensorSpec]
+    timings: dict = field(default_factory=dict)
+    model_path: str = ""
+    model_sha256: str = ""
+
+    def manifest(self) -> dict:
+        import tvm
+
+        cfg = self.target.config
+        return {
+            "versions": {"energon_tvm": __version__, "tvm": tvm.__version__, "python": platform.python_version()},
+            "model": {"path": Path(self.model_path).name, "sha256": self.model_sha256, "format": self.model.format},
+            "target": self.target.describe(),
+            "offload": self.target.offload,
+            "config": {"name": cfg.name, "fingerprint": cfg.fingerprint.hex(), "values": cfg.to_dict()},
+            "params": self.target.params.to_dict(),
+            "inputs": [i.to_dict() for i in self.model.inputs],
+            "outputs": [o.to_dict() for o in self.outputs],
+            "calls": [{"site": c.site, "workload": c.workload, "schedule": c.schedule,
+                       "schedule_source": c.schedule_source, "program": c.member} for c in self.calls],
+            "offloads": [] if self.offloads is None else [r.to_dict() for r in self.offloads],
+            "compile_seconds": self.timings,
+        }
+
+
+def _output_specs(mod, names) -> list[TensorSpec]:
+    from tvm import relax
+
+    ret = mod["main"].ret_ty
+    types = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    specs = []
+    for i, ty in enumerate(types):
+        shape = tuple(int(s) for s in ty.shape) if getattr(ty, "shape", None) is not None else ()
+        name = names[i] if i < len(names) else f"output_{i}"
+        specs.append(TensorSpec(name, shape, str(ty.dtype)))
+    return specs
+
+
+def compile_model(model_path, *, model_format: str | None = None, target: str = "energon, llvm",
+                  config: str | None = None, alpha: str | None = None, input_shapes: str | None = None,
+                  tuning_records: str | None = None, log=None) -> CompileResult:
+    """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines."""
+    import tvm
+
+    from .. import executor
+
+    say = log or (lambda _msg: None)
+    tgt = parse_target(target, config, alpha)
+    timings = {}
+    t0 = time.perf_counter()
+    model = load_model(model_path, model_format, input_shapes)
+    timings["import"] = time.perf_counter() - t0
+    say(f"imported {Path(model_path).name} ({model.format}): inputs "
+        + ", ".join(f"{i.name}{list(i.shape)}" for i in model.inputs))
+    mod, report, calls = model.mod, None, []
+    if tgt.offload:
+        from ..relax import partition_for_energon
+
+        t0 = time.perf_counter()
+        with executor.compile_options(config=tgt.config, tuning_records=tuning_records, log=say) as chosen:
+            mod, report = partition_for_energon(mod, tgt.config, tgt.params)
+        timings["partition"] = time.perf_counter() - t0
+        from ..relax import bridge_calls
+
+        for i, call in enumerate(bridge_calls(mod)):  # the programs exactly as the library carries them
+            prog = Program.from_bytes(call.blob, tgt.config)
+            calls.append(CompiledCall(i, call.site, call.workload.to_dict(), call.blob, prog.meta.get("schedule", {}),
+                                      chosen.get(call.blob, "heuristic")))
+        say(f"offloaded {sum(r.offloaded for r in report)} of {len(report)} attention site(s) to Energon "
+            f"({tgt.config.name})")
+    t0 = time.perf_counter()
+    try:
+        ex = tvm.compile(mod, target="llvm")
+    except Exception as err:
+        raise TVMCError(f"host build failed: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = Path(tmp) / "model.so"
+        ex.export_library(str(lib))
+        library = lib.read_bytes()
+    timings["build"] = time.perf_counter() - t0
+    return CompileResult(model, tgt, library, calls, report, mod.script(), _output_specs(mod, model.outputs),
+                         timings, str(model_path), sha256(Path(model_path).read_bytes()))
+
+
+def write(result: CompileResult, output, dump_code: str | None = None) -> list[Path]:
+    """Write the package to ``output`` and the requested dumps next to it; returns the files written."""
+    from ..isa.asm import disassemble
+
+    output = Path(output)
+    write_package(output, result.manifest(), result.library, {c.member: c.program for c in result.calls})
+    written = [output]
+    kinds = {k.strip() for k in (dump_code or "").split(",") if k.strip()}
+    unknown = kinds - {"isa", "relax"}
+    if unknown:
+        raise TVMCError(f"unknown --dump-code kind(s) {', '.join(sorted(unknown))}; known: isa, relax")
+    if "relax" in kinds:
+        path = output.with_name(output.name + ".relax.py")
+        path.write_text(result.relax_text)
+        written.append(path)
+    if "isa" in kinds:
+        folder = output.with_name(output.name + ".isa")
+        folder.mkdir(exist_ok=True)
+        for call in result.calls:
+            path = folder / f"call_{call.index:03d}.asm"
+            path.write_text(f"; site {call.site}\n" + disassemble(call.program, result.target.config))
+            written.append(path)
+    return written

@@ -1,0 +1,160 @@
+"""Model loading: an ONNX file or an exported PyTorch program, to a Relax module with static shapes.
+
+``--input-shapes "name:[1,128],mask:[1,128]"`` fixes dynamic dimensions; every input must end up
+static (Energon programs are compiled for one shape).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import TVMCError
+
+FORMATS = ("onnx", "pytorch")
+_SHAPE_ITEM = re.compile(r"\s*([^:,\[\]\s][^:\[\]]*?)\s*:\s*\[([^\]]*)\]\s*")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model imported into Relax, with the specs of its inputs and the names of its outputs."""
+
+    mod: object  # tvm.IRModule
+    inputs: tuple
+    outputs: tuple
+    format: str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+def parse_input_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
+    """``"input_ids:[1,128],attention_mask:[1,128]"`` -> {name: shape}."""
+    if not text:
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    pos = 0
+    while pos < len(text):
+        m = _SHAPE_ITEM.match(text, pos)
+        if not m:
+            raise TVMCError(f"bad --input-shapes {text!r} at character {pos}: expected name:[d0,d1,...] items "
+                            f"separated by commas")
+        name, dims = m.group(1), m.group(2)
+        try:
+            shape = tuple(int(d) for d in dims.split(",") if d.strip())
+        except ValueError:
+            raise TVMCError(f"bad --input-shapes: dimensions of {name!r} must be integers, got [{dims}]") from None
+        if any(d < 1 for d in shape):
+            raise TVMCError(f"bad --input-shapes: {name!r} has a dimension below 1: {list(shape)}")
+        shapes[name] = shape
+        pos = m.end()
+        if pos < len(text):
+            if text[pos] != ",":
+                raise TVMCError(f"bad --input-shapes {text!r} at character {pos}: expected ','")
+            pos += 1
+    return shapes
+
+
+def guess_format(path: Path, model_format: str | None) -> str:
+    if model_format:
+        if model_format not in FORMATS:
+            raise TVMCError(f"unknown --model-format {model_format!r}; known: {', '.join(FORMATS)}")
+        return model_format
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in (".pt2", ".ep"):
+        return "pytorch"
+    raise TVMCError(f"cannot tell the format of {path.name!r} from its suffix; use --model-format "
+                    f"{'|'.join(FORMATS)}")
+
+
+def load_onnx(path: Path, shapes: dict[str, tuple[int, ...]]):
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # onnx raises DecodeError, ValueError, OSError... for a bad file
+        raise TVMCError(f"{path} is not a readable ONNX model: {type(err).__name__}: {err}") from None
+    try:
+        onnx.checker.check_model(model)
+    except Exception as err:
+        raise TVMCError(f"{path} is not a valid ONNX model: {err}") from None
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = []
+    for inp in model.graph.input:
+        if inp.name in initializers:
+            continue
+        t = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        if inp.name in shapes:
+            given = shapes[inp.name]
+            if len(given) != len(dims) or any(d is not None and d != g for d, g in zip(dims, given)):
+                raise TVMCError(f"--input-shapes gives {inp.name!r} shape {list(given)}; the model declares "
+                                f"{[d if d is not None else '?' for d in dims]}")
+            dims = list(given)
+        if any(d is None for d in dims):
+            raise TVMCError(f"input {inp.name!r} has dynamic dimensions {[d or '?' for d in dims]}; give them "
+                            f"with --input-shapes \"{inp.name}:[...]\"")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        inputs.append(TensorSpec(inp.name, tuple(dims), dtype))
+    unknown = set(shapes) - {i.name for i in inputs}
+    if unknown:
+        raise TVMCError(f"--input-shapes names {', '.join(sorted(unknown))}, which the model does not take; "
+                        f"its inputs are {', '.join(i.name for i in inputs)}")
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        mod = from_onnx(model, shape_dict={i.name: list(i.shape) for i in inputs},
+                        dtype_dict={i.name: i.dtype for i in inputs})
+    except Exception as err:  # a frontend failure on a valid model: name the operator if TVM does
+        raise TVMCError(f"TVM could not import {path.name}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    outputs = [o.name for o in model.graph.output]
+    return mod, inputs, outputs
+
+
+def load_pytorch(path: Path, shapes: dict[str, tuple[int, ...]]):
+    """An ``torch.export`` program saved with ``torch.export.save`` (a .pt2 archive)."""
+    try:
+        import torch
+    except ImportError:
+        raise TVMCError("--model-format pytorch needs torch: pip install torch==2.13.0") from None
+    try:
+        program = torch.export.load(str(path))
+    except Exception as err:
+        raise TVMCError(f"{path} is not a torch.export program (.pt2): {type(err).__name__}: {err}") from None
+    from tvm.relax.frontend.torch import from_exported_program
+
+    inputs = []
+    for spec in program.graph_signature.input_specs:
+        if spec.kind.name != "USER_INPUT":
+            continue
+        node = next(n for n in program.graph.nodes if n.name == spec.arg.name)
+        val = node.meta.get("val")
+        shape = tuple(int(s) for s in val.shape)
+        inputs.append(TensorSpec(spec.arg.name, shapes.get(spec.arg.name, shape), str(val.dtype).replace("torch.", "")))
+    try:
+        mod = from_exported_program(program, keep_params_as_input=False)
+    except Exception as err:
+        raise TVMCError(f"TVM could not import {path.name}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    outputs = [f"output_{i}" for i in range(len(program.graph_signature.output_specs))]
+    return mod, inputs, outputs
+
+
+def load_model(path, model_format: str | None = None, input_shapes: str | None = None) -> LoadedModel:
+    """Import the model at ``path`` (ONNX, or a torch.export .pt2 program) with static input shapes."""
+    path = Path(path)
+    if not path.is_file():
+        raise TVMCError(f"model file {str(path)!r} does not exist")
+    fmt = guess_format(path, model_format)
+    shapes = parse_input_shapes(input_shapes)
+    mod, inputs, outputs = (load_onnx if fmt == "onnx" else load_pytorch)(path, shapes)
+    return LoadedModel(mod, tuple(inputs), tuple(outputs), fmt)

@@ -1,0 +1,82 @@
+"""``tvmc``: the command line, a thin shell over :mod:`energon_tvm.tvmc`'s Python API.
+
+Subcommands live in :mod:`energon_tvm.tvmc.commands`, one module each; a module registers itself with
+:func:`command`, so adding a subcommand is adding one file. A user's mistake (an
+:class:`~energon_tvm.isa.errors.EnergonError`) prints one line on stderr and exits 1; ``-v`` shows the
+traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Callable
+
+from ..isa.errors import EnergonError
+
+_COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
+
+
+def command(name: str, help: str):  # noqa: A002 - argparse's word
+    """Register a subcommand: decorate ``add_arguments(parser)``; it returns the ``run(args)`` function."""
+    def register(add_arguments):
+        def bind(run):
+            _COMMANDS[name] = (add_arguments, run, help)
+            return run
+        return bind
+    return register
+
+
+def _load_commands() -> None:
+    from . import commands
+
+    for mod in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"{commands.__name__}.{mod.name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_commands()
+    parser = argparse.ArgumentParser(prog="tvmc", description="Compile models for the Energon dynamic-sparse-"
+                                     "attention accelerator, inspect the generated ISA, run simulated execution.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more output; tracebacks on errors")
+    parser.add_argument("--version", action="store_true", help="print versions and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in sorted(_COMMANDS):
+        add_arguments, run, help_text = _COMMANDS[name]
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("-v", "--verbose", action="count", default=0, help=argparse.SUPPRESS)
+        add_arguments(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+                        format="%(message)s")
+    if args.version:
+        from .. import __version__
+
+        print(f"energon-tvm {__version__}")
+        return 0
+    if not getattr(args, "_run", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except EnergonError as err:
+        if args.verbose:
+            raise
+        print("tvmc: error: " + " ".join(str(err).split()), file=sys.stderr)  # one line, whatever the message
+        return 1
+    except KeyboardInterrupt:
+        print("tvmc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

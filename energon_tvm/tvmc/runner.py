@@ -1,0 +1,139 @@
+"""``tvmc run``: load a package, run the model on the host with its attention on the simulated
+Energon machine, and gather outputs, per-call statistics, traces and timings."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..isa.config import load_config
+from .errors import TVMCError
+from .package import Package, read_package
+
+FILL_MODES = ("zeros", "ones", "random")
+
+
+@dataclass
+class RunResult:
+    package: Package
+    outputs: dict[str, np.ndarray]
+    calls: list = field(default_factory=list)      # bridge CallRecords of the first run
+    wall_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def manifest(self) -> dict:
+        return self.package.manifest
+
+    def totals(self) -> dict:
+        """Simulated totals over every offloaded call of one inference."""
+        stats = [c.stats for c in self.calls]
+        cand = sum(s.get("candidates", 0) for s in stats)
+        rounds = max((len(s.get("kept_per_round", [])) for s in stats), default=0)
+        kept = [sum(s["kept_per_round"][r] for s in stats if len(s["kept_per_round"]) > r) for r in range(rounds)]
+        return {
+            "calls": len(stats),
+            "cycles": sum(s.get("cycles", 0) for s in stats),
+            "energy_pj": sum(s.get("energy_pj", {}).get("total", 0.0) for s in stats),
+            "dram_bytes": sum(s.get("dram_bytes", {}).get("read_total", 0) + s.get("dram_bytes", {}).get(
+                "write_total", 0) for s in stats),
+            "candidates": cand,
+            "kept_ratio": [k / cand if cand else 0.0 for k in kept],
+        }
+
+
+def make_inputs(manifest: dict, inputs_path=None, fill_mode: str = "random", seed: int = 0) -> dict[str, np.ndarray]:
+    """The model's inputs, from an .npz (never unpickled) or filled; checked against the manifest."""
+    specs = manifest["inputs"]
+    if inputs_path is not None:
+        try:
+            with np.load(inputs_path, allow_pickle=False) as z:
+                given = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise TVMCError(f"inputs file {str(inputs_path)!r} does not exist") from None
+        except (OSError, ValueError) as err:
+            raise TVMCError(f"{inputs_path} is not a readable .npz of plain arrays: {err}") from None
+        missing = [s["name"] for s in specs if s["name"] not in given]
+        if missing:
+            raise TVMCError(f"{inputs_path} lacks input(s) {', '.join(missing)}; the model takes "
+                            f"{', '.join(s['name'] for s in specs)}")
+        out = {}
+        for s in specs:
+            arr = given[s["name"]]
+            if list(arr.shape) != list(s["shape"]):
+                raise TVMCError(f"input {s['name']!r} has shape {list(arr.shape)}; the package was compiled for "
+                                f"{s['shape']}")
+            out[s["name"]] = arr.astype(s["dtype"], copy=False)
+        return out
+    if fill_mode not in FILL_MODES:
+        raise TVMCError(f"unknown --fill-mode {fill_mode!r}; known: {', '.join(FILL_MODES)}")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s in specs:
+        shape, dtype = tuple(s["shape"]), np.dtype(s["dtype"])
+        if fill_mode == "zeros":
+            out[s["name"]] = np.zeros(shape, dtype)
+        elif fill_mode == "ones":
+            out[s["name"]] = np.ones(shape, dtype)
+        elif np.issubdtype(dtype, np.integer):
+            # integer inputs are token ids or masks: small non-negative values are valid for both
+            out[s["name"]] = rng.integers(0, 2 if "mask" in s["name"] else 100, shape).astype(dtype)
+        else:
+            out[s["name"]] = rng.standard_normal(shape).astype(dtype)
+    return out
+
+
+def _to_numpy(value) -> list[np.ndarray]:
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    return [x for item in value for x in _to_numpy(item)]
+
+
+def run_package(path, *, inputs=None, fill_mode: str = "random", repeat: int = 1, trace: bool = False,
+                capture: bool = False, seed: int = 0) -> RunResult:
+    """Run a compiled package once per ``repeat``; statistics come from the first run."""
+    import tvm
+    from tvm import relax
+
+    from .. import executor
+    from ..relax import bridge
+
+    if repeat < 1:
+        raise TVMCError(f"--repeat {repeat}: must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="energon-pkg-") as tmp:
+        pkg = read_package(path, library_dir=Path(tmp))
+        manifest = pkg.manifest
+        feeds = make_inputs(manifest, inputs, fill_mode, seed)
+        cfg_doc = manifest["config"]
+        try:
+            cfg = load_config(cfg_doc["name"])
+        except Exception:
+            cfg = None
+        if cfg is None or cfg.fingerprint.hex() != cfg_doc["fingerprint"]:
+            cfg = executor.config_from_dict(cfg_doc["values"])
+        executor.register_config(cfg)
+        bridge.register()
+        try:
+            lib = tvm.runtime.load_module(str(pkg.library_path))
+            vm = relax.VirtualMachine(lib, tvm.cpu())
+        except Exception as err:
+            raise TVMCError(f"cannot load the package's library: {type(err).__name__}: {err}") from None
+        args = [tvm.runtime.tensor(feeds[s["name"]]) for s in manifest["inputs"]]
+        result = RunResult(pkg, {})
+        for i in range(repeat):
+            t0 = time.perf_counter()
+            if i == 0:
+                with bridge.collect(capture=capture) as run, executor.run_options(trace=trace):
+                    value = vm["main"](*args)
+                result.calls = run.calls
+            else:
+                value = vm["main"](*args)
+            result.wall_seconds.append(time.perf_counter() - t0)
+        arrays = _to_numpy(value)
+        names = [o["name"] for o in manifest["outputs"]]
+        result.outputs = {names[i] if i < len(names) else f"output_{i}": a for i, a in enumerate(arrays)}
+        pkg.library_path = None
+    return result

@@ -1,0 +1,66 @@
+"""``--target "energon, llvm"`` and its ``--target-energon-*`` options, parsed into one record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..isa.config import HardwareConfig, load_config
+from ..isa.numerics import MPMRFParams
+from .errors import TVMCError
+
+KINDS = ("energon", "llvm")
+#: options each target kind takes on the command line as --target-<kind>-<option>
+OPTIONS = {"energon": {"config": "hardware config: edge, server or a .toml file (default edge)",
+                       "alpha": "threshold alpha per filter round, comma separated (default: the project's "
+                                "defaults)"}}
+
+
+@dataclass(frozen=True)
+class Target:
+    offload: bool            # energon in the target: attention goes to the accelerator
+    host: str                # the host target kind (llvm)
+    config: HardwareConfig
+    params: MPMRFParams
+
+    def describe(self) -> str:
+        rounds = ", ".join(f"Q{r.q_bits}xK{r.k_bits} alpha={r.alpha:g}" for r in self.params.rounds) or "dense"
+        return (f"energon ({self.config.name}; {rounds}), {self.host}" if self.offload else self.host)
+
+
+def parse_alphas(text: str | None, default: MPMRFParams) -> MPMRFParams:
+    if text is None:
+        return default
+    try:
+        alphas = [float(a) for a in text.split(",") if a.strip()]
+    except ValueError:
+        raise TVMCError(f"bad --target-energon-alpha {text!r}: give numbers in [-1, 1] separated by commas") from None
+    bits = [(r.q_bits, r.k_bits) for r in default.rounds]
+    if len(alphas) != len(bits):
+        raise TVMCError(f"--target-energon-alpha gives {len(alphas)} value(s); the filter has {len(bits)} "
+                        f"round(s) ({', '.join(f'Q{q}xK{k}' for q, k in bits)})")
+    try:
+        return MPMRFParams.from_alphas(alphas, bits)
+    except ValueError as err:
+        raise TVMCError(f"bad --target-energon-alpha: {err}") from None
+
+
+def parse_target(text: str, config: str | None = None, alpha: str | None = None,
+                 default_params: MPMRFParams | None = None) -> Target:
+    kinds = [k.strip() for k in (text or "").split(",") if k.strip()]
+    if not kinds:
+        raise TVMCError("empty --target; use \"energon, llvm\" or \"llvm\"")
+    unknown = [k for k in kinds if k.split()[0] not in KINDS]
+    if unknown:
+        raise TVMCError(f"unknown target kind {unknown[0]!r} in --target {text!r}; known: {', '.join(KINDS)}")
+    if len(set(kinds)) != len(kinds):
+        raise TVMCError(f"--target {text!r} names a kind twice")
+    if "llvm" not in kinds:
+        raise TVMCError(f"--target {text!r} has no host target: everything but attention runs on llvm, add it")
+    if any(" " in k for k in kinds):
+        raise TVMCError(f"--target {text!r}: give target options as --target-<kind>-<option>, not inline")
+    offload = "energon" in kinds
+    if not offload and (config or alpha):
+        raise TVMCError("--target-energon-* options need energon in --target")
+    cfg = load_config(config or "edge")
+    params = parse_alphas(alpha, default_params or MPMRFParams())
+    return Target(offload, "llvm", cfg, params)

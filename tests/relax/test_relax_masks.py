@@ -1,0 +1,54 @@
+"""Constant masks: the numpy evaluation of mask subgraphs and the causal recognition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from energon_tvm.relax.analysis import split_causal
+from energon_tvm.relax.consteval import evaluate
+
+
+def _causal(sq, sk, shift=None, fill=-np.inf):
+    shift = sk - sq if shift is None else shift
+    return np.where(np.arange(sk)[None, :] > np.arange(sq)[:, None] + shift, fill, 0.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("const, causal, kept", [
+    (_causal(8, 8), True, False),
+    (_causal(4, 8), True, False),  # bottom-right aligned: key k <= q + 4
+    (_causal(4, 8, shift=0), False, True),  # top-left with Sq != Sk is not Energon's causal
+    (_causal(8, 8, fill=np.finfo(np.float32).min)[None, None], True, False),
+    (np.zeros((1, 1, 8, 8), np.float32), False, False),  # all-zero: no bias at all
+    (_causal(8, 8) + 0.5, False, True),  # causal pattern but a non-zero bias elsewhere
+    (np.full((1, 8), -1e9, np.float32), False, True),
+])
+def test_split_causal(const, causal, kept):
+    is_causal, rest = split_causal(const, const.shape[-2] if const.shape[-2] > 1 else 8, 8)
+    assert is_causal == causal
+    assert (rest is not None) == kept
+
+
+def test_evaluates_the_index_arithmetic_of_exported_masks():
+    """torch.export builds causal masks from arange / expand_dims / comparisons / where."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1,), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            pos = bb.emit(relax.op.arange(0, 6, 1, dtype="int64"))
+            rows = bb.emit(relax.op.expand_dims(pos, axis=[1]))
+            cols = bb.emit(relax.op.expand_dims(pos, axis=[0]))
+            allowed = bb.emit(relax.op.less_equal(cols, rows))
+            sliced = bb.emit(relax.op.strided_slice(allowed, [0], [1], [5]))
+            mask = bb.emit(relax.op.where(sliced, relax.const(0.0), relax.const(-np.inf)))
+            scale = bb.emit(relax.op.sqrt(relax.const(64.0)))
+            out = bb.emit_output(relax.op.add(x, scale))
+        bb.emit_func_output(out)
+    func = bb.get()["main"]
+    bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    value = evaluate(mask, bindings.get)
+    np.testing.assert_array_equal(value, _causal(6, 6, shift=0)[1:5])
+    assert float(evaluate(scale, bindings.get)) == 8.0
+    assert evaluate(out, bindings.get) is None  # depends on the input
