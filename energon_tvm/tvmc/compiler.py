@@ -83,15 +83,15 @@ def _output_specs(mod, names) -> list[TensorSpec]:
 
 
 def compile_model(model_path, *, model_format: str | None = None, target: str = "energon, llvm",
-                  config: str | None = None, alpha: str | None = None, input_shapes: str | None = None,
-                  tuning_records: str | None = None, log=None) -> CompileResult:
+                  config: str | None = None, alpha: str | None = None, rounds: str | None = None,
+                  input_shapes: str | None = None, tuning_records: str | None = None, log=None) -> CompileResult:
     """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines."""
     import tvm
 
     from .. import executor
 
     say = log or (lambda _msg: None)
-    tgt = parse_target(target, config, alpha)
+    tgt = parse_target(target, config, alpha, rounds=rounds)
     timings = {}
     t0 = time.perf_counter()
     model = load_model(model_path, model_format, input_shapes)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..isa.config import load_config
+from ..isa.errors import EnergonError
 from .errors import TVMCError
 from .package import Package, read_package
 
@@ -92,48 +93,84 @@ def _to_numpy(value) -> list[np.ndarray]:
     return [x for item in value for x in _to_numpy(item)]
 
 
-def run_package(path, *, inputs=None, fill_mode: str = "random", repeat: int = 1, trace: bool = False,
-                capture: bool = False, seed: int = 0) -> RunResult:
-    """Run a compiled package once per ``repeat``; statistics come from the first run."""
-    import tvm
-    from tvm import relax
+class PackageSession:
+    """A loaded package, ready to run many inputs (the library is loaded once)."""
 
-    from .. import executor
-    from ..relax import bridge
+    def __init__(self, path):
+        import tvm
+        from tvm import relax
 
-    if repeat < 1:
-        raise TVMCError(f"--repeat {repeat}: must be at least 1")
-    with tempfile.TemporaryDirectory(prefix="energon-pkg-") as tmp:
-        pkg = read_package(path, library_dir=Path(tmp))
-        manifest = pkg.manifest
-        feeds = make_inputs(manifest, inputs, fill_mode, seed)
+        from .. import executor
+        from ..relax import bridge
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="energon-pkg-")
+        self.package = read_package(path, library_dir=Path(self._tmp.name))
+        manifest = self.package.manifest
         cfg_doc = manifest["config"]
         try:
             cfg = load_config(cfg_doc["name"])
-        except Exception:
+        except EnergonError:
             cfg = None
         if cfg is None or cfg.fingerprint.hex() != cfg_doc["fingerprint"]:
             cfg = executor.config_from_dict(cfg_doc["values"])
         executor.register_config(cfg)
         bridge.register()
         try:
-            lib = tvm.runtime.load_module(str(pkg.library_path))
-            vm = relax.VirtualMachine(lib, tvm.cpu())
+            lib = tvm.runtime.load_module(str(self.package.library_path))
+            self._vm = relax.VirtualMachine(lib, tvm.cpu())
         except Exception as err:
+            self.close()
             raise TVMCError(f"cannot load the package's library: {type(err).__name__}: {err}") from None
-        args = [tvm.runtime.tensor(feeds[s["name"]]) for s in manifest["inputs"]]
-        result = RunResult(pkg, {})
+
+    @property
+    def manifest(self) -> dict:
+        return self.package.manifest
+
+    def run(self, feeds: dict[str, np.ndarray], *, collect: bool = True, trace: bool = False, capture: bool = False,
+            backend: str = "simulator"):
+        """(outputs by name, bridge CallRecords) for one set of inputs."""
+        import tvm
+
+        from .. import executor
+        from ..relax import bridge
+
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[s["name"]], dtype=s["dtype"]))
+                for s in self.manifest["inputs"]]
+        calls = []
+        with executor.run_options(trace=trace, backend=backend):
+            if collect:
+                with bridge.collect(capture=capture) as run:
+                    value = self._vm["main"](*args)
+                calls = run.calls
+            else:
+                value = self._vm["main"](*args)
+        arrays = _to_numpy(value)
+        names = [o["name"] for o in self.manifest["outputs"]]
+        return {names[i] if i < len(names) else f"output_{i}": a for i, a in enumerate(arrays)}, calls
+
+    def close(self) -> None:
+        self._vm = None
+        self._tmp.cleanup()
+
+    def __enter__(self) -> PackageSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_package(path, *, inputs=None, fill_mode: str = "random", repeat: int = 1, trace: bool = False,
+                capture: bool = False, seed: int = 0) -> RunResult:
+    """Run a compiled package once per ``repeat``; statistics come from the first run."""
+    if repeat < 1:
+        raise TVMCError(f"--repeat {repeat}: must be at least 1")
+    with PackageSession(path) as session:
+        feeds = make_inputs(session.manifest, inputs, fill_mode, seed)
+        result = RunResult(session.package, {})
         for i in range(repeat):
             t0 = time.perf_counter()
-            if i == 0:
-                with bridge.collect(capture=capture) as run, executor.run_options(trace=trace):
-                    value = vm["main"](*args)
-                result.calls = run.calls
-            else:
-                value = vm["main"](*args)
+            outputs, calls = session.run(feeds, collect=i == 0, trace=trace and i == 0, capture=capture)
             result.wall_seconds.append(time.perf_counter() - t0)
-        arrays = _to_numpy(value)
-        names = [o["name"] for o in manifest["outputs"]]
-        result.outputs = {names[i] if i < len(names) else f"output_{i}": a for i, a in enumerate(arrays)}
-        pkg.library_path = None
+            if i == 0:
+                result.outputs, result.calls = outputs, calls
     return result

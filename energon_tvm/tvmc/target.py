@@ -11,8 +11,10 @@ from .errors import TVMCError
 KINDS = ("energon", "llvm")
 #: options each target kind takes on the command line as --target-<kind>-<option>
 OPTIONS = {"energon": {"config": "hardware config: edge, server or a .toml file (default edge)",
+                       "rounds": "filter rounds as QxK bits, e.g. 4x2,4x4 (the default); none = the dense "
+                                 "INT16 baseline",
                        "alpha": "threshold alpha per filter round, comma separated (default: the project's "
-                                "defaults)"}}
+                                "defaults); write --target-energon-alpha=-1,-1 for negative values"}}
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,28 @@ def parse_alphas(text: str | None, default: MPMRFParams) -> MPMRFParams:
         raise TVMCError(f"bad --target-energon-alpha: {err}") from None
 
 
+def parse_rounds(text: str | None) -> MPMRFParams:
+    """``"4x2,4x4"`` -> rounds with the default alphas; ``"none"`` -> no filter round (dense INT16)."""
+    default = MPMRFParams()
+    if text is None:
+        return default
+    if text.strip().lower() in ("none", "dense", ""):
+        return MPMRFParams(())
+    try:
+        bits = [tuple(int(b) for b in item.lower().split("x")) for item in text.split(",")]
+        if any(len(b) != 2 for b in bits):
+            raise ValueError
+    except ValueError:
+        raise TVMCError(f"bad --target-energon-rounds {text!r}: give QxK bit pairs such as 4x2,4x4, or none") from None
+    alphas = [r.alpha for r in default.rounds][:len(bits)] + [0.0] * max(0, len(bits) - len(default.rounds))
+    try:
+        return MPMRFParams.from_alphas(alphas, bits)
+    except ValueError as err:
+        raise TVMCError(f"bad --target-energon-rounds: {err}") from None
+
+
 def parse_target(text: str, config: str | None = None, alpha: str | None = None,
-                 default_params: MPMRFParams | None = None) -> Target:
+                 default_params: MPMRFParams | None = None, rounds: str | None = None) -> Target:
     kinds = [k.strip() for k in (text or "").split(",") if k.strip()]
     if not kinds:
         raise TVMCError("empty --target; use \"energon, llvm\" or \"llvm\"")
@@ -59,8 +81,8 @@ def parse_target(text: str, config: str | None = None, alpha: str | None = None,
     if any(" " in k for k in kinds):
         raise TVMCError(f"--target {text!r}: give target options as --target-<kind>-<option>, not inline")
     offload = "energon" in kinds
-    if not offload and (config or alpha):
+    if not offload and (config or alpha or rounds):
         raise TVMCError("--target-energon-* options need energon in --target")
     cfg = load_config(config or "edge")
-    params = parse_alphas(alpha, default_params or MPMRFParams())
+    params = parse_alphas(alpha, default_params or parse_rounds(rounds))
     return Target(offload, "llvm", cfg, params)

@@ -1,6 +1,6 @@
 """The README's main job (today: the demo) runs and its simulated output equals the reference."""
 
-from energon_tvm.demo import main
+from energon_tvm.workload_demo import main
 
 
 def test_demo_runs_and_checks_itself(capsys):

