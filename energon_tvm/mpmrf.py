@@ -6,7 +6,9 @@ K [Sk, D], V [Sk, D], an optional additive mask/bias M broadcastable to [Sq, Sk]
 
 1. Quantise Q, K, V to INT16, symmetric, one scale per (b, h) tensor:
    ``x16 = clip(rint(x / sx), -32767, 32767)``, ``sx = max|x| / 32767`` (``sx = 1`` for an all-zero x).
-2. Low-precision views are the most significant bits of the codes: ``x_b = x16 >> (16 - b)``.
+2. Low-precision views are the most significant bits of the codes: ``x_b = x16 >> (16 - b)`` (the
+   ``msb`` rule, what the machine's bit-planes give; ``MPMRFParams(view="round")`` rounds to nearest
+   instead, for comparison).
 3. Candidates C start as the keys whose mask entry is above -1e4. Round r (q_bits, k_bits, alpha)
    computes integer scores ``q_qb . k_kb`` plus the bias quantised into that round's integer domain,
    ``rint(M / (sq * sk * s * 2**(16 - qb) * 2**(16 - kb)))``, the sum saturated to INT32 (the
@@ -102,9 +104,25 @@ def _quantize(x):
     return np.clip(np.rint(x / s), -32767, 32767).astype(np.int64), s
 
 
+def _matmul_t(a, b):
+    """a @ b^T over stacked matrices, in float64. Both operands are made C-contiguous first: numpy's
+    stacked matmul leaves BLAS for a slow generic loop on a transposed view (~200x slower)."""
+    return np.matmul(np.ascontiguousarray(a, dtype=np.float64),
+                     np.ascontiguousarray(np.swapaxes(b, -1, -2), dtype=np.float64))
+
+
 def _int_matmul(a, b):
     """Exact integer a @ b^T via float64 (|partial sums| < 2**53 for INT16 x INT16 x D <= 2**22)."""
-    return np.matmul(a.astype(np.float64), np.swapaxes(b, -1, -2).astype(np.float64)).astype(np.int64)
+    return _matmul_t(a, b).astype(np.int64)
+
+
+def _view(x16, bits, rule):
+    """The ``bits``-bit low-precision view of INT16 codes: the MSBs (``msb``), or round-to-nearest
+    (``round``, saturated to the b-bit range)."""
+    if rule == "msb" or bits == 16:
+        return x16 >> (16 - bits)
+    half = 1 << (15 - bits)
+    return np.clip((x16 + half) >> (16 - bits), -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
 
 def _filter_round(scores, cand, alpha_fixed):
@@ -145,8 +163,7 @@ def mpmrf_attention(q, k, v, mask=None, params: MPMRFParams | None = None,
     kept_rounds = []
     kept = cand
     for r in params.rounds:
-        qv = q16 >> (16 - r.q_bits)
-        kv = k16 >> (16 - r.k_bits)
+        qv, kv = _view(q16, r.q_bits, params.view), _view(k16, r.k_bits, params.view)
         round_scale = qk_scale * float(2 ** (16 - r.q_bits)) * float(2 ** (16 - r.k_bits))
         bias_int = np.clip(np.rint(bias / round_scale), INT32_MIN, INT32_MAX).astype(np.int64)
         scores = np.clip(_int_matmul(qv, kv) + bias_int, INT32_MIN, INT32_MAX)
@@ -170,7 +187,7 @@ def float_attention(q, k, v, mask=None, scale: float | None = None) -> np.ndarra
     mask = _check_inputs(q, k, v, mask)
     d = q.shape[-1]
     scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
-    logits = np.matmul(q.astype(np.float64), np.swapaxes(k, -1, -2).astype(np.float64)) * scale
+    logits = _matmul_t(q, k) * scale
     logits = logits + mask
     row_max = np.max(logits, axis=-1, keepdims=True)
     row_max = np.where(np.isfinite(row_max), row_max, 0.0)

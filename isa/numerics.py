@@ -20,6 +20,7 @@ ALPHA_FRAC_BITS = 10
 ALPHA_ONE = 1 << ALPHA_FRAC_BITS
 #: widest product the Filtering Unit accumulates: q_bits + k_bits + log2(D) must stay below this.
 FILTER_SCORE_BITS = 32
+VIEW_RULES = ("msb", "round")
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,14 @@ class MPMRFParams:
     INT16 baseline."""
 
     rounds: tuple[FilterRound, ...] = (FilterRound(4, 2, 0.0), FilterRound(4, 4, 0.0))
+    #: low-precision view rule: "msb" (x16 >> (16 - b), what K's bit-planes give the machine) or
+    #: "round" (round-to-nearest to b bits; a reference-only alternative, compared by measured accuracy)
+    view: str = "msb"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rounds", tuple(self.rounds))
+        if self.view not in VIEW_RULES:
+            raise ValueError(f"view rule {self.view!r} is not one of {', '.join(VIEW_RULES)}")
         for i, r in enumerate(self.rounds):
             if not isinstance(r, FilterRound):
                 raise ValueError(f"round {i + 1} is {r!r}, not a FilterRound")
@@ -69,6 +75,9 @@ class MPMRFParams:
                 raise ValueError(
                     f"round {i + 1} uses Q{cur.q_bits} x K{cur.k_bits}, fewer bits than round {i} "
                     f"(Q{prev.q_bits} x K{prev.k_bits}); rounds must not lose precision")
+
+    def with_view(self, view: str) -> MPMRFParams:
+        return MPMRFParams(self.rounds, view)
 
     @classmethod
     def dense(cls, rounds: int = 0) -> MPMRFParams:
@@ -87,12 +96,16 @@ class MPMRFParams:
         return all(r.alpha_fixed == -ALPHA_ONE for r in self.rounds)
 
     def to_dict(self) -> dict:
-        return {"rounds": [[r.q_bits, r.k_bits, float(r.alpha)] for r in self.rounds]}
+        d = {"rounds": [[r.q_bits, r.k_bits, float(r.alpha)] for r in self.rounds]}
+        if self.view != "msb":
+            d["view"] = self.view
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> MPMRFParams:
         try:
-            return cls(tuple(FilterRound(int(qb), int(kb), float(a)) for qb, kb, a in d["rounds"]))
+            return cls(tuple(FilterRound(int(qb), int(kb), float(a)) for qb, kb, a in d["rounds"]),
+                       str(d.get("view", "msb")))
         except (KeyError, TypeError) as err:
             raise ValueError(f"malformed MP-MRF parameters {d!r}: {err}") from None
 

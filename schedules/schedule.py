@@ -120,6 +120,9 @@ def check_workload(workload: AttentionWorkload, cfg: HardwareConfig) -> None:
     if w.batch * w.heads > cfg.max_heads:
         raise ScheduleError(f"{w.batch} x {w.heads} = {w.batch * w.heads} heads exceed the {cfg.max_heads} "
                             f"head slots of the {cfg.name} param buffer ({cfg.buffer('param')} bytes)")
+    if w.params.view != "msb":
+        raise ScheduleError(f"view rule {w.params.view!r}: the machine computes low-precision views from K's "
+                            f"bit-planes, which gives the 'msb' rule only")
     if w.seq_q > 65535 or w.seq_k > 65535:
         raise ScheduleError(f"sequence lengths {w.seq_q} x {w.seq_k} exceed 65535")
 

@@ -85,6 +85,8 @@ class AttentionWorkload:
         """Stable identity for tuning records."""
         bias = "x".join(map(str, self.bias_shape4)) if self.bias_shape is not None else "-"
         rounds = ",".join(f"q{r.q_bits}k{r.k_bits}a{r.alpha_fixed}" for r in self.params.rounds)
+        if self.params.view != "msb":
+            rounds += f",{self.params.view}"
         return (f"attn_b{self.batch}_h{self.heads}_q{self.seq_q}_k{self.seq_k}_d{self.head_dim}"
                 f"_c{int(self.causal)}_bias{bias}_s{self.effective_scale:.6g}_{self.dtype}_r[{rounds}]")
 

@@ -194,3 +194,21 @@ def test_any_number_of_rounds():
     assert ratios == sorted(ratios, reverse=True)
     res0 = mpmrf_attention(q, k, v, None, MPMRFParams(()))
     assert res0.kept == () and res0.final_kept.all()
+
+
+def test_round_view_rule_is_a_reference_only_alternative():
+    from energon_tvm.isa.config import load_config
+    from energon_tvm.isa.errors import ScheduleError
+    from energon_tvm.schedules import AttentionWorkload, default_schedule
+
+    rng = np.random.default_rng(8)
+    q, k, v = _qkv(rng)
+    msb = mpmrf_attention(q, k, v, None, MPMRFParams())
+    rnd = mpmrf_attention(q, k, v, None, MPMRFParams().with_view("round"))
+    assert not all(np.array_equal(a, b) for a, b in zip(msb.kept, rnd.kept))
+    assert MPMRFParams.from_dict(MPMRFParams().with_view("round").to_dict()).view == "round"
+    with pytest.raises(ValueError, match="view rule 'ceil'"):
+        MPMRFParams(view="ceil")
+    w = AttentionWorkload(1, 1, 8, 8, 32, params=MPMRFParams().with_view("round"))
+    with pytest.raises(ScheduleError, match="'msb' rule only"):
+        default_schedule(w, load_config("edge"))

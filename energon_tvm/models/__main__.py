@@ -82,6 +82,28 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    import json
+
+    from . import sweep
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    views = tuple(v.strip() for v in args.views.split(","))
+    results = sweep.run_sweep(n_train=args.n_train, n_eval=args.n_eval, seed=args.seed, views=views,
+                              batch=args.batch, progress=not args.no_progress)
+    (out / "sweep.json").write_text(json.dumps(sweep.to_json(results), indent=1))
+    sweep.plot(results, out / "pareto.png")
+    table = sweep.markdown(results)
+    (out / "sweep.md").write_text(table + "\n")
+    print(table)
+    best = sweep.choose_default(results)
+    print("\nsparsest msb setting within 0.5 points of dense: "
+          + (f"alpha {best.alphas}, kept {best.kept_ratio[-1]:.3f}, accuracy {best.accuracy:.4f}" if best else "none"))
+    print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'pareto.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m energon_tvm.models", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.add_argument("-o", "--output", default="out/probe.npz", help="probe file to write (out/probe.npz)")
     pr.set_defaults(run=_probe)
+
+    sw = sub.add_parser("sweep", help="accuracy against kept ratio over alpha settings and view rules")
+    sw.add_argument("--n-train", type=int, default=1400, help="snippets the probe is trained on (1400)")
+    sw.add_argument("--n-eval", type=int, default=2000, help="held-out snippets every setting is scored on (2000)")
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--views", default="msb,round", help="view rules to sweep (msb,round)")
+    sw.add_argument("--batch", type=int, default=64)
+    sw.add_argument("--no-progress", action="store_true")
+    sw.add_argument("-o", "--output", default="out/sweep", help="folder for sweep.json, sweep.md, pareto.png")
+    sw.set_defaults(run=_sweep)
     return parser
 
 

@@ -23,6 +23,7 @@ from ..schedule import (
     FILTER_MODES,
     PLANE_MODES,
     Schedule,
+    check_workload,
     chunk_keys,
     default_schedule,
     fits,
@@ -125,6 +126,7 @@ class SearchSpace:
         only the knobs it names) and keep the points that fit and stay within the budget."""
         if not isinstance(max_instructions, int) or max_instructions < 1:
             raise TuningError(f"max_instructions = {max_instructions!r} must be a positive integer")
+        check_workload(workload, cfg)  # a workload no tiling can take: say why, not "no point fits"
         grid = dict(default_knobs(workload))
         for name, values in (knobs or {}).items():
             if name not in grid:

@@ -1,0 +1,203 @@
+"""Accuracy against sparsity: MP-MRF on all-MiniLM-L6-v2, scored by the VADER movie-review probe.
+
+The sweep runs the model in torch with every attention replaced by the MP-MRF reference
+(:func:`energon_tvm.mpmrf.mpmrf_attention`, whose kept sets the simulator reproduces bit for bit and
+whose outputs it matches to 1e-5; see tests/sim and tests/schedules), because thousands of sentences
+times a dozen settings are out of reach of instruction-level simulation on two cores. Sentences are
+padded to the longest of their batch (a multiple of 8) rather than to the deployed 128: padded keys
+are masked either way, so only the INT16 scales, which span the padded query rows too, can differ;
+``tvmc run`` at the fixed length is the check of the deployed path (the main job).
+
+Protocol: 3,400 polar snippets are sampled with a fixed seed; a logistic-regression probe is trained
+once on dense (float) embeddings of 1,400 of them; every setting is scored on the other 2,000.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..isa.numerics import MPMRFParams
+from . import corpus, minilm, probe
+
+ATTN_NAME = "energon_mpmrf"
+#: (alpha round 1, alpha round 2) settings of the sweep, densest first
+ALPHAS = [(-1.0, -1.0), (-0.75, -0.5), (-0.5, -0.5), (-0.5, -0.25), (-0.5, 0.0), (-0.25, -0.25), (-0.25, 0.0),
+          (0.0, -0.25), (0.0, 0.0), (0.0, 0.25), (0.25, 0.25), (0.25, 0.5)]
+
+
+class _Attention:
+    """The transformers attention function: MP-MRF with the current parameters, tallying kept pairs."""
+
+    def __init__(self):
+        self.params: MPMRFParams | None = None
+        self.candidates = 0
+        self.kept: list[int] = []
+
+    def reset(self, params: MPMRFParams | None) -> None:
+        self.params, self.candidates, self.kept = params, 0, [0] * (len(params.rounds) if params else 0)
+
+    def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        import torch
+
+        from ..mpmrf import float_attention, mpmrf_attention
+
+        q, k, v = (t.detach().to(torch.float32).numpy() for t in (query, key, value))
+        mask = None
+        if attention_mask is not None:
+            m = attention_mask.detach()
+            mask = (torch.where(m, 0.0, float("-inf")) if m.dtype == torch.bool else m.to(torch.float32)).numpy()
+        if self.params is None:
+            out = float_attention(q, k, v, mask, scaling)
+        else:
+            res = mpmrf_attention(q, k, v, mask, self.params, scaling)
+            out = res.output
+            self.candidates += int(res.candidates.sum())
+            for i, kept in enumerate(res.kept):
+                self.kept[i] += int(kept.sum())
+        return torch.from_numpy(out).transpose(1, 2).contiguous(), None
+
+    def ratios(self) -> list[float]:
+        return [k / self.candidates if self.candidates else 0.0 for k in self.kept]
+
+
+def load_model(attention: _Attention):
+    from transformers import AttentionInterface, AutoModel
+
+    AttentionInterface.register(ATTN_NAME, attention)
+    minilm.model_dir()
+    minilm._offline()
+    model = AutoModel.from_pretrained(str(minilm.model_dir()), attn_implementation=ATTN_NAME, local_files_only=True)
+    return model.eval()
+
+
+def embed(model, texts, batch: int = 64, max_len: int = 128, progress: str | None = None) -> np.ndarray:
+    """Sentence embeddings, batches of similar length padded to their longest (multiple of 8)."""
+    import torch
+    from tqdm import tqdm
+
+    tok = minilm.load_tokenizer(max_len)
+    lengths = np.array([len(tok.encode(t).ids) for t in texts])
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(texts), minilm.HIDDEN_SIZE), np.float32)
+    starts = range(0, len(texts), batch)
+    for s in tqdm(starts, desc=progress, unit="batch", leave=False, disable=progress is None):
+        idx = order[s:s + batch]
+        seq = int(min(max_len, max(8, -(-lengths[idx].max() // 8) * 8)))
+        feeds = minilm.tokenize([texts[i] for i in idx], seq)
+        with torch.no_grad():
+            hidden = model(input_ids=torch.from_numpy(feeds["input_ids"]),
+                           attention_mask=torch.from_numpy(feeds["attention_mask"])).last_hidden_state.numpy()
+        out[idx] = minilm.sentence_embeddings(hidden, feeds["attention_mask"])
+    return out
+
+
+@dataclass(frozen=True)
+class Point:
+    view: str
+    alphas: tuple[float, ...]
+    kept_ratio: tuple[float, ...]
+    accuracy: float
+    cosine: float      # mean cosine of the embeddings to the float model's
+    seconds: float
+
+
+def run_sweep(n_train: int = 1400, n_eval: int = 2000, seed: int = 0, alphas=ALPHAS, views=("msb", "round"),
+              batch: int = 64, progress: bool = True) -> dict:
+    items = corpus.fetch_vader_movie_reviews()
+    rows = corpus.sample_rows(items, n_train + n_eval, seed=seed)
+    labels = corpus.labels_of(items, rows)
+    texts = [items[r][0] for r in rows]
+    train, test = probe.stratified_split(labels, n_eval / (n_train + n_eval), seed)
+    attention = _Attention()
+    model = load_model(attention)
+    attention.reset(None)
+    t0 = time.perf_counter()
+    dense = embed(model, texts, batch, progress="float attention" if progress else None)
+    trained = probe.train_probe(dense[train], labels[train], seed=seed)
+    dense_acc = probe.accuracy(trained, dense[test], labels[test])
+    results = {"n_train": int(len(train)), "n_eval": int(len(test)), "seed": seed, "dense_accuracy": dense_acc,
+               "dense_seconds": time.perf_counter() - t0, "points": []}
+    eval_texts = [texts[i] for i in test]
+    for view in views:
+        for a in alphas:
+            params = MPMRFParams.from_alphas(a).with_view(view)
+            attention.reset(params)
+            t0 = time.perf_counter()
+            emb = embed(model, eval_texts, batch, progress=f"{view} alpha {a}" if progress else None)
+            point = Point(view, tuple(a), tuple(attention.ratios()), probe.accuracy(trained, emb, labels[test]),
+                          float(np.mean(np.sum(emb * dense[test], axis=1))), time.perf_counter() - t0)
+            results["points"].append(point)
+            if progress:
+                print(f"  {view:5s} alpha {a[0]:+.2f},{a[1]:+.2f}: kept {' / '.join(f'{r:.3f}' for r in point.kept_ratio)}"
+                      f"  accuracy {point.accuracy:.4f} (dense {dense_acc:.4f})  cosine {point.cosine:.4f}"
+                      f"  [{point.seconds:.0f} s]", flush=True)
+    return results
+
+
+def pareto(points: list[Point]) -> list[Point]:
+    """Points no other point beats on both final kept ratio (lower) and accuracy (higher)."""
+    front = []
+    for p in points:
+        if not any(o.kept_ratio[-1] <= p.kept_ratio[-1] and o.accuracy >= p.accuracy and o != p
+                   and (o.kept_ratio[-1] < p.kept_ratio[-1] or o.accuracy > p.accuracy) for o in points):
+            front.append(p)
+    return sorted(front, key=lambda p: p.kept_ratio[-1])
+
+
+def choose_default(results: dict, view: str = "msb", tolerance: float = 0.005) -> Point | None:
+    """The sparsest setting (lowest final kept ratio) whose accuracy is within ``tolerance`` of dense."""
+    ok = [p for p in results["points"] if p.view == view and p.accuracy >= results["dense_accuracy"] - tolerance]
+    return min(ok, key=lambda p: p.kept_ratio[-1]) if ok else None
+
+
+def plot(results: dict, path) -> None:
+    """Kept ratio against accuracy, per view rule, with the Pareto front and the dense accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for view, marker in (("msb", "o"), ("round", "s")):
+        pts = [p for p in results["points"] if p.view == view]
+        if not pts:
+            continue
+        ax.scatter([p.kept_ratio[-1] for p in pts], [100 * p.accuracy for p in pts], marker=marker,
+                   label=f"MP-MRF, {view} views")
+        front = pareto(pts)
+        ax.plot([p.kept_ratio[-1] for p in front], [100 * p.accuracy for p in front], "--", alpha=0.6)
+        for p in pts:
+            ax.annotate(f"{p.alphas[0]:g},{p.alphas[1]:g}", (p.kept_ratio[-1], 100 * p.accuracy), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    dense = 100 * results["dense_accuracy"]
+    ax.axhline(dense, color="k", lw=1, label=f"float attention ({dense:.2f}%)")
+    ax.axhspan(dense - 0.5, dense, color="k", alpha=0.08, label="within 0.5 points")
+    ax.set_xlabel("kept ratio after the last round (kept pairs / candidate pairs)")
+    ax.set_ylabel("probe accuracy (%)")
+    ax.set_title(f"all-MiniLM-L6-v2, VADER movie reviews ({results['n_eval']} held-out snippets)")
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def markdown(results: dict) -> str:
+    lines = [f"dense (float attention) accuracy: {results['dense_accuracy']:.4f} on {results['n_eval']} held-out "
+             f"snippets (probe trained on {results['n_train']})", "",
+             "| view | alpha r1 | alpha r2 | kept after r1 | kept after r2 | accuracy | vs dense (points) "
+             "| cosine to float | Pareto |", "|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    fronts = {v: set(pareto([p for p in results["points"] if p.view == v])) for v in ("msb", "round")}
+    for p in results["points"]:
+        lines.append(f"| {p.view} | {p.alphas[0]:+.2f} | {p.alphas[1]:+.2f} | {p.kept_ratio[0]:.3f} | "
+                     f"{p.kept_ratio[-1]:.3f} | {p.accuracy:.4f} | {100 * (p.accuracy - results['dense_accuracy']):+.2f} "
+                     f"| {p.cosine:.4f} | {'*' if p in fronts[p.view] else ''} |")
+    return "\n".join(lines)
+
+
+def to_json(results: dict) -> dict:
+    out = {k: v for k, v in results.items() if k != "points"}
+    out["points"] = [{"view": p.view, "alphas": list(p.alphas), "kept_ratio": list(p.kept_ratio),
+                      "accuracy": p.accuracy, "cosine": p.cosine, "seconds": p.seconds} for p in results["points"]]
+    return out
