@@ -19,11 +19,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table  # noqa: E402
-
 from energon_tvm.isa.config import load_config  # noqa: E402
 from energon_tvm.runtime_sim import run_attention  # noqa: E402
 from energon_tvm.schedules import AttentionWorkload, default_schedule, dense_workload, emit_program  # noqa: E402
 from energon_tvm.schedules.graph import critical_path  # noqa: E402
+
 from energon_tvm.workloads import structured_qkv  # noqa: E402
 
 WORKLOADS = [("MiniLM", 12, 128, 32), ("BERT-base", 12, 128, 64), ("BERT-base", 12, 512, 64),

@@ -60,6 +60,7 @@ class _Run:
         self.functional = profile is None
         self.candidates = 0
         self.kept = defaultdict(int)  # round -> kept pairs
+        self.by_head = defaultdict(lambda: defaultdict(int))  # round -> head slot -> pairs (round 0: candidates)
         self.captured = None
         if capture_shape is not None:
             self.captured = defaultdict(lambda: np.zeros(capture_shape, bool))
@@ -70,6 +71,7 @@ class _Run:
             self.candidates += n
         else:
             self.kept[round_index] += n
+        self.by_head[round_index][head] += n
         if self.captured is not None:
             rows, keys = bits.shape
             self.captured[round_index][head, q0:q0 + rows, k0:k0 + keys] = bits
@@ -308,6 +310,10 @@ class _Totals:
             "kept": [run.kept[r] for r in sorted(run.kept)],
         }
         stats["kept_ratio"] = [k / run.candidates if run.candidates else 0.0 for k in stats["kept"]]
+        heads = 1 + max((h for counts in run.by_head.values() for h in counts), default=-1)
+        cand = [run.by_head[0][h] for h in range(heads)]
+        stats["kept_ratio_by_head"] = [[run.by_head[r][h] / cand[h] if cand[h] else 0.0 for h in range(heads)]
+                                       for r in sorted(run.kept)]
         dram_total = stats["dram_bytes"]["read_total"] + stats["dram_bytes"]["write_total"]
         stats["dram_utilization"] = dram_total / (cycles * cfg.dram_bytes_per_cycle) if cycles else 0.0
         stats["energy_pj"] = energy_breakdown(stats, cfg)

@@ -131,7 +131,8 @@ def run_sweep(n_train: int = 1400, n_eval: int = 2000, seed: int = 0, alphas=ALP
                           float(np.mean(np.sum(emb * dense[test], axis=1))), time.perf_counter() - t0)
             results["points"].append(point)
             if progress:
-                print(f"  {view:5s} alpha {a[0]:+.2f},{a[1]:+.2f}: kept {' / '.join(f'{r:.3f}' for r in point.kept_ratio)}"
+                kept = " / ".join(f"{r:.3f}" for r in point.kept_ratio)
+                print(f"  {view:5s} alpha {a[0]:+.2f},{a[1]:+.2f}: kept {kept}"
                       f"  accuracy {point.accuracy:.4f} (dense {dense_acc:.4f})  cosine {point.cosine:.4f}"
                       f"  [{point.seconds:.0f} s]", flush=True)
     return results
@@ -191,7 +192,8 @@ def markdown(results: dict) -> str:
     fronts = {v: set(pareto([p for p in results["points"] if p.view == v])) for v in ("msb", "round")}
     for p in results["points"]:
         lines.append(f"| {p.view} | {p.alphas[0]:+.2f} | {p.alphas[1]:+.2f} | {p.kept_ratio[0]:.3f} | "
-                     f"{p.kept_ratio[-1]:.3f} | {p.accuracy:.4f} | {100 * (p.accuracy - results['dense_accuracy']):+.2f} "
+                     f"{p.kept_ratio[-1]:.3f} | {p.accuracy:.4f} "
+                     f"| {100 * (p.accuracy - results['dense_accuracy']):+.2f} "
                      f"| {p.cosine:.4f} | {'*' if p in fronts[p.view] else ''} |")
     return "\n".join(lines)
 
