@@ -90,9 +90,12 @@ def _sweep(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     views = tuple(v.strip() for v in args.views.split(","))
+    def save(results):  # after every setting, so an interrupted sweep keeps what it measured
+        (out / "sweep.json").write_text(json.dumps(sweep.to_json(results), indent=1))
+
     results = sweep.run_sweep(n_train=args.n_train, n_eval=args.n_eval, seed=args.seed, views=views,
-                              batch=args.batch, progress=not args.no_progress)
-    (out / "sweep.json").write_text(json.dumps(sweep.to_json(results), indent=1))
+                              batch=args.batch, progress=True, on_point=save)
+    save(results)
     sweep.plot(results, out / "pareto.png")
     table = sweep.markdown(results)
     (out / "sweep.md").write_text(table + "\n")
