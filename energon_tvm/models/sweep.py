@@ -67,8 +67,12 @@ class _Attention:
 
 def load_model(attention: _Attention):
     from transformers import AttentionInterface, AutoModel
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
     AttentionInterface.register(ATTN_NAME, attention)
+    # without a registered mask function transformers passes no mask at all to a custom attention, and
+    # padded keys would be attended: give it the eager (additive) mask
+    AttentionMaskInterface.register(ATTN_NAME, eager_mask)
     minilm.model_dir()
     minilm._offline()
     model = AutoModel.from_pretrained(str(minilm.model_dir()), attn_implementation=ATTN_NAME, local_files_only=True)
