@@ -64,9 +64,9 @@ def compile_options(config: HardwareConfig | None = None, tuning_records=None, l
     program bytes -> schedule source."""
     records = None
     if tuning_records is not None:
-        from .schedules.tuner.records import load_records
+        from .schedules.tuner.records import read_records
 
-        records = load_records(tuning_records) if not isinstance(tuning_records, list) else tuning_records
+        records = read_records(tuning_records) if not isinstance(tuning_records, list) else tuning_records
     opts = _CompileOptions(config, records, log)
     previous = _compile_opts()
     _state.compile = opts
