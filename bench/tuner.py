@@ -12,10 +12,11 @@ timing-only simulator's on the calibration sparsity profile.
    (the heuristic's own is trial 0) with the xgb and random tuners, seed 0.
 2. On a space small enough to measure every point (MiniLM on edge, coarse knobs: q_tile 8..128,
    k_chunk multiples of 16, every slot count and mode): how many trials xgb, random and grid need
-   to come within 2% of the exhaustive best, over ``--seeds`` seeds (heuristic not included). The
-   tuners are replayed against the exhaustive table: a measurement is deterministic, so replaying it
-   is the same as re-measuring. ``--exhaustive-records FILE`` keeps that table as tuning records
-   (read if the file exists, written otherwise), so a re-run skips the ~10 minutes it takes.
+   to come within 2% of the exhaustive best, over ``--seeds`` seeds (heuristic not included, batches
+   of 8 as in ``tune``). The tuners are replayed against the exhaustive table: a measurement is
+   deterministic, so replaying it is the same as re-measuring. ``--exhaustive-records FILE`` keeps
+   that table as tuning records (read if the file exists, written otherwise), so a re-run skips the
+   ~10 minutes it takes.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from energon_tvm.schedules.tuner import (
     LocalRunner,
     MeasureResult,
     MeasureTask,
-    Runner,
     SearchSpace,
     TuningRecord,
     append_records,
+    make_tuner,
     profile_from_arrays,
     read_records,
     tune,
@@ -76,18 +77,6 @@ def note(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class TableRunner(Runner):
-    """Answers from an exhaustive measurement instead of simulating again."""
-
-    name = "table"
-
-    def __init__(self, results: dict):
-        self.results = results
-
-    def run(self, task, schedules):
-        return [self.results[s] for s in schedules]
-
-
 def tuned_vs_heuristic(args, runner) -> None:
     rows = []
     for name, w, tokens in (("MiniLM S=128", MINILM, MINILM_TOKENS), ("BERT-base S=512", BERT512, None)):
@@ -113,10 +102,18 @@ def tuned_vs_heuristic(args, runner) -> None:
           f"Tuned cycles against the heuristic ({args.trials} trials, seed 0, heuristic = trial 0)")
 
 
-def trials_to_reach(records, target: float) -> int | None:
-    for r in records:
-        if r.ok and r.cycles <= target:
-            return r.trial + 1
+def trials_to_reach(tuner, results: dict, target: float, cap: int, batch: int = 8) -> int | None:
+    """Drive ``tuner`` as :func:`tune` does (batches of 8, no heuristic trial) until a measurement
+    comes within ``target``: the trial count, or None if ``cap`` trials do not get there."""
+    done = 0
+    while done < cap and tuner.has_next():
+        picks = tuner.next_batch(min(batch, cap - done))
+        measured = [results[tuner.space[i]] for i in picks]
+        tuner.update(picks, measured)
+        for n, r in enumerate(measured, done + 1):
+            if r.ok and r.cycles <= target:
+                return n
+        done += len(picks)
     return None
 
 
@@ -162,15 +159,12 @@ def exhaustive_study(args, runner) -> None:
             f"{heuristic.cycles:,} ({heuristic.cycles / best:.3f}x best)"]],
           "Exhaustive search space")
 
-    table_runner = TableRunner(results)
     rows = []
     cap = min(len(space), args.cap)
     for tuner, seeds in (("xgb", range(args.seeds)), ("random", range(args.seeds)), ("grid", [0])):
         needed = []
         for seed in seeds:
-            res = tune(w, cfg, profile, trials=cap, tuner=tuner, seed=seed, runner=table_runner,
-                       include_heuristic=False, knobs=COARSE_KNOBS, progress=False)
-            n = trials_to_reach(res.records, target)
+            n = trials_to_reach(make_tuner(tuner, space, seed), results, target, cap if tuner != "grid" else len(space))
             needed.append(n if n is not None else float("inf"))
         finite = [n for n in needed if n != float("inf")]
         misses = len(needed) - len(finite)

@@ -112,9 +112,12 @@ def read_records(path: str | Path) -> list[TuningRecord]:
 def append_records(path: str | Path, records: Iterable[TuningRecord]) -> None:
     """Append records as JSON lines (a session appends after every batch, so a killed session keeps
     what it measured)."""
-    with open(path, "a", encoding="utf-8") as f:
-        for r in records:
-            f.write(r.to_json() + "\n")
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            for r in records:
+                f.write(r.to_json() + "\n")
+    except OSError as err:
+        raise RecordsError(f"cannot write tuning records to {str(path)!r}: {err.strerror or err}") from None
 
 
 def _as_records(records) -> list[TuningRecord]:

@@ -94,6 +94,8 @@ class DaskRunner(Runner):
                                   f"tcp://HOST:PORT or a distributed.Client")
             try:
                 self.client = Client(scheduler, timeout=timeout, set_as_default=False)
+            except ValueError as err:  # distributed's own check of the address's form
+                raise ClusterError(f"dask scheduler address {scheduler!r} is not valid: {err}") from None
             except (OSError, TimeoutError) as err:
                 raise ClusterError(f"cannot reach the Dask scheduler at {scheduler} within {timeout:g} s "
                                    f"({err})") from None

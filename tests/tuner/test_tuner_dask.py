@@ -30,3 +30,8 @@ def test_unreachable_scheduler_is_a_typed_error(cfg, workload, profile, small_kn
     address = f"tcp://127.0.0.1:{port}"
     with pytest.raises(ClusterError, match=f"cannot reach the Dask scheduler at {address} within 1 s"):
         tune(workload, cfg, profile, knobs=small_knobs, dask_scheduler=address, dask_timeout=1, progress=False)
+
+
+def test_malformed_scheduler_address_is_a_typed_error(cfg, workload, profile, small_knobs):
+    with pytest.raises(ClusterError, match="address 'nonsense' is not valid: missing port"):
+        tune(workload, cfg, profile, knobs=small_knobs, dask_scheduler="nonsense", progress=False)

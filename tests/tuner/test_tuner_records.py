@@ -87,6 +87,8 @@ def test_malformed_records_name_file_and_line(tmp_path, cfg, workload, line, mat
 def test_missing_records_file_is_a_typed_error(tmp_path, cfg, workload):
     with pytest.raises(RecordsError, match="does not exist"):
         best_schedule(tmp_path / "nope.jsonl", workload, cfg)
+    with pytest.raises(RecordsError, match="cannot write tuning records to .*no-such-dir"):
+        append_records(tmp_path / "no-such-dir" / "r.jsonl", [record(workload, cfg, Schedule(16, 16), 5)])
 
 
 def test_blank_lines_are_skipped(tmp_path, cfg, workload):

@@ -91,6 +91,15 @@ def test_grid_and_random_tuners_never_repeat(cfg, workload, small_knobs):
     assert make_tuner("random", space, seed=3).next_batch(8) != make_tuner("random", space, seed=4).next_batch(8)
 
 
+def test_xgb_batches_cover_knob_values_not_near_copies(cfg, workload, small_knobs):
+    space = SearchSpace.build(workload, cfg, knobs=small_knobs)
+    a, b, c = (space.index(s) for s in (Schedule(16, 16, 2, 2, 1), Schedule(16, 16, 2, 2, 2),
+                                         Schedule(32, 32, 2, 2, 1, "chunk")))
+    xgb = make_tuner("xgb", space)
+    assert xgb._diverse([a, b, c], 2) == [a, c]  # b only changes out_slots; c brings three new values
+    assert xgb._diverse([a, b, c], 3) == [a, c, b]
+
+
 def test_xgb_session_is_reproducible_and_beats_the_heuristic(tmp_path, cfg, workload, profile, small_knobs):
     path = tmp_path / "records.jsonl"
     a = session(workload, cfg, profile, small_knobs, trials=20, seed=1, records=path)
