@@ -4,7 +4,7 @@ and the simulated latency next to dense float attention measured on this machine
     python bench/simulator.py [--config edge] [--seq 512] [--heads 12] [--head-dim 64] [--repeat 3]
 
 Workload: B=1, H=12, S=512, D=64, structured Q/K (energon_tvm.workloads), default MP-MRF (Q4xK2,
-Q4xK4, alpha 0, 0), the heuristic schedule. The simulator's output is checked against the reference
+Q4xK4; default alphas), the heuristic schedule. The simulator's output is checked against the reference
 before anything is timed.
 """
 
