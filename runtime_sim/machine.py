@@ -58,6 +58,7 @@ class _Run:
         self.state = state
         self.profile = profile
         self.functional = profile is None
+        self.k_views: dict = {}  # decoded K views, see semantics._k_view
         self.candidates = 0
         self.kept = defaultdict(int)  # round -> kept pairs
         self.by_head = defaultdict(lambda: defaultdict(int))  # round -> head slot -> pairs (round 0: candidates)
@@ -161,9 +162,10 @@ class Simulator:
         args = [ins.as_dict() for ins in code]
         names = [ins.op.mnemonic for ins in code]
         tokens = [a.get("token", -1) for a in args]
+        units = [ins.unit for ins in code]
         queues: dict[Unit, list[int]] = {u: [] for u in Unit}
         for pc in range(first, len(code) - 1):
-            queues[code[pc].unit].append(pc)
+            queues[units[pc]].append(pc)
 
         free = {u: 0 for u in Unit}  # when each unit's previous instruction ends
         head_of = {u: 0 for u in Unit}

@@ -209,6 +209,18 @@ def f_cand(run, a, pc, ins) -> Work:
     return w
 
 
+def _k_view(run, addr: int, kb: int, keys: int, d: int, planes: np.ndarray) -> np.ndarray:
+    """K's kb-bit view [keys, D] decoded from the planes at ``addr``, memoised until the plane buffer is
+    written again (a head's resident planes serve every query tile and both passes of a round)."""
+    key = (addr, kb, keys, d, run.state.buf["kplane"].version)
+    view = run.k_views.get(key)
+    if view is None:
+        if len(run.k_views) > 64:
+            run.k_views.clear()
+        view = run.k_views[key] = from_bitplanes(planes.reshape(kb, keys, d // 8), kb).astype(np.float64)
+    return view
+
+
 def _filter_scores(run, w: Work, a: dict, pc) -> np.ndarray | None:
     """(candidate bits, integer scores) [rows, keys] of a round for a tile x chunk (scores None in
     timing-only runs), counting the low-bit MACs of the candidate pairs and the operand reads."""
@@ -227,7 +239,7 @@ def _filter_scores(run, w: Work, a: dict, pc) -> np.ndarray | None:
     w.fu_precision = f"int{qb}xint{kb}"
     if not run.functional:
         return cand, None
-    k_view = from_bitplanes(planes.reshape(kb, keys, d // 8), kb)
+    k_view = _k_view(run, a["kp"], kb, keys, d, planes)
     scores = _int_matmul(q16.astype(np.int64) >> (16 - qb), k_view)
     if bias is not None:
         round_scale = qk_scale * float(2 ** (16 - qb)) * float(2 ** (16 - kb))

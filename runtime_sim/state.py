@@ -18,6 +18,7 @@ class Sram:
         self.capacity = capacity
         self.data = np.zeros(capacity, np.uint8)
         self.written = np.zeros(capacity, bool)
+        self.version = 0  # bumped on every write: lets handlers cache values decoded from the contents
 
     def _check(self, addr: int, nbytes: int, pc) -> None:
         if addr < 0 or addr + nbytes > self.capacity:
@@ -37,6 +38,7 @@ class Sram:
         self._check(addr, payload.size, pc)
         self.data[addr:addr + payload.size] = payload
         self.written[addr:addr + payload.size] = True
+        self.version += 1
 
     def reserve(self, addr: int, nbytes: int, pc) -> None:
         """Timing-only runs: mark a destination written without moving data."""
@@ -64,6 +66,7 @@ class Sram:
         idx = self._rows_index(addr, rows, width, stride, pc)
         self.data[idx] = payload
         self.written[idx] = True
+        self.version += 1
 
 
 class Dram:

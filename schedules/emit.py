@@ -102,6 +102,10 @@ class _Emitter:
         self.planes = plane_bits(w)
         self.plane_slots = head_plane_slots(w, cfg) if s.plane_mode == "head" else CHUNK_PLANE_SLOTS
         self.passes = 1 if s.filter_mode == "store" else 2  # streamed planes are needed by both passes
+        # With a head's planes resident and no bias tile, the Filtering Unit takes a query tile's whole key
+        # row in one instruction: its work is the same, the instruction count (and simulation time) is not.
+        # Bias tiles are laid out chunk by chunk for the Attention Unit, so biased workloads filter by chunk.
+        self.whole_row = bool(self.rounds) and s.plane_mode == "head" and self.bias_mode == BiasMode.NONE
         self.streams: dict[Unit, list[tuple[Instruction, str]]] = {u: [] for u in Unit}
         self.order: list[tuple[Unit, int, int]] = []  # program order: (unit, start, end) stream slices
         # running counters of K/V chunk slots and streamed plane slots, per consuming unit
@@ -134,6 +138,10 @@ class _Emitter:
 
     def all_chunks(self) -> list[tuple[int, int]]:
         return [(k0, min(self.keys_max, self.w.seq_k - k0)) for k0 in range(0, self.w.seq_k, self.keys_max)]
+
+    def filter_chunks(self, t: Tile) -> list[tuple[int, int]]:
+        """Key chunks of the Filtering Unit: the whole row at once when it can (see ``whole_row``)."""
+        return [(0, self.w.seq_k)] if self.whole_row else self.chunks(t)
 
     # buffer addresses
     def q_addr(self, i: int) -> int:
@@ -191,7 +199,7 @@ class _Emitter:
             lo = 0
             for r in self.rounds:  # each round fetches only the planes the previous ones did not
                 if r.k_bits > lo:
-                    for k0, keys in self.all_chunks():
+                    for k0, keys in ([(0, self.w.seq_k)] if self.whole_row else self.all_chunks()):
                         self.load_planes(t, f"h{t.slot} planes {lo}-{r.k_bits - 1}", lo, r.k_bits, k0, keys,
                                          self.head_planes_addr(t, k0))
                     lo = r.k_bits
@@ -226,7 +234,7 @@ class _Emitter:
 
     def filter(self, i: int, t: Tile) -> None:
         lab = f"h{t.slot} q{t.q0}-{t.q0 + t.rows - 1}"
-        chunks = self.chunks(t)
+        chunks = self.filter_chunks(t)
         self.sync(Unit.FILTER, "WAIT", TILE_LOADED, lab)
         if self.rounds and self.s.plane_mode == "head" and t.first_of_head:
             self.sync(Unit.FILTER, "WAIT", PLANES_LOADED, lab)
