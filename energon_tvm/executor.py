@@ -24,7 +24,7 @@ import numpy as np
 
 from .isa.config import HardwareConfig
 from .isa.errors import BinaryFormatError, ConfigError, ScheduleError
-from .isa.program import Program
+from .isa.program import HEADER, Program
 from .schedules import AttentionWorkload, default_schedule, emit_program, fits
 
 BACKENDS = ("simulator", "reference")
@@ -140,10 +140,9 @@ def _program(blob) -> tuple[Program, HardwareConfig]:
     key = hashlib.sha256(blob).hexdigest()
     prog = _programs.get(key)
     if prog is None:
-        if len(blob) >= 24 and blob[8:24] in _configs:
-            prog = Program.from_bytes(blob, _configs[blob[8:24]])
-        else:
-            prog = Program.from_bytes(blob)  # a built-in config, by fingerprint
+        fingerprint = HEADER.unpack_from(blob)[3] if len(blob) >= HEADER.size else None
+        # a registered config (a package's own) first, else the built-in config with that fingerprint
+        prog = Program.from_bytes(blob, _configs.get(fingerprint))
         if len(_programs) > 256:
             _programs.clear()
         _programs[key] = prog
