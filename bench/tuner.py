@@ -5,8 +5,8 @@
 
 Workloads: MiniLM (B=1, H=12, S=128, D=32, padding mask bias_shape=(1,1,1,128); calibration: a
 96-token sentence padded to 128) and BERT-base S=512 (B=1, H=12, S=512, D=64, no mask), structured
-synthetic Q/K/V (energon_tvm.workloads), default MP-MRF (Q4xK2, Q4xK4, alpha 0, 0). Cycles are the
-timing-only simulator's on the calibration sparsity profile.
+synthetic Q/K/V (energon_tvm.workloads), the default MP-MRF parameters (MPMRFParams()). Cycles are
+the timing-only simulator's on the calibration sparsity profile.
 
 1. For each workload and config: the heuristic's cycles, and the best of ``--trials`` measurements
    (the heuristic's own is trial 0) with the xgb and random tuners, seed 0.

@@ -81,6 +81,8 @@ def program_size(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareC
     head_mode = rounds > 0 and s.plane_mode == "head"
     chunk_mode = rounds > 0 and s.plane_mode == "chunk"
     recompute = s.filter_mode == "recompute"  # pass 2 rescores: it streams the planes a second time
+    # resident planes and no bias tile: the filter takes a tile's whole key row per instruction
+    whole_row = head_mode and w.bias_shape is None
     all_chunks = -(-w.seq_k // keys)
     plane_fetches, lo = 0, 0
     for r in w.params.rounds:  # each round fetches only the planes the previous ones did not
@@ -90,10 +92,11 @@ def program_size(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareC
     per_head = 0
     for chunks, first, last in _tile_chunks(w, rows, keys):
         prefetch = 3 + (chunks if bias_loads else 0)
-        prefetch += (2 + plane_fetches * all_chunks) if head_mode and first else 0
+        prefetch += (2 + plane_fetches * (1 if whole_row else all_chunks)) if head_mode and first else 0
         prefetch += 3 * rounds * chunks * (2 if recompute else 1) if chunk_mode else 0
-        score = rounds * chunks * (3 if chunk_mode else 1)  # chunk mode: wait and free each chunk's planes
-        filt = 4 + chunks + score + (score if recompute else rounds * chunks)
+        fchunks = 1 if whole_row else chunks
+        score = rounds * fchunks * (3 if chunk_mode else 1)  # chunk mode: wait and free each chunk's planes
+        filt = 4 + fchunks + score + (score if recompute else rounds * fchunks)
         filt += (1 if head_mode and first else 0) + (1 if head_mode and last else 0)
         gather = 1 + 3 * chunks
         attend = 7 + 3 * chunks
