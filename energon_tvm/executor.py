@@ -172,9 +172,7 @@ def _check_operands(w: AttentionWorkload, q, k, v, bias) -> None:
 
 def causal_mask(workload: AttentionWorkload) -> np.ndarray:
     """Additive [Sq, Sk] mask: -inf where key k > query q + causal_shift."""
-    q = np.arange(workload.seq_q)[:, None]
-    k = np.arange(workload.seq_k)[None, :]
-    return np.where(k > q + workload.causal_shift, -np.inf, 0.0).astype(np.float32)
+    return np.where(workload.causal_keep(), 0.0, -np.inf).astype(np.float32)
 
 
 def _reference(w: AttentionWorkload, q, k, v, bias) -> tuple[np.ndarray, dict]:

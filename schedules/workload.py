@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..isa.errors import ScheduleError
 from ..isa.numerics import MPMRFParams
 
@@ -80,6 +82,10 @@ class AttentionWorkload:
     def causal_shift(self) -> int:
         """Key k is a causal candidate of query q when k <= q + causal_shift."""
         return self.seq_k - self.seq_q
+
+    def causal_keep(self) -> np.ndarray:
+        """bool [Sq, Sk]: True where key k is a causal candidate of query q (whether or not ``causal``)."""
+        return np.arange(self.seq_k)[None, :] <= np.arange(self.seq_q)[:, None] + self.causal_shift
 
     def key(self) -> str:
         """Stable identity for tuning records."""

@@ -17,7 +17,7 @@ def upper_bound_profile(w: AttentionWorkload) -> SparsityProfile:
     heads = w.batch * w.heads
     cand = np.ones((heads, w.seq_q, w.seq_k), bool)
     if w.causal:
-        cand &= np.arange(w.seq_k)[None, None, :] <= np.arange(w.seq_q)[None, :, None] + w.causal_shift
+        cand &= w.causal_keep()[None]
     return SparsityProfile((cand,) * (1 + len(w.params.rounds)))
 
 

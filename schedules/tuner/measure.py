@@ -115,8 +115,7 @@ def profile_from_arrays(workload: AttentionWorkload, q, k, v, mask=None) -> Spar
                               f"needs {list(want)}")
     full = None if mask is None else np.asarray(mask, dtype=np.float32)
     if w.causal:
-        keep = np.arange(w.seq_k)[None, :] <= np.arange(w.seq_q)[:, None] + w.causal_shift
-        causal = np.where(keep, 0.0, -np.inf).astype(np.float32)
+        causal = np.where(w.causal_keep(), 0.0, -np.inf).astype(np.float32)
         full = causal if full is None else full + causal
     return SparsityProfile.from_reference(mpmrf_attention(q, k, v, full, w.params, w.scale))
 
