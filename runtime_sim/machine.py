@@ -267,10 +267,14 @@ class _Totals:
         self.exps = 0
         self.compares = 0
         self.norms = 0
+        self._bounds = None  # the program's region bounds, as arrays
 
     def add(self, work, program: Program) -> None:
-        starts, ends, names = program.memory_map.bounds
-        ends = np.asarray(ends + [0])  # index -1 (below every region) hits this sentinel: unmapped
+        if self._bounds is None:
+            starts, ends, names = program.memory_map.bounds
+            # index -1 (below every region) hits the sentinel 0: unmapped
+            self._bounds = (np.asarray(starts), np.asarray(ends + [0]), names)
+        starts, ends, names = self._bounds
         for addrs, nbytes, is_write in work.segments:
             at = np.searchsorted(starts, addrs, side="right") - 1
             at = np.where(addrs < ends[at], at, -1)

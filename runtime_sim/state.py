@@ -54,18 +54,29 @@ class Sram:
                                  f"bytes", pc)
         return addr + np.arange(rows)[:, None] * stride + np.arange(width)[None, :]
 
+    def _rows(self, array: np.ndarray, addr: int, rows: int, width: int, stride: int, pc):
+        """[rows, width] of ``array`` (data or written-mask): a strided view where the rows fit, else a
+        gather (the last row may end before a full stride does)."""
+        if addr >= 0 and addr + rows * stride <= self.capacity and width <= stride:
+            return array[addr:addr + rows * stride].reshape(rows, stride)[:, :width]
+        return array[self._rows_index(addr, rows, width, stride, pc)]
+
     def read_rows(self, addr: int, rows: int, width: int, stride: int, pc) -> np.ndarray:
-        idx = self._rows_index(addr, rows, width, stride, pc)
-        if not self.written[idx].all():
-            first = int(idx.reshape(-1)[np.argmin(self.written[idx].reshape(-1))])
-            raise UninitializedRead(f"{self.name} buffer byte {first:#x} was never written", pc)
-        return self.data[idx]
+        written = self._rows(self.written, addr, rows, width, stride, pc)
+        if not written.all():
+            r, c = np.unravel_index(int(np.argmin(written)), written.shape)
+            raise UninitializedRead(f"{self.name} buffer byte {addr + r * stride + c:#x} was never written", pc)
+        return self._rows(self.data, addr, rows, width, stride, pc).copy()
 
     def write_rows(self, addr: int, payload: np.ndarray, stride: int, pc) -> None:
         rows, width = payload.shape
-        idx = self._rows_index(addr, rows, width, stride, pc)
-        self.data[idx] = payload
-        self.written[idx] = True
+        if addr >= 0 and addr + rows * stride <= self.capacity and width <= stride:
+            self.data[addr:addr + rows * stride].reshape(rows, stride)[:, :width] = payload
+            self.written[addr:addr + rows * stride].reshape(rows, stride)[:, :width] = True
+        else:
+            idx = self._rows_index(addr, rows, width, stride, pc)
+            self.data[idx] = payload
+            self.written[idx] = True
         self.version += 1
 
 
