@@ -1,7 +1,7 @@
 """Autotuner: tuned cycles against the heuristic, and trials to reach the exhaustive best.
 
-    python bench/tuner.py [--trials 64] [--seeds 10] [--configs edge,server] [--workers 2]
-                          [--exhaustive-records FILE]
+    python bench/tuner.py [--trials 64] [--tuned-seeds 3] [--seeds 10] [--configs edge,server]
+                          [--workers 2] [--exhaustive-records FILE]
 
 Workloads: MiniLM (B=1, H=12, S=128, D=32, padding mask bias_shape=(1,1,1,128); calibration: a
 96-token sentence padded to 128) and BERT-base S=512 (B=1, H=12, S=512, D=64, no mask), structured
@@ -9,7 +9,8 @@ synthetic Q/K/V (energon_tvm.workloads), the default MP-MRF parameters (MPMRFPar
 the timing-only simulator's on the calibration sparsity profile.
 
 1. For each workload and config: the heuristic's cycles, and the best of ``--trials`` measurements
-   (the heuristic's own is trial 0) with the xgb and random tuners, seed 0.
+   (the heuristic's own is trial 0) with the xgb and random tuners: the median, min and max over
+   ``--tuned-seeds`` sessions.
 2. On a space small enough to measure every point (MiniLM on edge, coarse knobs: q_tile 8..128,
    k_chunk multiples of 16, every slot count and mode): how many trials xgb, random and grid need
    to come within 2% of the exhaustive best, over ``--seeds`` seeds (heuristic not included, batches
@@ -77,29 +78,41 @@ def note(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def summary(results, heuristic_cycles: int) -> str:
+    """Median best cycles of several sessions (and its speedup), with the range when there are more."""
+    cycles = sorted(r.best_cycles for r in results)
+    med = statistics.median_low(cycles)
+    spread = f" [{cycles[0]:,}-{cycles[-1]:,}]" if len(cycles) > 1 else ""
+    return f"{med:,} ({heuristic_cycles / med:.2f}x){spread}"
+
+
 def tuned_vs_heuristic(args, runner) -> None:
     rows = []
+    seeds = range(args.tuned_seeds)
     for name, w, tokens in (("MiniLM S=128", MINILM, MINILM_TOKENS), ("BERT-base S=512", BERT512, None)):
         profile = calibration_profile(w, tokens)
         kept = profile.kept_ratios()[-1]
         for cfg_name in args.configs.split(","):
             cfg = load_config(cfg_name)
-            best = {}
+            runs = {}
             for tuner in ("xgb", "random"):
-                t0 = time.perf_counter()
-                res = tune(w, cfg, profile, trials=args.trials, tuner=tuner, seed=0, runner=runner,
-                           progress=args.progress)
-                best[tuner] = res
-                note(f"{name} {cfg_name} {tuner}: {res.best_cycles} cycles in {time.perf_counter() - t0:.0f} s")
-            h = best["xgb"].heuristic
-            rows.append([name, cfg_name, f"{kept:.3f}", best["xgb"].space_size, f"{h.cycles:,}",
-                         fmt_schedule(h.schedule),
-                         f"{best['xgb'].best_cycles:,} ({best['xgb'].speedup:.2f}x)",
-                         f"{best['random'].best_cycles:,} ({best['random'].speedup:.2f}x)",
-                         fmt_schedule(best["xgb"].best_schedule)])
+                runs[tuner] = []
+                for seed in seeds:
+                    t0 = time.perf_counter()
+                    res = tune(w, cfg, profile, trials=args.trials, tuner=tuner, seed=seed, runner=runner,
+                               progress=args.progress)
+                    runs[tuner].append(res)
+                    note(f"{name} {cfg_name} {tuner} seed {seed}: {res.best_cycles} cycles in "
+                         f"{time.perf_counter() - t0:.0f} s")
+            h = runs["xgb"][0].heuristic
+            best = min(runs["xgb"] + runs["random"], key=lambda r: r.best_cycles)
+            rows.append([name, cfg_name, f"{kept:.3f}", runs["xgb"][0].space_size, f"{h.cycles:,}",
+                         fmt_schedule(h.schedule), summary(runs["xgb"], h.cycles), summary(runs["random"], h.cycles),
+                         f"{best.best_cycles:,} {fmt_schedule(best.best_schedule)}"])
     table(["workload", "config", "kept ratio", "space", "heuristic cycles", "heuristic schedule",
-           f"xgb best of {args.trials}", f"random best of {args.trials}", "xgb schedule"], rows,
-          f"Tuned cycles against the heuristic ({args.trials} trials, seed 0, heuristic = trial 0)")
+           f"xgb best of {args.trials}", f"random best of {args.trials}", "best found"], rows,
+          f"Tuned cycles against the heuristic ({args.trials} trials per session, heuristic = trial 0; "
+          f"median [min-max] over seeds 0..{args.tuned_seeds - 1})")
 
 
 def trials_to_reach(tuner, results: dict, target: float, cap: int, batch: int = 8) -> int | None:
@@ -160,11 +173,11 @@ def exhaustive_study(args, runner) -> None:
           "Exhaustive search space")
 
     rows = []
-    cap = min(len(space), args.cap)
+    cap = len(space) if args.cap is None else min(len(space), args.cap)
     for tuner, seeds in (("xgb", range(args.seeds)), ("random", range(args.seeds)), ("grid", [0])):
         needed = []
         for seed in seeds:
-            n = trials_to_reach(make_tuner(tuner, space, seed), results, target, cap if tuner != "grid" else len(space))
+            n = trials_to_reach(make_tuner(tuner, space, seed), results, target, cap)
             needed.append(n if n is not None else float("inf"))
         finite = [n for n in needed if n != float("inf")]
         misses = len(needed) - len(finite)
@@ -180,8 +193,9 @@ def exhaustive_study(args, runner) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=64)
-    ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--cap", type=int, default=800, help="most trials replayed per seed in part 2")
+    ap.add_argument("--seeds", type=int, default=10, help="seeds per tuner in part 2")
+    ap.add_argument("--tuned-seeds", type=int, default=3, help="seeds per tuner in part 1")
+    ap.add_argument("--cap", type=int, help="most trials replayed per seed in part 2 (default: the whole space)")
     ap.add_argument("--configs", default="edge,server")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--progress", action="store_true", help="show the tuners' progress bars")
