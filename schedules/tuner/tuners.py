@@ -96,9 +96,9 @@ class XGBTuner(Tuner):
     ``diversity`` (AutoTVM's ``diversity_filter_ratio``): the exploiting part of a batch of n is
     picked from the ``diversity * n`` best-predicted points, greedily covering as many knob values
     as possible (ties: better prediction first), so that a batch is not n copies of one tiling that
-    differ only in a knob that hardly matters. ``diversity=1`` takes the plain top n. On BERT-base
-    S=512 (server) the plain top n spent 64 trials on near-copies of two tilings 1.6x off the best;
-    with the default of 8, two seeds of 64 trials both found it (see docs/tuning.md)."""
+    differ only in a knob that hardly matters. ``diversity=1`` takes the plain top n, which once spent
+    a whole BERT-base S=512 (server) session on near-copies of two tilings 1.6x off the best (see
+    docs/tuning.md for that case and for where the filter makes no difference)."""
 
     name = "xgb"
 

@@ -30,7 +30,7 @@ def add_arguments(p) -> None:
 
 @command("tune", "tune each offloaded attention workload's schedule; writes tuning records")(add_arguments)
 def run(args) -> int:
-    from ...schedules.tuner import profile_from_arrays, tune
+    from ...schedules.tuner import make_runner, profile_from_arrays, tune
     from ..compiler import compile_model, write
     from ..errors import TVMCError
     from ..runner import PackageSession, make_inputs
@@ -60,9 +60,15 @@ def run(args) -> int:
     cfg = result.target.config
     print(f"tuning {len(jobs)} workload(s) of {len(calls)} offloaded call(s) on {cfg.name} with {args.tuner}, "
           f"{args.trials} trials each; records -> {args.output}")
-    for site, workload, profile in jobs:
-        res = tune(workload, cfg, profile, trials=args.trials, tuner=args.tuner, early_stopping=args.early_stopping,
-                   seed=args.seed, records=args.output, dask_scheduler=args.dask_scheduler)
+    runner = make_runner(dask_scheduler=args.dask_scheduler)  # one pool or Dask client for every workload
+    try:
+        results = [(site, tune(workload, cfg, profile, trials=args.trials, tuner=args.tuner,
+                               early_stopping=args.early_stopping, seed=args.seed, records=args.output,
+                               runner=runner))
+                   for site, workload, profile in jobs]
+    finally:
+        runner.close()
+    for site, res in results:
         gain = f", {res.speedup:.3f}x over the heuristic" if res.speedup else ""
         print(f"  {site}: best {res.best_cycles:,} cycles after {len(res.records)} trial(s){gain}: "
               f"{res.best_schedule.to_json()}")
