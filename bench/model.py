@@ -30,11 +30,7 @@ from energon_tvm.schedules import default_schedule, dense_workload, emit_program
 from energon_tvm.demo import SENTENCES  # noqa: E402
 from energon_tvm.models import minilm  # noqa: E402
 from energon_tvm.tvmc import compile_model, write  # noqa: E402
-from energon_tvm.tvmc.runner import PackageSession  # noqa: E402
-
-
-def per_inference(runs, key):
-    return float(np.mean([sum(c.stats[key] for c in calls) for calls in runs]))
+from energon_tvm.tvmc.runner import PackageSession, per_inference  # noqa: E402
 
 
 def run_sentences(path, sentences, capture=False):
@@ -145,18 +141,14 @@ def main() -> None:
     for machine in ("edge", "server"):
         sparse, dense = runs[machine], runs[f"{machine}-dense"]
         cfg = load_config(machine)
-        cycles, dcycles = per_inference(sparse, "cycles"), per_inference(dense, "cycles")
-        energy = float(np.mean([sum(c.stats["energy_pj"]["total"] for c in r) for r in sparse]))
-        denergy = float(np.mean([sum(c.stats["energy_pj"]["total"] for c in r) for r in dense]))
-        dram = float(np.mean([sum(c.stats["dram_bytes"]["read_total"] + c.stats["dram_bytes"]["write_total"]
-                                  for c in r) for r in sparse]))
+        mp, dn = per_inference(sparse), per_inference(dense)
+        cycles, dcycles = mp["cycles"], dn["cycles"]
         util = {u: np.mean([c.stats["units"][u]["utilization"] for r in sparse for c in r])
                 for u in ("filter", "attend")}
-        cand = sum(c.stats["candidates"] for r in sparse for c in r)
-        kept = sum(c.stats["kept"] for r in sparse for c in r)
-        rows.append([machine, f"{cycles:,.0f}", f"{cycles / cfg.clock_ghz / 1e3:.1f}", f"{energy / 1e6:.1f}",
-                     f"{dram / 1e6:.2f}", f"{util['filter']:.0%}", f"{util['attend']:.0%}", f"{kept / cand:.3f}",
-                     f"{dcycles:,.0f}", f"{dcycles / cycles:.2f}x", f"{denergy / energy:.2f}x"])
+        rows.append([machine, f"{cycles:,.0f}", f"{cycles / cfg.clock_ghz / 1e3:.1f}",
+                     f"{mp['energy_pj'] / 1e6:.1f}", f"{mp['dram_bytes'] / 1e6:.2f}", f"{util['filter']:.0%}",
+                     f"{util['attend']:.0%}", f"{mp['kept_ratio'][-1]:.3f}", f"{dcycles:,.0f}",
+                     f"{dcycles / cycles:.2f}x", f"{dn['energy_pj'] / mp['energy_pj']:.2f}x"])
     print(table(["machine", "cycles", "us", "energy uJ", "DRAM MB", "FU util", "AU util", "kept ratio",
                  "dense cycles", "speedup", "energy saving"], rows,
                 "Simulated attention per inference (6 layers), default MP-MRF"))

@@ -42,10 +42,6 @@ def _embed(session, texts, seq_len, minilm):
     return np.stack(embeddings), calls
 
 
-def _per_inference(calls, key):
-    return float(np.mean([sum(c.stats[key] for c in run) for run in calls]))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m energon_tvm.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq-len", type=int, default=128)
@@ -58,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .models import minilm
     from .tvmc import compile_model, write
-    from .tvmc.runner import PackageSession
+    from .tvmc.runner import PackageSession, per_inference
 
     out = Path(args.out)
     onnx_path = out / f"minilm-s{args.seq_len}.onnx"
@@ -90,12 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
     emb, calls = runs["mp-mrf"]
     dense_emb, dense_calls = runs["dense"]
-    cand = sum(c.stats["candidates"] for run in calls for c in run)
-    rounds = len(calls[0][0].stats["kept_ratio"])
-    kept = [sum(c.stats["kept_per_round"][r] for run in calls for c in run) / cand for r in range(rounds)]
-    cycles, dense_cycles = _per_inference(calls, "cycles"), _per_inference(dense_calls, "cycles")
-    energy = float(np.mean([sum(c.stats["energy_pj"]["total"] for c in run) for run in calls]))
-    dense_energy = float(np.mean([sum(c.stats["energy_pj"]["total"] for c in run) for run in dense_calls]))
+    sparse, dense = per_inference(calls), per_inference(dense_calls)
+    kept = sparse["kept_ratio"]
+    cycles, dense_cycles = sparse["cycles"], dense["cycles"]
+    energy, dense_energy = sparse["energy_pj"], dense["energy_pj"]
     cos = np.sum(emb * reference, axis=1)
     dense_cos = np.sum(dense_emb * reference, axis=1)
     clock = packages["mp-mrf"][1].target.config.clock_ghz

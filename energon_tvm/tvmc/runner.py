@@ -31,19 +31,34 @@ class RunResult:
 
     def totals(self) -> dict:
         """Simulated totals over every offloaded call of one inference."""
-        stats = [c.stats for c in self.calls]
-        cand = sum(s.get("candidates", 0) for s in stats)
-        rounds = max((len(s.get("kept_per_round", [])) for s in stats), default=0)
-        kept = [sum(s["kept_per_round"][r] for s in stats if len(s["kept_per_round"]) > r) for r in range(rounds)]
-        return {
-            "calls": len(stats),
-            "cycles": sum(s.get("cycles", 0) for s in stats),
-            "energy_pj": sum(s.get("energy_pj", {}).get("total", 0.0) for s in stats),
-            "dram_bytes": sum(s.get("dram_bytes", {}).get("read_total", 0) + s.get("dram_bytes", {}).get(
-                "write_total", 0) for s in stats),
-            "candidates": cand,
-            "kept_ratio": [k / cand if cand else 0.0 for k in kept],
-        }
+        return summarize(self.calls)
+
+
+def summarize(calls) -> dict:
+    """Simulated totals over bridge CallRecords: calls, cycles, energy (pJ), DRAM bytes, candidates and
+    the kept ratio after each round (pooled over the calls)."""
+    stats = [c.stats for c in calls]
+    cand = sum(s.get("candidates", 0) for s in stats)
+    rounds = max((len(s.get("kept_per_round", [])) for s in stats), default=0)
+    kept = [sum(s["kept_per_round"][r] for s in stats if len(s["kept_per_round"]) > r) for r in range(rounds)]
+    return {
+        "calls": len(stats),
+        "cycles": sum(s.get("cycles", 0) for s in stats),
+        "energy_pj": sum(s.get("energy_pj", {}).get("total", 0.0) for s in stats),
+        "dram_bytes": sum(s.get("dram_bytes", {}).get("read_total", 0) + s.get("dram_bytes", {}).get(
+            "write_total", 0) for s in stats),
+        "candidates": cand,
+        "kept_ratio": [k / cand if cand else 0.0 for k in kept],
+    }
+
+
+def per_inference(runs) -> dict:
+    """Mean cycles, energy and DRAM bytes per inference over ``runs`` (one list of CallRecords per
+    inference), and the kept ratio per round pooled over all of them."""
+    per_run = [summarize(calls) for calls in runs]
+    pooled = summarize([c for calls in runs for c in calls])
+    return {key: float(np.mean([t[key] for t in per_run])) for key in ("cycles", "energy_pj", "dram_bytes")} | {
+        "calls": per_run[0]["calls"] if per_run else 0, "kept_ratio": pooled["kept_ratio"]}
 
 
 def make_inputs(manifest: dict, inputs_path=None, fill_mode: str = "random", seed: int = 0) -> dict[str, np.ndarray]:
