@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import statistics
 import time
+from dataclasses import dataclass
 
 
-def best_of(fn, repeat: int = 3):
-    """(best wall time in seconds, last result) of ``repeat`` calls."""
-    best, result = float("inf"), None
+@dataclass(frozen=True)
+class Timing:
+    best: float    # seconds
+    median: float  # seconds
+    result: object  # what the last call returned
+
+
+def timed(fns: dict, repeat: int = 5) -> dict[str, Timing]:
+    """Wall time of each named function over ``repeat`` rounds. Each round calls every function once, in
+    turn, so on a shared machine a slow spell hits all of them rather than one: their ratio is what a
+    row of these tables compares."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    results: dict[str, object] = {}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: Timing(min(t), statistics.median(t), results[name]) for name, t in times.items()}
 
 
 def table(headers: list[str], rows: list[list], title: str | None = None) -> str:

@@ -1,6 +1,6 @@
 """MP-MRF reference: wall time against dense float attention, and kept ratios over an alpha sweep.
 
-    python bench/mpmrf_reference.py [--seq 512] [--heads 12] [--head-dim 64] [--repeat 3]
+    python bench/mpmrf_reference.py [--seq 512] [--heads 12] [--head-dim 64] [--repeat 5]
 
 Prints two tables: the time of ``mpmrf_attention`` (default 2 rounds) and of a dense float64 numpy
 attention for B=1, H=12, S=512, D=64; then, on structured Q/K (topic clusters, a positional band and
@@ -11,21 +11,16 @@ similarity to float attention for a sweep of alpha.
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from energon_tvm.mpmrf import MPMRFParams, float_attention, mpmrf_attention
-from energon_tvm.workloads import structured_qkv
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import table, timed  # noqa: E402
 
-
-def best_of(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from energon_tvm.mpmrf import MPMRFParams, float_attention, mpmrf_attention  # noqa: E402
+from energon_tvm.workloads import structured_qkv  # noqa: E402
 
 
 def cosine(a, b):
@@ -38,19 +33,18 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     s, h, d = args.seq, args.heads, args.head_dim
     q, k, v = structured_qkv(rng, 1, h, s, s, d)
 
-    t_ref = best_of(lambda: mpmrf_attention(q, k, v), args.repeat)
-    t_dense = best_of(lambda: float_attention(q, k, v), args.repeat)
-    print(f"## Wall time, B=1 H={h} S={s} D={d} (best of {args.repeat})\n")
-    print("| implementation | ms |")
-    print("|---|---:|")
-    print(f"| MP-MRF reference (Q4xK2, Q4xK4; default alphas) | {t_ref * 1e3:.1f} |")
-    print(f"| dense float attention (numpy float64) | {t_dense * 1e3:.1f} |")
+    t = timed({"ref": lambda: mpmrf_attention(q, k, v), "dense": lambda: float_attention(q, k, v)}, args.repeat)
+    print(table(["implementation", "best ms", "median ms"], [
+        [label, f"{t[key].best * 1e3:.1f}", f"{t[key].median * 1e3:.1f}"]
+        for key, label in [("ref", "MP-MRF reference (Q4xK2, Q4xK4; default alphas)"),
+                           ("dense", "dense float attention (numpy float64)")]
+    ], f"Wall time, B=1 H={h} S={s} D={d}, {args.repeat} interleaved rounds"))
 
     ref = float_attention(q, k, v)
     print(f"\n## Kept ratio vs alpha, structured Q/K, B=1 H={h} S={s} D={d}\n")

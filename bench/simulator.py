@@ -1,11 +1,11 @@
 """Instruction-level simulator: wall time against the numpy reference, simulated cycles and energy,
 and the simulated latency next to dense float attention measured on this machine's CPU.
 
-    python bench/simulator.py [--config edge] [--seq 512] [--heads 12] [--head-dim 64] [--repeat 3]
+    python bench/simulator.py [--config edge] [--seq 512] [--heads 12] [--head-dim 64] [--repeat 5]
 
 Workload: B=1, H=12, S=512, D=64, structured Q/K (energon_tvm.workloads), default MP-MRF (Q4xK2,
-Q4xK4; default alphas), the heuristic schedule. The simulator's output is checked against the reference
-before anything is timed.
+Q4xK4; default alphas), the heuristic schedule. Simulator and reference are timed in interleaved rounds
+(see common.timed); the simulated output is checked against the reference's before anything is printed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_of, table  # noqa: E402
+from common import table, timed  # noqa: E402
 from energon_tvm.isa.config import load_config  # noqa: E402
 from energon_tvm.runtime_sim import Simulator, layout_inputs, read_output  # noqa: E402
 from energon_tvm.schedules import AttentionWorkload, default_schedule, dense_workload, emit_program  # noqa: E402
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     cfg = load_config(args.config)
     s, h, d = args.seq, args.heads, args.head_dim
@@ -42,9 +42,9 @@ def main() -> None:
     prog = emit_program(w, default_schedule(w, cfg), cfg)
     image = layout_inputs(prog, q, k, v)
     sim = Simulator(cfg)
-    t_sim, result = best_of(lambda: sim.run(prog, image), args.repeat)
-    t_ref, ref = best_of(lambda: mpmrf_attention(q, k, v, None, w.params), args.repeat)
-    t_float, _ = best_of(lambda: float_attention(q, k, v), args.repeat)
+    t = timed({"sim": lambda: sim.run(prog, image), "ref": lambda: mpmrf_attention(q, k, v, None, w.params),
+               "float": lambda: float_attention(q, k, v)}, args.repeat)
+    result, ref = t["sim"].result, t["ref"].result
     out = read_output(prog, result)
     np.testing.assert_allclose(out, ref.output, rtol=1e-5, atol=1e-6 * np.abs(ref.output).max())
 
@@ -54,10 +54,12 @@ def main() -> None:
     st, ds = result.stats, dres.stats
 
     shape = f"B=1 H={h} S={s} D={d}"
-    print(table(["", "wall ms", "vs reference"], [
-        ["numpy MP-MRF reference", f"{t_ref * 1e3:.0f}", "1.00x"],
-        [f"simulator, full mode ({st['instructions']} instructions)", f"{t_sim * 1e3:.0f}", f"{t_sim / t_ref:.2f}x"],
-    ], f"Simulator wall time, {shape}, best of {args.repeat} (target: at most 2x the reference)"))
+    sim_t, ref_t = t["sim"], t["ref"]
+    print(table(["", "best ms", "median ms", "best vs reference", "median vs reference"], [
+        ["numpy MP-MRF reference", f"{ref_t.best * 1e3:.0f}", f"{ref_t.median * 1e3:.0f}", "1.00x", "1.00x"],
+        [f"simulator, full mode ({st['instructions']} instructions)", f"{sim_t.best * 1e3:.0f}",
+         f"{sim_t.median * 1e3:.0f}", f"{sim_t.best / ref_t.best:.2f}x", f"{sim_t.median / ref_t.median:.2f}x"],
+    ], f"Simulator wall time, {shape}, {args.repeat} interleaved rounds (target: at most 2x the reference)"))
     print(table(["schedule", "cycles", f"latency us @ {cfg.clock_ghz:g} GHz", "energy uJ", "DRAM MB",
                  "kept ratio"], [
         ["MP-MRF (heuristic)", st["cycles"], f"{st['time_us']:.1f}", f"{st['energy_pj']['total'] / 1e6:.2f}",
@@ -69,7 +71,7 @@ def main() -> None:
     print(table(["", "us"], [
         [f"Energon {cfg.name}, simulated latency (MP-MRF)", f"{st['time_us']:.1f}"],
         [f"Energon {cfg.name}, simulated latency (dense INT16)", f"{ds['time_us']:.1f}"],
-        ["this machine's CPU, dense float attention (numpy float64, measured)", f"{t_float * 1e6:.0f}"],
+        ["this machine's CPU, dense float attention (numpy float64, measured)", f"{t['float'].best * 1e6:.0f}"],
     ], "Latency against the host CPU"))
     e = st["energy_pj"]
     print(table(["component", "uJ", "share"], [[k, f"{v / 1e6:.3f}", f"{v / e['total']:.1%}"]

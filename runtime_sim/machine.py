@@ -58,7 +58,7 @@ class _Run:
         self.state = state
         self.profile = profile
         self.functional = profile is None
-        self.k_views: dict = {}  # decoded K views, see semantics._k_view
+        self.scores: dict = {}  # filter scores by operand identity, see semantics._filter_scores
         self.candidates = 0
         self.kept = defaultdict(int)  # round -> kept pairs
         self.by_head = defaultdict(lambda: defaultdict(int))  # round -> head slot -> pairs (round 0: candidates)
@@ -78,6 +78,20 @@ class _Run:
             self.captured[round_index][head, q0:q0 + rows, k0:k0 + keys] = bits
 
 
+class _Flat:
+    """A program's instructions decoded once into per-pc lists: mnemonic, fields, unit index (None for
+    SETR and HALT). The engine's loop indexes these instead of the instruction objects."""
+
+    def __init__(self, code):
+        self.names, self.args, self.units = [], [], []
+        for ins in code:
+            op = ins.op
+            a = dict(zip(op.field_names, ins.args))
+            self.names.append(op.mnemonic)
+            self.args.append(a)
+            self.units.append(op.unit if op.unit is not None else a.get("unit"))
+
+
 class Simulator:
     """Executes Energon programs on one hardware configuration."""
 
@@ -86,7 +100,7 @@ class Simulator:
         self.budget = budget
 
     # -- program checks -------------------------------------------------------------------------
-    def _check_program(self, program: Program) -> None:
+    def _check_program(self, program: Program, flat: _Flat) -> None:
         if program.config_fingerprint != self.cfg.fingerprint:
             raise ConfigError(f"program was built for config {program.config_name!r}; this simulator runs "
                               f"{self.cfg.name!r}")
@@ -99,23 +113,22 @@ class Simulator:
         producer: dict[int, Unit] = {}
         consumer: dict[int, Unit] = {}
         in_header = True
-        for pc, ins in enumerate(code):
-            name = ins.op.mnemonic
+        for pc, (name, a, u) in enumerate(zip(flat.names, flat.args, flat.units)):
             if name == "HALT" and pc != len(code) - 1:
-                raise IllegalInstruction("HALT before the end of the program", pc, ins)
+                raise IllegalInstruction("HALT before the end of the program", pc, code[pc])
             if name == "SETR":
                 if not in_header:
                     raise IllegalInstruction("SETR after the first unit instruction; registers are set in "
-                                             "the program header", pc, ins)
+                                             "the program header", pc, code[pc])
                 continue
             in_header = False
             if name in ("WAIT", "SIGNAL"):
                 table = producer if name == "SIGNAL" else consumer
-                unit, token = Unit(ins.unit), ins.token
+                unit, token = Unit(u), a["token"]
                 if table.setdefault(token, unit) != unit:
                     raise IllegalInstruction(f"token {token} is {name.lower()}ed by both {table[token].label} "
                                              f"and {unit.label}; a token has one producer and one consumer",
-                                             pc, ins)
+                                             pc, code[pc])
         for token in producer.keys() & consumer.keys():
             if producer[token] == consumer[token]:
                 raise IllegalInstruction(f"token {token} is signalled and awaited by the same unit "
@@ -147,93 +160,98 @@ class Simulator:
         arithmetic, giving the same cycles. ``capture`` records the candidate/kept bits of every
         round as bool [heads, SEQ_Q, SEQ_K] arrays."""
         cfg = self.cfg
-        self._check_program(program)
+        flat = _Flat(program.code)
+        self._check_program(program, flat)
         if profile is None and dram is None:
             raise ConfigError("a full run needs a DRAM image; pass profile=... for a timing-only run")
         if not isinstance(dram, Dram):
             dram = Dram(cfg, dram)
         state = MachineState(cfg, dram)
         first = self._apply_header(program, state)
-        heads = max((i.head for i in program.code if "head" in i.op.field_names), default=0) + 1
+        heads = max((a["head"] for a in flat.args if "head" in a), default=0) + 1
         shape = (heads, state.regs[Reg.SEQ_Q], state.regs[Reg.SEQ_K]) if capture else None
         run = _Run(cfg, state, profile, shape)
 
-        code = program.code
-        args = [ins.as_dict() for ins in code]
-        names = [ins.op.mnemonic for ins in code]
-        tokens = [a.get("token", -1) for a in args]
-        units = [ins.unit for ins in code]
-        queues: dict[Unit, list[int]] = {u: [] for u in Unit}
+        code, names, args, units = program.code, flat.names, flat.args, flat.units
+        handlers = [HANDLERS.get(n) for n in names]
+        wait_token = [a["token"] if n == "WAIT" else -1 for n, a in zip(names, args)]
+        queues: list[list[int]] = [[] for _ in Unit]
         for pc in range(first, len(code) - 1):
             queues[units[pc]].append(pc)
+        qlen = [len(q) for q in queues]
+        is_dma = [u in (Unit.LOAD, Unit.STORE) for u in Unit]
 
-        free = {u: 0 for u in Unit}  # when each unit's previous instruction ends
-        head_of = {u: 0 for u in Unit}
-        signals: dict[int, list[int]] = defaultdict(list)
+        free = [0] * len(Unit)  # when each unit's previous instruction ends
+        head_of = [0] * len(Unit)
+        signals: list[list[int]] = [[] for _ in range(NUM_TOKENS)]
         taken = [0] * NUM_TOKENS
-        producer = {i.token: Unit(i.unit) for i in code if i.op.mnemonic == "SIGNAL"}
+        producer = {a["token"]: Unit(u) for n, a, u in zip(names, args, units) if n == "SIGNAL"}
         dram_free = 0
-        busy = {u: 0 for u in Unit}
-        stalls = {u: defaultdict(int) for u in Unit}
-        counts = {u: 0 for u in Unit}
-        totals = _Totals()
+        busy = [0] * len(Unit)
+        stalls = [defaultdict(int) for _ in Unit]
+        counts = [0] * len(Unit)
+        totals = _Totals(program)
         events = [] if trace else None
         labels = program.labels
+        latency = cfg.dram_latency_cycles
 
-        remaining = sum(len(q) for q in queues.values())
+        remaining = sum(qlen)
         while remaining:
-            best = None
-            for u in Unit:
-                if head_of[u] == len(queues[u]):
+            best, best_start, best_pc = -1, 0, 0  # the unit whose next instruction can start earliest
+            for u in range(len(queues)):
+                h = head_of[u]
+                if h == qlen[u]:
                     continue
-                pc = queues[u][head_of[u]]
+                pc = queues[u][h]
                 start = free[u]
-                if names[pc] == "WAIT":
-                    token = tokens[pc]
-                    if taken[token] >= len(signals[token]):
+                token = wait_token[pc]
+                if token >= 0:
+                    sent = signals[token]
+                    if taken[token] >= len(sent):
                         continue  # blocked until its producer signals
-                    start = max(start, signals[token][taken[token]])
-                if best is None or start < best[0]:
-                    best = (start, u, pc)
-            if best is None:
+                    start = max(start, sent[taken[token]])
+                if best < 0 or start < best_start:
+                    best, best_start, best_pc = u, start, pc
+            if best < 0:
                 raise self._deadlock(code, queues, head_of, taken, signals)
-            start, u, pc = best
-            name = names[pc]
+            u, start, pc = best, best_start, best_pc
             head_of[u] += 1
             remaining -= 1
             counts[u] += 1
-            if name == "WAIT":
-                taken[tokens[pc]] += 1
+            token = wait_token[pc]
+            if token >= 0:
+                taken[token] += 1
                 if start > free[u]:
-                    stalls[u][f"wait:{producer[tokens[pc]].label}"] += start - free[u]
+                    stalls[u][f"wait:{producer[token].label}"] += start - free[u]
                 free[u] = start
                 continue
+            name = names[pc]
             if name == "SIGNAL":
-                signals[tokens[pc]].append(start)
+                signals[args[pc]["token"]].append(start)
                 continue
             try:
-                work = HANDLERS[name](run, args[pc], pc, code[pc])
+                work = handlers[pc](run, args[pc], pc, code[pc])
             except SimulatorTrap as trap:
                 if trap.instruction is not None:
                     raise
                 raise type(trap)(trap.detail, pc, code[pc]) from None  # name the faulting instruction
-            if u in (Unit.LOAD, Unit.STORE):
+            if is_dma[u]:
                 transfer = dram_transfer_cycles(work, cfg)
-                begin = max(start + cfg.dram_latency_cycles, dram_free)
-                if begin > start + cfg.dram_latency_cycles:
-                    stalls[u]["dram:contention"] += begin - start - cfg.dram_latency_cycles
+                begin = max(start + latency, dram_free)
+                if begin > start + latency:
+                    stalls[u]["dram:contention"] += begin - start - latency
                 end = math.ceil(begin + transfer)
                 dram_free = end
-                busy[u] += end - start - (begin - start - cfg.dram_latency_cycles)
+                busy[u] += end - start - (begin - start - latency)
             else:
                 end = start + compute_cycles(u, work, cfg)
                 busy[u] += end - start
-            totals.add(work, program)
+            totals.add(work)
             free[u] = end
             if events is not None:
-                events.append((u, pc, name, start, end, labels[pc] if labels else ""))
+                events.append((Unit(u), pc, name, start, end, labels[pc] if labels else ""))
 
-        cycles = max(free.values())
+        cycles = max(free)
         stats = totals.stats(cfg, cycles, busy, stalls, counts, run)
         stats["instructions"] = len(code)
         return SimResult(stats=stats, dram=dram if run.functional else None, events=events,
@@ -254,12 +272,12 @@ class Simulator:
 
 
 class _Totals:
-    """Accumulates action counts over a run."""
+    """Accumulates action counts over a run. DRAM segments are kept as they come and attributed to the
+    memory map's tensors once, at the end."""
 
-    def __init__(self):
-        self.dram_read = defaultdict(int)
-        self.dram_write = defaultdict(int)
-        self.segments = 0
+    def __init__(self, program: Program):
+        self.program = program
+        self.segments: list = []  # every Work's (addresses, byte counts, is_write)
         self.sram = {b: {"read": 0, "write": 0} for b in BUFFERS}
         self.fu_macs = defaultdict(int)
         self.fu_passes = 0
@@ -267,21 +285,9 @@ class _Totals:
         self.exps = 0
         self.compares = 0
         self.norms = 0
-        self._bounds = None  # the program's region bounds, as arrays
 
-    def add(self, work, program: Program) -> None:
-        if self._bounds is None:
-            starts, ends, names = program.memory_map.bounds
-            # index -1 (below every region) hits the sentinel 0: unmapped
-            self._bounds = (np.asarray(starts), np.asarray(ends + [0]), names)
-        starts, ends, names = self._bounds
-        for addrs, nbytes, is_write in work.segments:
-            at = np.searchsorted(starts, addrs, side="right") - 1
-            at = np.where(addrs < ends[at], at, -1)
-            target = self.dram_write if is_write else self.dram_read
-            for i in np.unique(at).tolist():
-                target[names[i] if i >= 0 else "unmapped"] += int(nbytes[at == i].sum())
-            self.segments += addrs.size
+    def add(self, work) -> None:
+        self.segments += work.segments
         for b, n in work.sram_read.items():
             self.sram[b]["read"] += n
         for b, n in work.sram_write.items():
@@ -294,7 +300,25 @@ class _Totals:
         self.compares += work.compares
         self.norms += work.norms
 
+    def dram_bytes(self, is_write: bool) -> dict[str, int]:
+        """Bytes moved per memory-map tensor ("unmapped" for addresses outside every region)."""
+        segs = [(a, n) for a, n, w in self.segments if w == is_write]
+        if not segs:
+            return {}
+        addrs = np.concatenate([np.atleast_1d(a) for a, _ in segs])
+        nbytes = np.concatenate([np.atleast_1d(n) for _, n in segs])
+        starts, ends, names = self.program.memory_map.bounds
+        starts, ends = np.asarray(starts), np.asarray(ends + [0])  # index -1 hits the sentinel 0: unmapped
+        at = np.searchsorted(starts, addrs, side="right") - 1
+        at = np.where(addrs < ends[at], at, len(names))
+        per = np.bincount(at, weights=nbytes, minlength=len(names) + 1).astype(np.int64)
+        # tensors in the order the run first touched them, as a reader of the dict would expect
+        _, first = np.unique(at, return_index=True)
+        order = at[np.sort(first)]
+        return {(names[i] if i < len(names) else "unmapped"): int(per[i]) for i in order.tolist()}
+
     def stats(self, cfg, cycles, busy, stalls, counts, run) -> dict:
+        dram_read, dram_write = self.dram_bytes(False), self.dram_bytes(True)
         stats = {
             "config": cfg.name,
             "cycles": int(cycles),
@@ -302,10 +326,9 @@ class _Totals:
             "units": {u.label: {"instructions": counts[u], "busy": int(busy[u]),
                                 "stall": {k: int(v) for k, v in sorted(stalls[u].items())},
                                 "utilization": busy[u] / cycles if cycles else 0.0} for u in Unit},
-            "dram_bytes": {"read": dict(self.dram_read), "write": dict(self.dram_write),
-                           "read_total": sum(self.dram_read.values()),
-                           "write_total": sum(self.dram_write.values())},
-            "dram_segments": self.segments,
+            "dram_bytes": {"read": dram_read, "write": dram_write,
+                           "read_total": sum(dram_read.values()), "write_total": sum(dram_write.values())},
+            "dram_segments": sum(np.size(a) for a, _n, _w in self.segments),
             "sram_bytes": self.sram,
             "macs": {**{f"fu_{k}": v for k, v in sorted(self.fu_macs.items())}, "au_int16": self.au_macs},
             "fu_mac_passes": self.fu_passes,

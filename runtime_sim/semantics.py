@@ -5,6 +5,13 @@ registered under the same mnemonic, so the ISA declaration is the single source 
 are vectorised over the whole tile (numpy over rows x keys x D); none loops over elements, keys,
 queries or cycles. In a timing-only run (``run.functional`` false) they skip the arithmetic and take
 the candidate/kept bits from the sparsity profile instead, which leaves every cost unchanged.
+
+What a handler costs in simulation is kept apart from what it costs the machine. Operands decoded from a
+buffer (Q's low-bit views, K's views from bit-planes, kept bits, bias tiles, head parameters) are
+memoised until their bytes are written again (:meth:`Sram.decoded`), and F.RESELECT reuses the scores
+F.SCORE computed from the same operands; the ``Work`` each instruction reports is unchanged by either.
+Integer products are float64 matrix products, and exact: operands of at most 16 bits over D <= 128 give
+partial sums below 2**37 < 2**53.
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ def executes(mnemonic: str):
 
 # -- shared pieces ----------------------------------------------------------------------------------
 
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """Mark a memoised operand read-only: it is shared by every instruction that reads the same bytes."""
+    array.flags.writeable = False
+    return array
+
+
 def _dma_in(run, w: Work, buf: str, addr: int, dram: int, nbytes: int, pc) -> None:
     st = run.state
     w.dram(dram, nbytes)
@@ -44,12 +57,29 @@ def _dma_in(run, w: Work, buf: str, addr: int, dram: int, nbytes: int, pc) -> No
         st.buf[buf].reserve(addr, nbytes, pc)
 
 
-def _read_bits(run, w: Work, idx: int, rows: int, keys: int, pc) -> np.ndarray:
-    """Kept/candidate bits [rows, keys] of a tile x chunk from the index buffer."""
+def _index_bits(run, w: Work, idx: int, rows: int, keys: int, pc, what: str, decode):
+    """``decode(bits)`` of the candidate/kept bits [rows, keys] of a tile x chunk in the index buffer,
+    memoised as ``what`` until those rows are written again."""
     nb = (keys + 7) // 8
-    raw = run.state.buf["index"].read_rows(idx, rows, nb, run.state.index_row_bytes, pc)
     w.read("index", rows * nb)
-    return np.unpackbits(raw, axis=1, count=keys).astype(bool)
+    buf, stride = run.state.buf["index"], run.state.index_row_bytes
+
+    def load():
+        return decode(_frozen(np.unpackbits(buf.read_rows(idx, rows, nb, stride, pc), axis=1, count=keys).view(bool)))
+    return buf.decoded(idx, (rows - 1) * stride + nb, (what, rows, keys, stride), load)
+
+
+def _read_bits(run, w: Work, idx: int, rows: int, keys: int, pc) -> np.ndarray:
+    """Candidate/kept bits [rows, keys] of a tile x chunk (read-only: shared by the instructions that
+    read the same rows)."""
+    return _index_bits(run, w, idx, rows, keys, pc, "bits", lambda bits: bits)
+
+
+def _gathered(run, w: Work, idx: int, rows: int, keys: int, pc) -> tuple[np.ndarray, np.ndarray]:
+    """The kept bits [rows, keys] and the chunk's keys kept by at least one row of the tile: the K/V
+    rows LD.KV gathers and A.ATTN reads."""
+    return _index_bits(run, w, idx, rows, keys, pc, "gathered",
+                       lambda bits: (bits, _frozen(np.flatnonzero(bits.any(axis=0)))))
 
 
 def _write_bits(run, w: Work, idx: int, bits: np.ndarray, pc) -> None:
@@ -58,34 +88,42 @@ def _write_bits(run, w: Work, idx: int, bits: np.ndarray, pc) -> None:
     w.wrote("index", packed.size)
 
 
-def _q_tile(run, w: Work, addr: int, rows: int, pc) -> np.ndarray:
+def _q_operand(run, w: Work, addr: int, rows: int, bits: int, pc) -> np.ndarray | None:
+    """The Q tile's ``bits``-bit MSB view [rows, D] (``bits`` = 16: Q itself) as exact float64, the form
+    in which the integer products are computed (None in timing-only runs, after the same checks)."""
     d = run.state.head_dim
-    raw = run.state.buf["q"].read(addr, rows * d * 2, pc)
-    w.read("q", rows * d * 2)
-    return raw.view(np.int16).reshape(rows, d) if run.functional else None
+    nbytes = rows * d * 2
+    w.read("q", nbytes)
+    buf = run.state.buf["q"]
+    if not run.functional:
+        buf.read(addr, nbytes, pc)
+        return None
+
+    def load():
+        raw = buf.read(addr, nbytes, pc)
+        return _frozen((raw.view(np.int16).reshape(rows, d).astype(np.int64) >> (16 - bits)).astype(np.float64))
+    return buf.decoded(addr, nbytes, ("q", rows, d, bits), load)
 
 
 def _bias_tile(run, w: Work, a: dict, rows: int, keys: int, pc) -> np.ndarray | None:
-    """The bias operand as [rows, keys] (a shared row is broadcast), or None without bias."""
+    """The bias operand as stored, [rows, keys] or one shared row [1, keys] (either broadcasts against
+    the tile), or None without bias."""
     mode = a["biasmode"]
     if mode == BiasMode.NONE:
         return None
     stored = rows if mode == BiasMode.TILE else 1
-    raw = run.state.buf["bias"].read(a["bias"], stored * keys * 4, pc)
-    w.read("bias", stored * keys * 4)
-    return np.broadcast_to(raw.view(np.float32).reshape(stored, keys), (rows, keys))
+    nbytes = stored * keys * 4
+    w.read("bias", nbytes)
+    buf = run.state.buf["bias"]
+    return buf.decoded(a["bias"], nbytes, ("bias", stored, keys),
+                       lambda: _frozen(buf.read(a["bias"], nbytes, pc).view(np.float32).reshape(stored, keys).copy()))
 
 
 def _head_params(run, w: Work, head: int, pc) -> tuple[float, float]:
-    raw = run.state.buf["param"].read(head * 16, 16, pc)
     w.read("param", 16)
-    qk_scale, sv = raw.view(np.float64)
-    return float(qk_scale), float(sv)
-
-
-def _int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact a @ b^T for integer operands via float64 (every partial sum < 2**53)."""
-    return (a.astype(np.float64) @ b.astype(np.float64).T).astype(np.int64)
+    buf = run.state.buf["param"]
+    return buf.decoded(head * 16, 16, "params",
+                       lambda: tuple(float(x) for x in buf.read(head * 16, 16, pc).view(np.float64)))
 
 
 def _check_chunk(run, k0: int, keys: int, q0: int, rows: int, pc, ins) -> None:
@@ -161,7 +199,7 @@ def ld_kv(run, a, pc, ins) -> Work:
     keys, row_bytes = a["keys"], st.head_dim * 2
     kv = st.buf["kv"]
     _kv_tile_fits(kv, a["buf"], keys, row_bytes, pc)
-    sel = np.flatnonzero(_read_bits(run, w, a["idx"], a["rows"], keys, pc).any(axis=0))
+    _, sel = _gathered(run, w, a["idx"], a["rows"], keys, pc)
     starts, lengths = _runs(sel)
     v_off = st.regs[Reg.V_OFFSET]
     for base in (a["dram"], a["dram"] + v_off):
@@ -169,12 +207,14 @@ def ld_kv(run, a, pc, ins) -> Work:
     w.wrote("kv", 2 * sel.size * row_bytes)
     if sel.size:
         tile = keys * row_bytes
+        rows = slice(None) if sel.size == keys else sel  # every key kept by some row: one block copy
         for src, dst in ((a["dram"], a["buf"]), (a["dram"] + v_off, a["buf"] + tile)):
             st.dram.check(src + int(sel[-1]) * row_bytes, row_bytes, pc)
             if run.functional:  # whole rows at a time: [keys, row_bytes] views of both sides
-                kv.data[dst:dst + tile].reshape(keys, row_bytes)[sel] = \
-                    st.dram.data[src:src + tile].reshape(keys, row_bytes)[sel]
-            kv.written[dst:dst + tile].reshape(keys, row_bytes)[sel] = True
+                kv.data[dst:dst + tile].reshape(keys, row_bytes)[rows] = \
+                    st.dram.data[src:src + tile].reshape(keys, row_bytes)[rows]
+            kv.written[dst:dst + tile].reshape(keys, row_bytes)[rows] = True
+            kv.touched(dst, tile)
     return w
 
 
@@ -209,43 +249,54 @@ def f_cand(run, a, pc, ins) -> Work:
     return w
 
 
-def _k_view(run, addr: int, kb: int, keys: int, d: int, planes: np.ndarray) -> np.ndarray:
-    """K's kb-bit view [keys, D] decoded from the planes at ``addr``, memoised until the plane buffer is
-    written again (a head's resident planes serve every query tile and both passes of a round)."""
-    key = (addr, kb, keys, d, run.state.buf["kplane"].version)
-    view = run.k_views.get(key)
-    if view is None:
-        if len(run.k_views) > 64:
-            run.k_views.clear()
-        view = run.k_views[key] = from_bitplanes(planes.reshape(kb, keys, d // 8), kb).astype(np.float64)
-    return view
+def _k_view_t(run, addr: int, kb: int, keys: int, d: int, pc) -> np.ndarray:
+    """K's kb-bit view, transposed [D, keys] as exact float64, decoded from the planes at ``addr``
+    (memoised: a head's resident planes serve every query tile and both passes of a round)."""
+    buf, nbytes = run.state.buf["kplane"], kb * keys * d // 8
+
+    def load():
+        planes = buf.read(addr, nbytes, pc).reshape(kb, keys, d // 8)
+        return _frozen(np.ascontiguousarray(from_bitplanes(planes, kb).T, np.float64))
+    return buf.decoded(addr, nbytes, ("k", kb, keys, d), load)
 
 
 def _filter_scores(run, w: Work, a: dict, pc) -> np.ndarray | None:
-    """(candidate bits, integer scores) [rows, keys] of a round for a tile x chunk (scores None in
-    timing-only runs), counting the low-bit MACs of the candidate pairs and the operand reads."""
+    """(candidate bits, integer scores) [rows, keys] of a round for a tile x chunk, the scores as exact
+    float64 (None in timing-only runs), counting the low-bit MACs of the candidate pairs and the operand
+    reads. The accumulator saturates at INT32."""
     st = run.state
     rows, keys, qb, kb = a["rows"], a["keys"], a["qb"], a["kb"]
     d = st.head_dim
     cand = _read_bits(run, w, a["idx"], rows, keys, pc)
-    q16 = _q_tile(run, w, a["q"], rows, pc)
+    q = _q_operand(run, w, a["q"], rows, qb, pc)
     plane_bytes = keys * d // 8
-    planes = st.buf["kplane"].read(a["kp"], kb * plane_bytes, pc)
     w.read("kplane", kb * plane_bytes)
     bias = _bias_tile(run, w, a, rows, keys, pc)
     qk_scale, _ = _head_params(run, w, a["head"], pc)
-    w.fu_macs = int(cand.sum()) * d
+    w.fu_macs = int(np.count_nonzero(cand)) * d
     w.fu_passes = st.cfg.fu_passes(qb, kb)
     w.fu_precision = f"int{qb}xint{kb}"
     if not run.functional:
+        st.buf["kplane"].read(a["kp"], kb * plane_bytes, pc)
         return cand, None
-    k_view = _k_view(run, a["kp"], kb, keys, d, planes)
-    scores = _int_matmul(q16.astype(np.int64) >> (16 - qb), k_view)
+    k = _k_view_t(run, a["kp"], kb, keys, d, pc)
+    # F.RESELECT recomputes what F.SCORE computed from the same operands: the simulator counts that work
+    # (above) but reuses the result; the operands are memoised objects, so identity means equal bytes
+    key = (id(q), id(k), id(bias), qb, kb, qk_scale)
+    hit = run.scores.get(key)
+    if hit is not None and hit[0] is q and hit[1] is k and hit[2] is bias:
+        return cand, hit[3]
+    scores = q @ k
     if bias is not None:
         round_scale = qk_scale * float(2 ** (16 - qb)) * float(2 ** (16 - kb))
         b64 = np.where(bias > MASK_THRESHOLD, bias.astype(np.float64), 0.0)
-        scores += np.clip(np.rint(b64 / round_scale), INT32_MIN, INT32_MAX).astype(np.int64)
-    return cand, np.clip(scores, INT32_MIN, INT32_MAX)
+        scores += np.clip(np.rint(b64 / round_scale), INT32_MIN, INT32_MAX)
+    if bias is not None or (d << (qb + kb - 2)) > INT32_MAX:  # else |q.k| <= D * 2**(qb-1) * 2**(kb-1) fits
+        np.clip(scores, INT32_MIN, INT32_MAX, out=scores)
+    if len(run.scores) >= 16:
+        run.scores.clear()
+    run.scores[key] = (q, k, bias, _frozen(scores))
+    return cand, scores
 
 
 def _select(run, w: Work, a: dict, cand: np.ndarray, scores: np.ndarray | None, pc, ins) -> None:
@@ -261,9 +312,13 @@ def _select(run, w: Work, a: dict, cand: np.ndarray, scores: np.ndarray | None, 
                                      "does not belong to this program", pc, ins)
     else:
         alpha = a["alpha"]
-        n, total = st.f_n[:rows, None], st.f_sum[:rows, None]
-        spread = n * st.f_max[:rows, None] - total if alpha >= 0 else total - n * st.f_min[:rows, None]
-        kept = cand & (ALPHA_ONE * n * scores >= ALPHA_ONE * total + alpha * spread)
+        n, total = st.f_n[:rows], st.f_sum[:rows]
+        spread = n * st.f_max[:rows] - total if alpha >= 0 else total - n * st.f_min[:rows]
+        # kept iff ALPHA_ONE * n * score >= ALPHA_ONE * total + alpha * spread; for an integer score and
+        # n > 0 that is score >= ceil(rhs / (ALPHA_ONE * n)), one exact integer per row (|.| < 2**34)
+        rhs = ALPHA_ONE * total + alpha * spread
+        threshold = -(-rhs // (ALPHA_ONE * np.maximum(n, 1)))
+        kept = cand & (scores >= threshold[:, None])
     _write_bits(run, w, a["idx"], kept, pc)
     run.record_bits(a["round"], a["head"], a["q0"], a["k0"], kept)
 
@@ -286,11 +341,20 @@ def f_score(run, a, pc, ins) -> Work:
             st.buf["score"].reserve(a["sc"], rows * keys * 4, pc)
         else:
             st.buf["score"].write(a["sc"], scores.astype(np.int32), pc)
-    if scores is not None:
-        st.f_n[lanes] += cand.sum(axis=1)
-        st.f_sum[lanes] += np.where(cand, scores, 0).sum(axis=1)
-        st.f_max[lanes] = np.maximum(st.f_max[lanes], np.where(cand, scores, -BIG).max(axis=1))
-        st.f_min[lanes] = np.minimum(st.f_min[lanes], np.where(cand, scores, BIG).min(axis=1))
+    if scores is not None:  # exact: |score| < 2**31 and at most 65535 keys keep every sum below 2**53
+        n = np.count_nonzero(cand, axis=1)
+        st.f_n[lanes] += n
+        if n.min() == keys:  # every pair a candidate (no mask, first round): no masking needed
+            total, hi, lo = scores.sum(axis=1), scores.max(axis=1), scores.min(axis=1)
+        else:  # non-candidates as NaN, which fmax/fmin skip; a row without candidates stays NaN
+            total = np.einsum("ij,ij->i", cand.astype(np.float64), scores)
+            masked = np.where(cand, scores, np.nan)
+            hi, lo = np.fmax.reduce(masked, axis=1), np.fmin.reduce(masked, axis=1)
+        some = n > 0
+        hi, lo = np.where(some, hi, 0.0), np.where(some, lo, 0.0)
+        st.f_sum[lanes] += total.astype(np.int64)
+        st.f_max[lanes] = np.where(some, np.maximum(st.f_max[lanes], hi.astype(np.int64)), st.f_max[lanes])
+        st.f_min[lanes] = np.where(some, np.minimum(st.f_min[lanes], lo.astype(np.int64)), st.f_min[lanes])
     return w
 
 
@@ -330,36 +394,35 @@ def a_attn(run, a, pc, ins) -> Work:
     rows, keys, d = a["rows"], a["keys"], st.head_dim
     if not st.a_valid[:rows].all():
         raise IllegalInstruction("A.ATTN on rows whose state was never reset by A.INIT", pc, ins)
-    kept = _read_bits(run, w, a["idx"], rows, keys, pc)
-    q16 = _q_tile(run, w, a["q"], rows, pc)
+    kept, sel = _gathered(run, w, a["idx"], rows, keys, pc)
+    q = _q_operand(run, w, a["q"], rows, 16, pc)
     bias = _bias_tile(run, w, a, rows, keys, pc)
     qk_scale, _ = _head_params(run, w, a["head"], pc)
     kv, row_bytes = st.buf["kv"], d * 2
     _kv_tile_fits(kv, a["kv"], keys, row_bytes, pc)
-    sel = np.flatnonzero(kept.any(axis=0))
     tile = keys * row_bytes
-    for base in (a["kv"], a["kv"] + tile):
-        if not kv.written[base:base + tile].reshape(keys, row_bytes)[sel].all():
+    for base in (a["kv"], a["kv"] + tile):  # the whole tile written (the common case) covers the kept rows
+        if not (kv.written[base:base + tile].all() or kv.written[base:base + tile].reshape(keys, row_bytes)[sel].all()):
             raise UninitializedRead("a kept key's K or V row was never gathered into the kv buffer", pc, ins)
-    pairs = int(kept.sum())
+    pairs = int(np.count_nonzero(kept))
     w.read("kv", 2 * sel.size * row_bytes)
     w.au_macs = 2 * pairs * d
     w.exps = pairs + rows
     if not run.functional:
         return w
-    k16 = kv.data[a["kv"]:a["kv"] + keys * row_bytes].view(np.int16).reshape(keys, d)
-    v16 = kv.data[a["kv"] + keys * row_bytes:a["kv"] + 2 * keys * row_bytes].view(np.int16).reshape(keys, d)
-    logits = _int_matmul(q16, k16) * qk_scale
+    k16 = kv.data[a["kv"]:a["kv"] + tile].view(np.int16).reshape(keys, d)
+    v16 = kv.data[a["kv"] + tile:a["kv"] + 2 * tile].view(np.int16).reshape(keys, d)
+    raw = (q @ k16.T.astype(np.float64)) * qk_scale
     if bias is not None:
-        logits += bias.astype(np.float64)
-    logits = np.where(kept, logits, -np.inf)
+        raw += bias.astype(np.float64)
     lanes = slice(0, rows)
     m_old = st.a_m[lanes]
-    m_new = np.maximum(m_old, logits.max(axis=1))
+    m_new = np.maximum(m_old, np.where(kept, raw, -np.inf).max(axis=1))
     live = np.isfinite(m_new)  # rows that have seen at least one kept key
     m_safe = np.where(live, m_new, 0.0)
     rescale = np.where(live, np.exp(np.where(np.isfinite(m_old), m_old, -np.inf) - m_safe), 1.0)
-    p = np.where(kept, np.exp(logits - m_safe[:, None]), 0.0)
+    # kept logits are <= the running max; clamping the others keeps exp off overflow and off -inf
+    p = np.where(kept, np.exp(np.minimum(raw - m_safe[:, None], 0.0)), 0.0)
     st.a_l[lanes] = st.a_l[lanes] * rescale + p.sum(axis=1)
     st.a_acc[lanes, :d] = st.a_acc[lanes, :d] * rescale[:, None] + p @ v16.astype(np.float64)
     st.a_m[lanes] = m_new

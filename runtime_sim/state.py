@@ -9,6 +9,8 @@ from ..isa.config import BUFFERS, HardwareConfig
 from ..isa.instructions import Reg
 from .traps import BufferOverflow, DramOutOfRange, UninitializedRead
 
+MEMO_ENTRIES = 64  # decoded values a buffer keeps (see Sram.decoded) before it starts over
+
 
 class Sram:
     """One on-chip buffer: bytes plus a written-mask so reads of never-written data trap."""
@@ -18,7 +20,7 @@ class Sram:
         self.capacity = capacity
         self.data = np.zeros(capacity, np.uint8)
         self.written = np.zeros(capacity, bool)
-        self.version = 0  # bumped on every write: lets handlers cache values decoded from the contents
+        self._memo: dict = {}  # (addr, nbytes, how) -> value decoded from those bytes
 
     def _check(self, addr: int, nbytes: int, pc) -> None:
         if addr < 0 or addr + nbytes > self.capacity:
@@ -38,12 +40,34 @@ class Sram:
         self._check(addr, payload.size, pc)
         self.data[addr:addr + payload.size] = payload
         self.written[addr:addr + payload.size] = True
-        self.version += 1
+        self.touched(addr, payload.size)
+
+    def touched(self, addr: int, nbytes: int) -> None:
+        """Note a write to ``[addr, addr + nbytes)``: forget the values decoded from any of those bytes."""
+        end = addr + nbytes
+        stale = [key for key in self._memo if key[0] < end and addr < key[0] + key[1]]
+        for key in stale:
+            del self._memo[key]
+
+    def decoded(self, addr: int, nbytes: int, how, load):
+        """``load()``, a value computed from the bytes in ``[addr, addr + nbytes)`` (it does its own checked
+        read), memoised under ``how`` until any of those bytes is written again: an operand tile serves
+        many instructions, and decoding it for each would dominate the run. Writes are rarer than reads,
+        so a write drops what it overlaps and a read is one dictionary lookup."""
+        key = (addr, nbytes, how)
+        value = self._memo.get(key)
+        if value is None:
+            value = load()
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[key] = value
+        return value
 
     def reserve(self, addr: int, nbytes: int, pc) -> None:
         """Timing-only runs: mark a destination written without moving data."""
         self._check(addr, nbytes, pc)
         self.written[addr:addr + nbytes] = True
+        self.touched(addr, nbytes)
 
     # strided row access: ``rows`` rows of ``width`` bytes, ``stride`` bytes apart
     def _rows_index(self, addr: int, rows: int, width: int, stride: int, pc) -> np.ndarray:
@@ -77,7 +101,7 @@ class Sram:
             idx = self._rows_index(addr, rows, width, stride, pc)
             self.data[idx] = payload
             self.written[idx] = True
-        self.version += 1
+        self.touched(addr, (rows - 1) * stride + width)
 
 
 class Dram:

@@ -155,6 +155,45 @@ def test_f_select(cfg, alpha):
         np.testing.assert_array_equal(got, cand)
 
 
+@pytest.mark.parametrize("alpha", [-300, 0, 512])
+@pytest.mark.parametrize("mode", [BiasMode.NONE, BiasMode.TILE])
+def test_f_reselect(cfg, alpha, mode):
+    """F.RESELECT recomputes the round's scores instead of reading the score buffer: the same kept bits
+    as F.SELECT on stored scores, twice the low-bit MACs, and nothing read from the score buffer."""
+    def kept_bits(body):
+        r = run(cfg, body)
+        raw = r.state.buf["index"].data[:SQ * 3].reshape(SQ, 3)
+        return r, np.unpackbits(raw, axis=1)[:, :SK].astype(bool)
+
+    stored, expect = kept_bits(_filter_body(4, 4, mode, alpha))
+    body = [i if i.op.mnemonic != "F.SCORE" else make("F.SCORE", **{**i.as_dict(), "store": 0})
+            for i in _filter_body(4, 4, mode)]
+    body.append(make("F.RESELECT", qb=4, kb=4, round=1, alpha=alpha, rows=SQ, q0=0, k0=0, keys=SK, q=0, kp=0,
+                     idx=0, bias=0, head=1, biasmode=int(mode)))
+    r, got = kept_bits(body)
+    np.testing.assert_array_equal(got, expect)
+    assert 0 < got.sum() < _numpy_scores(4, 4, mode)[1].sum() or alpha < 0
+    assert r.stats["macs"]["fu_int4xint4"] == 2 * stored.stats["macs"]["fu_int4xint4"]
+    assert r.stats["sram_bytes"]["score"] == {"read": 0, "write": 0}
+
+
+def test_filter_sees_a_rewritten_q_tile(cfg):
+    """Decoded operands are reused across instructions only while their bytes are unchanged: a second
+    round on new Q rows loaded to the same buffer address scores the new rows."""
+    rows = 8
+    body = loads(rows=rows) + [
+        make("F.CAND", rows=rows, q0=0, k0=0, keys=SK, idx=0, bias=0, head=1, causal=0, biasmode=0),
+        make("F.SCORE", qb=8, kb=4, rows=rows, q=0, kp=0, keys=SK, sc=0, idx=0, bias=0, head=1, first=1, store=0),
+        sync(Unit.FILTER, SELECTED), sync(Unit.LOAD, SELECTED, "WAIT"),
+        make("LD.Q", dram=A_Q + rows * D * 2, rows=rows, buf=0),  # rows 8..15 over rows 0..7
+        sync(Unit.LOAD, GATHERED), sync(Unit.FILTER, GATHERED, "WAIT"),
+        make("F.SCORE", qb=8, kb=4, rows=rows, q=0, kp=0, keys=SK, sc=0, idx=0, bias=0, head=1, first=1)]
+    r = run(cfg, body)
+    expect = (Q16[rows:2 * rows].astype(np.int64) >> 8) @ (K16.astype(np.int64) >> 12).T
+    np.testing.assert_array_equal(buf(r, "score", 0, rows * SK * 4, np.int32).reshape(rows, SK), expect)
+    np.testing.assert_array_equal(r.state.f_sum[:rows], expect.sum(1))
+
+
 @pytest.mark.parametrize("rows", [1, 4])
 def test_ld_kv_gathers_only_kept_rows(cfg, rows):
     keys = 16
