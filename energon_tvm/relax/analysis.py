@@ -27,7 +27,7 @@ from tvm import relax
 
 from ..isa.numerics import MASK_THRESHOLD, MPMRFParams
 from ..schedules.workload import DTYPES, AttentionWorkload
-from .consteval import evaluate, is_constant, static_shape
+from .consteval import evaluate, is_constant, rows_shared, static_shape
 
 ATTENTION_OPS = ("relax.nn.attention", "relax.nn.attention_bias")
 
@@ -100,7 +100,10 @@ class BiasTerm:
     False (``keep_when`` True) or True (``keep_when`` False), i.e. the additive term
     ``where(cond, 0, fill)`` (resp. ``where(cond, fill, 0)``). ``multiplier`` is the product of the scale
     factors applied after the term; ``shape`` its own shape; ``stage`` the scores' shape where it
-    applies; ``frame`` how it reaches the canonical frame (see :func:`frame_rule`)."""
+    applies; ``frame`` how it reaches the canonical frame (see :func:`frame_rule`). With
+    ``rows_shared`` every query row of the term is the same (:func:`~.consteval.rows_shared`): the
+    lowering passes its first row only, and ``shape``, ``stage`` and ``canonical_shape`` say so (query
+    axis 1), which makes the call's bias a padding-style row shared by the tile."""
 
     kind: str
     shape: tuple[int, ...]
@@ -112,6 +115,7 @@ class BiasTerm:
     cond: object = None
     fill: object = None
     keep_when: bool = True
+    rows_shared: bool = False
 
 
 @dataclass
@@ -392,16 +396,41 @@ def _mask_terms(scope: Scope, raw, canonical) -> tuple[list[BiasTerm], np.ndarra
         if stage != tuple(stage_in):
             raise NotOffloadable(f"the mask {list(shape)} broadcasts the scores from {list(stage_in)} to "
                                  f"{list(stage)}")
-        rule, canon_shape = frame_rule(shape, stage, canonical)
         if value is not None:
+            rule, _ = frame_rule(shape, stage, canonical)
             with np.errstate(over="ignore"):  # -FLT_MAX masks may overflow to -inf: still masked
                 value = value.astype(np.float32) * np.float32(multiplier)
             value = _to_frame(value, rule, stage, canonical)
             const_total = value if const_total is None else const_total + value
         else:
-            runtime.append(BiasTerm(shape=tuple(shape), stage=tuple(stage), frame=rule,
-                                    canonical_shape=canon_shape, multiplier=multiplier, **term))
+            inputs = [term["tensor"]] if kind == "add" else [term["cond"], term["fill"]]
+            runtime.append(_runtime_term(scope, inputs, shape, stage, canonical, multiplier=multiplier, **term))
     return runtime, const_total, notes
+
+
+def _runtime_term(scope: Scope, inputs, shape, stage, canonical, **term) -> BiasTerm:
+    """A run-time bias term, reduced to one query row when its ``inputs`` provably share their rows."""
+    shape, stage = tuple(shape), tuple(stage)
+    shared = len(shape) >= 2 and shape[-2] > 1 and all(rows_shared(x, scope.resolve) for x in inputs)
+    if shared:
+        shape, stage = _one_row(shape), _one_row(stage)
+        canonical = _one_row(tuple(canonical))
+    rule, canon_shape = frame_rule(shape, stage, canonical)
+    return BiasTerm(shape=shape, stage=stage, frame=rule, canonical_shape=canon_shape, rows_shared=shared,
+                    **term)
+
+
+def _one_row(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return shape[:-2] + (1, shape[-1]) if len(shape) >= 2 else shape
+
+
+def _share_const_rows(const_bias: np.ndarray | None) -> np.ndarray | None:
+    """A constant bias whose query rows are all equal, reduced to its first row."""
+    if const_bias is None or const_bias.ndim < 2 or const_bias.shape[-2] == 1:
+        return const_bias
+    first = const_bias[..., :1, :]
+    return np.ascontiguousarray(first) if np.array_equal(const_bias, np.broadcast_to(first, const_bias.shape)) \
+        else const_bias
 
 
 def _to_frame(value: np.ndarray, rule: str, stage, canonical) -> np.ndarray:
@@ -475,6 +504,7 @@ def analyze_decomposed(scope: Scope, root) -> AttentionPlan:
     canonical = (batch, heads, sq, sk)
     runtime, const_total, mask_notes = _mask_terms(scope, raw, canonical)
     causal, const_bias = split_causal(const_total, sq, sk)
+    const_bias = _share_const_rows(const_bias)
     scale = q.factor * k.factor * scale
     if not (math.isfinite(scale) and scale > 0):
         raise NotOffloadable(f"the attention scale is {scale:g}; Energon takes a positive scale")
@@ -523,8 +553,7 @@ def analyze_attention_op(scope: Scope, root) -> AttentionPlan:
         if value is not None:
             const_total = value.astype(np.float32)
         else:
-            runtime.append(BiasTerm(kind="add", shape=shape, stage=canonical, frame="direct",
-                                    canonical_shape=shape, tensor=bias))
+            runtime.append(_runtime_term(scope, [bias], shape, canonical, canonical, kind="add", tensor=bias))
     causal = False
     mode = getattr(attrs, "causal_mask", None)
     if mode is not None:
@@ -538,6 +567,7 @@ def analyze_attention_op(scope: Scope, root) -> AttentionPlan:
             const_total = top_left.astype(np.float32) if const_total is None else const_total + top_left
         notes.append(f"causal {mode}")
     extracted, const_bias = split_causal(const_total, sq, sk)
+    const_bias = _share_const_rows(const_bias)
     return AttentionPlan(
         kind="attention_op", form=", ".join(notes), batch=b, heads=n, seq_q=sq, seq_k=sk, head_dim=d,
         dtype=dtype, scale=scale, q=OperandChain(q_expr, shape=shapes[0]),

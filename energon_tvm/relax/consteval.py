@@ -243,3 +243,32 @@ class ConstEvaluator:
 def evaluate(expr, resolve: Resolver, overrides: Mapping | None = None) -> np.ndarray | None:
     """The value of ``expr`` if it is computed from constants only, else None."""
     return ConstEvaluator(resolve, overrides)(expr)
+
+
+_ELEMENTWISE = set(_BINARY) | set(_UNARY) | {"relax.where", "relax.astype"}
+
+
+def rows_shared(expr, resolve: Resolver, max_depth: int = 64) -> bool:
+    """Whether ``expr``, broadcast against scores [..., Sq, Sk], has the same value in every query row
+    (axis -2), so that one row can stand for all of them (a padding mask expanded to [B, 1, Sq, Sk] by
+    the exporter). Proven, never guessed: from a shape whose axis -2 is 1 (or absent), from a constant's
+    values, or through elementwise ops whose operands all qualify; anything else is not shared."""
+    evaluator = ConstEvaluator(resolve)
+
+    def shared(e, depth: int) -> bool:
+        shape = static_shape(e)
+        if shape is not None and (len(shape) < 2 or shape[-2] == 1):
+            return True
+        if depth > max_depth:
+            return False
+        value = evaluator(e)
+        if value is not None:
+            return value.ndim < 2 or bool(np.all(value == value[..., :1, :]))
+        if isinstance(e, relax.Var):
+            bound = resolve(e)
+            return bound is not None and shared(bound, depth + 1)
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name in _ELEMENTWISE:
+            return all(shared(a, depth + 1) for a in e.args)
+        return False
+
+    return shared(expr, 0)

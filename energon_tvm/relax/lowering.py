@@ -96,13 +96,22 @@ def _to_canonical(em: _Emitter, x, batch, tail, canonical_batch):
     return em.reshape(x, tuple(canonical_batch) + tuple(tail))
 
 
+def _first_row(em: _Emitter, x):
+    """``x[..., 0:1, :]`` of a tensor whose query rows are all equal (a no-op if it has one row)."""
+    shape = static_shape(x)
+    if shape is None or len(shape) < 2 or shape[-2] == 1:
+        return x
+    return em.emit(relax.op.strided_slice(x, axes=[len(shape) - 2], begin=[0], end=[1]))
+
+
 def _emit_bias(em: _Emitter, plan: AttentionPlan, subst):
     parts = []
     for term in plan.runtime_terms:
+        rows = (lambda x: _first_row(em, x)) if term.rows_shared else (lambda x: x)
         if term.kind == "add":
-            t = subst(term.tensor)
+            t = rows(subst(term.tensor))
         else:
-            cond, fill = subst(term.cond), subst(term.fill)
+            cond, fill = rows(subst(term.cond)), rows(subst(term.fill))
             zero = relax.const(0.0, str(fill.ty.dtype))
             t = em.emit(relax.op.where(cond, zero, fill) if term.keep_when else relax.op.where(cond, fill, zero))
         if str(t.ty.dtype) != "float32":
@@ -112,7 +121,7 @@ def _emit_bias(em: _Emitter, plan: AttentionPlan, subst):
         if term.frame == "tail":
             t = em.reshape(t, term.canonical_shape)
         elif term.frame == "full":
-            t = em.reshape(em.broadcast_to(t, term.stage), plan.canonical)
+            t = em.reshape(em.broadcast_to(t, term.stage), term.canonical_shape)
         parts.append(t)
     if plan.const_bias is not None:
         parts.append(relax.const(np.ascontiguousarray(plan.const_bias, dtype=np.float32)))

@@ -162,3 +162,29 @@ def staged_mask_module(mask_shape, batch: int = 2, heads: int = 2, seq: int = 8,
     inputs = _inputs(params)
     inputs[3] = np.where(np.random.default_rng(1).random(mask_shape) < 0.25, -1e9, 0.0).astype(np.float32)
     return mod, inputs
+
+
+def expanded_padding_module(allowed: np.ndarray, batch: int = 2, heads: int = 2, seq: int = 8,
+                            head_dim: int = 16):
+    """A padding mask as dynamo-exported BERTs build it: the run-time key mask [B, 1, 1, S] and-ed with
+    a constant [1, 1, S, S] pattern (``allowed``), then ``where(m, 0, -FLT_MAX)`` -- a full
+    [B, 1, S, S] tensor at run time, whose rows are all equal exactly when those of ``allowed`` are."""
+    from tvm import relax
+
+    b, h, s, d = batch, heads, seq, head_dim
+    params = [_var("q", (b, h, s, d)), _var("k", (b, h, s, d)), _var("v", (b, h, s, d)),
+              _var("keys", (b, 1, 1, s), "bool")]
+
+    def body(bb, q, k, v, keys):
+        full = bb.emit(relax.op.logical_and(relax.const(allowed.reshape(1, 1, s, s)), keys))
+        mask = bb.emit(relax.op.where(full, relax.const(0.0, "float32"),
+                                      relax.const(float(np.finfo(np.float32).min), "float32")))
+        scores = bb.emit(relax.op.matmul(q, bb.emit(relax.op.permute_dims(k, [0, 1, 3, 2]))))
+        scores = bb.emit(relax.op.add(bb.emit(relax.op.multiply(scores, relax.const(d ** -0.5))), mask))
+        return bb.emit(relax.op.matmul(bb.emit(relax.op.nn.softmax(scores)), v))
+
+    mod = _module(params, body)
+    inputs = _inputs(params[:3])
+    keys = np.random.default_rng(2).random((b, 1, 1, s)) < 0.7
+    keys[..., 0] = True  # every sequence keeps at least one key
+    return mod, inputs + [keys]

@@ -52,3 +52,48 @@ def test_evaluates_the_index_arithmetic_of_exported_masks():
     np.testing.assert_array_equal(value, _causal(6, 6, shift=0)[1:5])
     assert float(evaluate(scale, bindings.get)) == 8.0
     assert evaluate(out, bindings.get) is None  # depends on the input
+
+
+@pytest.mark.parametrize("allowed, shared", [
+    (np.ones((8, 8), bool), True),              # the exporter's all-true pattern: a padding row
+    (np.tril(np.ones((8, 8), bool)), False),    # causal and padding: the rows differ
+])
+def test_run_time_mask_with_equal_rows_is_passed_as_one_row(allowed, shared, dense_params):
+    """A run-time mask expanded to [B, 1, S, S] is passed as its first row [B, 1, 1, S] when every row
+    is provably the same (padding traffic, not a bias tile per query row), and the call still computes
+    what the unpartitioned model computes."""
+    from harness import build, int16_bound, run, run_collected
+    from relax_graphs import expanded_padding_module
+
+    from energon_tvm.relax import partition_for_energon
+
+    mod, inputs = expanded_padding_module(allowed)
+    pmod, report = partition_for_energon(mod, params=dense_params)
+    (record,) = report.records
+    assert record.offloaded, report.format()
+    assert record.workload.bias_shape == ((2, 1, 1, 8) if shared else (2, 1, 8, 8))
+    assert record.workload.mask_kind == ("padding" if shared else "bias")
+    out, collected = run_collected(build(pmod), inputs)
+    (call,) = collected.calls
+    assert call.inputs["bias"].shape == record.workload.bias_shape
+    ref = run(build(mod), inputs)
+    bound = int16_bound(*(call.inputs[n] for n in "qkv"), call.workload.effective_scale)
+    assert float(np.max(np.abs(out - ref))) <= bound
+
+
+def test_rows_shared_is_proven_not_guessed():
+    from tvm import relax
+
+    from energon_tvm.relax.consteval import rows_shared
+
+    def var(name, shape, dtype="float32"):
+        return relax.Var(name, relax.TensorType(shape, dtype))
+
+    row, tile = var("row", (2, 1, 1, 8)), var("tile", (2, 1, 8, 8))
+    equal = relax.const(np.ones((1, 1, 8, 8), np.float32))
+    unequal = relax.const(np.triu(np.ones((8, 8), np.float32)))
+    assert rows_shared(row, lambda _: None)
+    assert rows_shared(relax.op.add(row, equal), lambda _: None)
+    assert not rows_shared(relax.op.add(row, unequal), lambda _: None)
+    assert not rows_shared(tile, lambda _: None)  # a run-time tensor of full shape: nothing to prove it
+    assert not rows_shared(relax.op.nn.softmax(relax.op.add(row, equal)), lambda _: None)  # not elementwise
