@@ -3,7 +3,7 @@
     python bench/model.py [--sentences 4] [--out out]
 
 Prints, in one run:
-1. compile time of `tvmc compile` (energon, llvm) against plain `tvm.compile` of the same model (llvm);
+1. compile time of `tvmc compile` (energon, llvm) against an llvm-only build of the same model;
 2. host wall time per inference: the llvm-only package, the Energon package (host + simulator), and
    onnxruntime on the same model on this machine;
 3. per inference on `edge` and `server`: simulated cycles, energy, DRAM traffic, FU/AU utilisation and
@@ -118,7 +118,7 @@ def main() -> None:
         path = out / f"bench-{name}.tar"
         write(result, path)
         packages[name] = path
-        compile_rows.append([name if name != "llvm" else "llvm only (plain tvm.compile)", target + (
+        compile_rows.append([name if name != "llvm" else "llvm only", target + (
             " (dense)" if rounds else ""), f"{time.perf_counter() - t0:.1f}",
             ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())])
     print(table(["package", "target", "compile s", "of which"], compile_rows,
@@ -132,7 +132,7 @@ def main() -> None:
     ort_wall = (time.perf_counter() - t0) / (3 * len(sentences))
     print(table(["", "ms per inference"], [
         ["onnxruntime, float, this machine's CPU", f"{ort_wall * 1e3:.1f}"],
-        ["TVM llvm only (host; no tuning)", f"{walls['llvm'] * 1e3:.0f}"],
+        ["TVM llvm only (host; default schedules, no tuning)", f"{walls['llvm'] * 1e3:.0f}"],
         ["TVM host + Energon simulator (edge, MP-MRF)", f"{walls['edge'] * 1e3:.0f}"],
         ["  of which the simulator (difference)", f"{(walls['edge'] - walls['llvm']) * 1e3:.0f}"],
     ], f"Host wall time per inference (mean of {len(sentences)} sentences)"))

@@ -84,14 +84,13 @@ def _output_specs(mod, names) -> list[TensorSpec]:
 
 def compile_model(model_path, *, model_format: str | None = None, target: str = "energon, llvm",
                   config: str | None = None, alpha: str | None = None, rounds: str | None = None,
-                  input_shapes: str | None = None, tuning_records: str | None = None, log=None) -> CompileResult:
+                  mcpu: str | None = None, input_shapes: str | None = None, tuning_records: str | None = None,
+                  log=None) -> CompileResult:
     """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines."""
-    import tvm
-
-    from .. import executor
+    from .. import executor, host
 
     say = log or (lambda _msg: None)
-    tgt = parse_target(target, config, alpha, rounds=rounds)
+    tgt = parse_target(target, config, alpha, rounds=rounds, mcpu=mcpu)
     timings = {}
     t0 = time.perf_counter()
     model = load_model(model_path, model_format, input_shapes)
@@ -116,7 +115,7 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
             f"({tgt.config.name})")
     t0 = time.perf_counter()
     try:
-        ex = tvm.compile(mod, target="llvm")
+        ex = host.build(mod, tgt.mcpu)
     except Exception as err:
         raise TVMCError(f"host build failed: {type(err).__name__}: {str(err).splitlines()[0]}") from None
     with tempfile.TemporaryDirectory() as tmp:

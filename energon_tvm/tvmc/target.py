@@ -14,7 +14,9 @@ OPTIONS = {"energon": {"config": "hardware config: edge, server or a .toml file 
                        "rounds": "filter rounds as QxK bits, e.g. 4x2,4x4 (the default); none = the dense "
                                  "INT16 baseline",
                        "alpha": "threshold alpha per filter round, comma separated (default: the project's "
-                                "defaults); write --target-energon-alpha=-1,-1 for negative values"}}
+                                "defaults); write --target-energon-alpha=-1,-1 for negative values"},
+           "llvm": {"mcpu": "CPU to build the host code for, e.g. skylake-avx512 (default: generic x86-64, "
+                            "which runs on any x86-64 machine)"}}
 
 
 @dataclass(frozen=True)
@@ -23,10 +25,12 @@ class Target:
     host: str                # the host target kind (llvm)
     config: HardwareConfig
     params: MPMRFParams
+    mcpu: str | None = None  # the host CPU the llvm code is built for (None: generic)
 
     def describe(self) -> str:
         rounds = ", ".join(f"Q{r.q_bits}xK{r.k_bits} alpha={r.alpha:g}" for r in self.params.rounds) or "dense"
-        return (f"energon ({self.config.name}; {rounds}), {self.host}" if self.offload else self.host)
+        host = f"{self.host} ({self.mcpu})" if self.mcpu else self.host
+        return (f"energon ({self.config.name}; {rounds}), {host}" if self.offload else host)
 
 
 def parse_alphas(text: str | None, default: MPMRFParams) -> MPMRFParams:
@@ -67,7 +71,8 @@ def parse_rounds(text: str | None) -> MPMRFParams:
 
 
 def parse_target(text: str, config: str | None = None, alpha: str | None = None,
-                 default_params: MPMRFParams | None = None, rounds: str | None = None) -> Target:
+                 default_params: MPMRFParams | None = None, rounds: str | None = None,
+                 mcpu: str | None = None) -> Target:
     kinds = [k.strip() for k in (text or "").split(",") if k.strip()]
     if not kinds:
         raise TVMCError("empty --target; use \"energon, llvm\" or \"llvm\"")
@@ -83,6 +88,12 @@ def parse_target(text: str, config: str | None = None, alpha: str | None = None,
     offload = "energon" in kinds
     if not offload and (config or alpha or rounds):
         raise TVMCError("--target-energon-* options need energon in --target")
+    if mcpu is not None:
+        from ..host import valid_mcpu
+
+        if not valid_mcpu(mcpu):
+            raise TVMCError(f"--target-llvm-mcpu {mcpu!r} is not a CPU LLVM knows (e.g. x86-64-v3, "
+                            f"skylake-avx512, znver4)")
     cfg = load_config(config or "edge")
     params = parse_alphas(alpha, default_params or parse_rounds(rounds))
-    return Target(offload, "llvm", cfg, params)
+    return Target(offload, "llvm", cfg, params, mcpu)

@@ -82,6 +82,8 @@ def test_user_error_exits_non_zero_without_a_traceback(model_files):
     (["compile", "{root}/model.onnx", "-o", "{root}/x.tar", "--target-energon-alpha", "0.5"], "gives 1 value"),
     (["compile", "{root}/model.onnx", "-o", "{root}/x.tar", "--target-energon-alpha", "0,2"], "alpha = 2.0"),
     (["compile", "{root}/model.onnx", "-o", "{root}/x.tar", "--dump-code", "asm"], "unknown --dump-code"),
+    (["compile", "{root}/model.onnx", "-o", "{root}/x.tar", "--target-llvm-mcpu", "pentium-9000"],
+     "is not a CPU LLVM knows"),
     (["run", "{root}/missing.tar"], "does not exist"),
     (["run", "{root}/model.onnx"], "not a readable tar archive"),
     (["run", "{root}/model.tar", "--inputs", "{root}/missing.npz"], "does not exist"),

@@ -34,7 +34,7 @@ def run(args) -> int:
 
     result = compile_model(args.model, model_format=args.model_format, target=args.target,
                            config=args.target_energon_config, alpha=args.target_energon_alpha,
-                           rounds=args.target_energon_rounds,
+                           rounds=args.target_energon_rounds, mcpu=args.target_llvm_mcpu,
                            input_shapes=args.input_shapes, tuning_records=args.tuning_records,
                            log=say if verbose else None)
     written = write(result, args.output, args.dump_code)

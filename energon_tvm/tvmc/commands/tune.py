@@ -39,7 +39,8 @@ def run(args) -> int:
         raise TVMCError("tvmc tune tunes Energon schedules: put energon in --target")
     result = compile_model(args.model, model_format=args.model_format, target=args.target,
                            config=args.target_energon_config, alpha=args.target_energon_alpha,
-                           rounds=args.target_energon_rounds, input_shapes=args.input_shapes)
+                           rounds=args.target_energon_rounds, mcpu=args.target_llvm_mcpu,
+                           input_shapes=args.input_shapes)
     if not result.calls:
         print("no attention call was offloaded: nothing to tune", file=sys.stderr)
         return 0
