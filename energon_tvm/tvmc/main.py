@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import pkgutil
+import re
 import sys
 from collections.abc import Callable
 
@@ -53,9 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: a value that argparse would take for an option because it starts with "-": -1, -0.5, -1,-0.25
+_NEGATIVE_NUMBERS = re.compile(r"^-(\d+\.?\d*|\.\d+)(,\s*-?(\d+\.?\d*|\.\d+))*$")
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--opt -1,-1`` -> ``--opt=-1,-1``: argparse reads a lone negative list as an unknown option."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_NUMBERS.match(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_negative_values(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
                         format="%(message)s")
     if args.version:

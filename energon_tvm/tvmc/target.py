@@ -13,8 +13,8 @@ KINDS = ("energon", "llvm")
 OPTIONS = {"energon": {"config": "hardware config: edge, server or a .toml file (default edge)",
                        "rounds": "filter rounds as QxK bits, e.g. 4x2,4x4 (the default); none = the dense "
                                  "INT16 baseline",
-                       "alpha": "threshold alpha per filter round, comma separated (default: the project's "
-                                "defaults); write --target-energon-alpha=-1,-1 for negative values"},
+                       "alpha": "threshold alpha per filter round in [-1, 1], comma separated, e.g. -1,-1 "
+                                "(default: the project's defaults)"},
            "llvm": {"mcpu": "CPU to build the host code for, e.g. skylake-avx512 (default: generic x86-64, "
                             "which runs on any x86-64 machine)"}}
 

@@ -169,3 +169,15 @@ def test_tampered_packages_are_rejected(tmp_path, package, capsys, edit, message
     assert message in capsys.readouterr().err
     assert not (tmp_path / "escaped.txt").exists()
     assert sorted(p.name for p in (tmp_path / "pkgs").iterdir()) == ["bad.tar"]  # nothing extracted
+
+
+def test_negative_option_values_need_no_equals_sign(model_files, capsys):
+    from energon_tvm.tvmc.main import _attach_negative_values
+
+    assert _attach_negative_values(["compile", "m.onnx", "--target-energon-alpha", "-1,-0.5", "-v"]) == \
+        ["compile", "m.onnx", "--target-energon-alpha=-1,-0.5", "-v"]
+    assert _attach_negative_values(["--repeat", "-1"]) == ["--repeat=-1"]
+    assert _attach_negative_values(["-o", "-1"]) == ["-o", "-1"]  # short options: argparse's own rule
+    out = model_files / "negative.tar"
+    assert main(["compile", str(model_files / "model.onnx"), "-o", str(out), "--target-energon-alpha", "-1,-1"]) == 0
+    assert "alpha=-1" in capsys.readouterr().out
