@@ -91,6 +91,15 @@ def _blocks(sch):
     return sch.get_child_blocks(sch.get_sblock("root"))
 
 
+def _or_none(schedule, func):
+    """``schedule(func)``, or None (the kernel keeps TVM's unscheduled loops) if a primitive refuses:
+    a kernel of a shape these rules did not foresee must still build."""
+    try:
+        return schedule(func)
+    except RuntimeError:  # ScheduleError and TVM's internal errors
+        return None
+
+
 class Matmul(dl.ScheduleRule):
     """A PrimFunc whose one reduction is a ``matmul`` block ([..., M, N] over K) followed by
     element-wise blocks (bias, scale, activation, residual)."""
@@ -98,6 +107,9 @@ class Matmul(dl.ScheduleRule):
     def apply(self, func, target, tunable):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
+        return _or_none(self._schedule, func)
+
+    def _schedule(self, func):
         sch = s_tir.Schedule(func)
         blocks = _blocks(sch)
         reductions = [b for b in blocks if "R" in _kinds(sch, b)]
@@ -109,11 +121,8 @@ class Matmul(dl.ScheduleRule):
         epilogue = [b for b in blocks if not sch.get(b).same_as(sch.get(block))]
         if not sch.get(blocks[0]).same_as(sch.get(block)):
             return None  # a prologue before the matmul: leave it to another rule
-        try:
-            for b in epilogue[:-1]:
-                sch.compute_inline(b)
-        except s_tir.ScheduleError:
-            return None
+        for b in epilogue[:-1]:
+            sch.compute_inline(b)
         *batch, i, j, k = sch.get_loops(block)
         rows, width = _factor(_extent(sch, i), (4, 2)), _factor(_extent(sch, j))
         if rows is None or width is None:
@@ -139,6 +148,9 @@ class Injective(dl.ScheduleRule):
     def apply(self, func, target, tunable):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
+        return _or_none(self._schedule, func)
+
+    def _schedule(self, func):
         sch = s_tir.Schedule(func)
         if any(set(_kinds(sch, b)) - {"S"} for b in _blocks(sch)):
             return None
