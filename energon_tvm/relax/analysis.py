@@ -362,16 +362,58 @@ def _check_dtypes(*exprs) -> str:
     return dtype
 
 
+def _definition(scope: Scope, expr, depth: int = 16):
+    """The op call ``expr`` is bound to, through variable bindings inside the block or not (or None)."""
+    while isinstance(expr, relax.Var) and depth:
+        expr, depth = scope.resolve(expr), depth - 1
+    return expr if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
+
+
+def _is_mask_value(scope: Scope, expr) -> bool:
+    value = scope.const(expr)
+    return value is not None and value.size == 1 and float(value.reshape(())) <= MASK_THRESHOLD
+
+
+def _mask_pieces(scope: Scope, kind: str, data) -> list[tuple[str, object]]:
+    """A mask term as additive pieces: ``where(A & B, 0, fill)`` (or ``where(A | B, fill, 0)``) with A
+    constant and B not masks what ``where(A, 0, fill) + where(B, 0, fill)`` masks -- an entry either
+    piece masks stays at or below the mask threshold -- so the constant piece can be recognised (a causal
+    pattern) and the run-time piece stays what it is (often a padding row). A GPT-2 export builds its
+    mask so. Anything else is one piece, as it came."""
+    if kind == "add":
+        where = _definition(scope, data)
+        if where is None or op_name(where) != "relax.where":
+            return [(kind, data)]
+        cond, a, b = where.args
+        if _is_zero(scope, a) and _is_mask_value(scope, b):
+            fill, keep_when = b, True
+        elif _is_zero(scope, b) and _is_mask_value(scope, a):
+            fill, keep_when = a, False
+        else:
+            return [(kind, data)]
+    else:
+        cond, fill, keep_when = data
+    combined = _definition(scope, cond)
+    if combined is None or op_name(combined) != ("relax.logical_and" if keep_when else "relax.logical_or"):
+        return [(kind, data)]
+    parts = list(combined.args)
+    if sum(scope.const(p) is not None for p in parts) != 1:
+        return [(kind, data)]
+    return [("where", (part, fill, keep_when)) for part in parts]
+
+
 def _mask_terms(scope: Scope, raw, canonical) -> tuple[list[BiasTerm], np.ndarray | None, list[str]]:
     """Split the mask terms into run-time ones and one constant (canonical frame, right-aligned)."""
     runtime, const_total, notes = [], None, []
-    for kind, call, scores, data, multiplier in raw:
+    pieces = [(kind, call, scores, piece, multiplier, origin) for origin, call, scores, data, multiplier in raw
+              for kind, piece in _mask_pieces(scope, origin, data)]
+    for kind, call, scores, data, multiplier, origin in pieces:
         stage_in = _shape(scores, "the scores")
         stage = _shape(call, "the scores")
+        notes.append("mask add" if origin == "add" else "where mask")
         if kind == "add":
             shape = _shape(data, "the mask")
             value = scope.const(data)
-            notes.append("mask add")
             term = dict(kind="add", tensor=data)
         else:
             cond, fill, keep_when = data
@@ -391,7 +433,6 @@ def _mask_terms(scope: Scope, raw, canonical) -> tuple[list[BiasTerm], np.ndarra
                 fv = fill_value.astype(np.float32)
                 value = np.where(cond_value.astype(bool), zero, fv) if keep_when \
                     else np.where(cond_value.astype(bool), fv, zero)
-            notes.append("where mask")
             term = dict(kind="where", cond=cond, fill=fill, keep_when=keep_when)
         if stage != tuple(stage_in):
             raise NotOffloadable(f"the mask {list(shape)} broadcasts the scores from {list(stage_in)} to "

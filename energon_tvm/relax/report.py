@@ -73,14 +73,16 @@ class OffloadReport:
         if not self.records:
             return lines[0]
         width = max(len(f"{r.function}:{r.site}") for r in self.records)
-        lines.append(f"  {'site':<{width}}  {'where':<7}  {'B x H x Sq x Sk x D':<22}  mask      form / reason")
-        for r in self.records:
+        masks = [r.workload.mask_kind if r.workload else "-" for r in self.records]
+        mask_width = max(len("mask"), *map(len, masks))
+        lines.append(f"  {'site':<{width}}  {'where':<7}  {'B x H x Sq x Sk x D':<22}  {'mask':<{mask_width}}  "
+                     f"form / reason")
+        for r, mask in zip(self.records, masks):
             w = r.workload
             dims = f"{w.batch}x{w.heads}x{w.seq_q}x{w.seq_k}x{w.head_dim}" if w else "-"
-            mask = w.mask_kind if w else "-"
             where = "energon" if r.offloaded else "host"
             detail = r.form if r.offloaded else r.reason
-            lines.append(f"  {f'{r.function}:{r.site}':<{width}}  {where:<7}  {dims:<22}  {mask:<8}  "
+            lines.append(f"  {f'{r.function}:{r.site}':<{width}}  {where:<7}  {dims:<22}  {mask:<{mask_width}}  "
                          f"{detail}")
         return "\n".join(lines)
 

@@ -54,14 +54,20 @@ def test_evaluates_the_index_arithmetic_of_exported_masks():
     assert evaluate(out, bindings.get) is None  # depends on the input
 
 
-@pytest.mark.parametrize("allowed, shared", [
-    (np.ones((8, 8), bool), True),              # the exporter's all-true pattern: a padding row
-    (np.tril(np.ones((8, 8), bool)), False),    # causal and padding: the rows differ
+_RANDOM = np.random.default_rng(3).random((8, 8)) < 0.8
+_RANDOM[:, 0] = True
+
+
+@pytest.mark.parametrize("allowed, causal, bias_shape", [
+    (np.ones((8, 8), bool), False, (2, 1, 1, 8)),            # BERT: a padding row, broadcast by the exporter
+    (np.tril(np.ones((8, 8), bool)), True, (2, 1, 1, 8)),    # GPT-2: causal and padding
+    (_RANDOM, False, (2, 1, 8, 8)),                          # a pattern that is neither: a bias tile
 ])
-def test_run_time_mask_with_equal_rows_is_passed_as_one_row(allowed, shared, dense_params):
-    """A run-time mask expanded to [B, 1, S, S] is passed as its first row [B, 1, 1, S] when every row
-    is provably the same (padding traffic, not a bias tile per query row), and the call still computes
-    what the unpartitioned model computes."""
+def test_run_time_mask_is_split_into_what_the_machine_takes(allowed, causal, bias_shape, dense_params):
+    """A run-time mask ``where(allowed & keys, 0, -FLT_MAX)`` expanded to [B, 1, S, S] reaches Energon as
+    its parts: a constant causal pattern becomes ``causal`` (no tensor), a row every query shares becomes
+    one row per batch (padding traffic, not a bias tile per query row), anything else stays a tile. The
+    call still computes what the unpartitioned model computes."""
     from harness import build, int16_bound, run, run_collected
     from relax_graphs import expanded_padding_module
 
@@ -71,14 +77,15 @@ def test_run_time_mask_with_equal_rows_is_passed_as_one_row(allowed, shared, den
     pmod, report = partition_for_energon(mod, params=dense_params)
     (record,) = report.records
     assert record.offloaded, report.format()
-    assert record.workload.bias_shape == ((2, 1, 1, 8) if shared else (2, 1, 8, 8))
-    assert record.workload.mask_kind == ("padding" if shared else "bias")
+    assert (record.workload.causal, record.workload.bias_shape) == (causal, bias_shape)
     out, collected = run_collected(build(pmod), inputs)
     (call,) = collected.calls
-    assert call.inputs["bias"].shape == record.workload.bias_shape
+    assert call.inputs["bias"].shape == bias_shape
     ref = run(build(mod), inputs)
     bound = int16_bound(*(call.inputs[n] for n in "qkv"), call.workload.effective_scale)
     assert float(np.max(np.abs(out - ref))) <= bound
+    expected_candidates = int((np.broadcast_to(allowed, (2, 2, 8, 8)) & inputs[3]).sum())
+    assert call.stats["candidates"] == expected_candidates  # exactly the model's unmasked pairs
 
 
 def test_rows_shared_is_proven_not_guessed():

@@ -9,7 +9,10 @@ differs from the llvm build by those per-call errors carried through the later l
 residual, LayerNorm, feed-forward). With BERT's initialisation the output projection (weights of std
 0.02) shrinks an attention error far more than LayerNorm can grow it (measured: the model error is 0.05x
 the largest per-call bound), so the test requires the model error to stay within ``MODEL_FACTOR`` = 1
-times the largest per-call bound.
+times the largest per-call bound. GPT-2 normalises before each block instead: its residual stream keeps
+the embeddings' scale (std 0.03 measured at initialisation) and the final LayerNorm multiplies it by
+~1/0.03, while the output projection (std 0.01, fan-in 32) scales an attention error by ~0.06: about 2x
+the per-call bound can reach the output (measured: 1.1x), and GPT-2 is held to ``GPT2_MODEL_FACTOR`` = 4.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ pytestmark = [
 
 LAYERS = 2
 MODEL_FACTOR = 1.0
+GPT2_MODEL_FACTOR = 4.0
 
 
 @pytest.fixture(scope="module", params=["eager", "sdpa"])
@@ -60,7 +64,7 @@ def bert(request):
     return torch, LastHidden(model).eval(), {"input_ids": ids, "attention_mask": mask}, request.param
 
 
-def _check_model(mod, inputs, dense_params):
+def _check_model(mod, inputs, dense_params, model_factor=MODEL_FACTOR):
     pmod, report = partition_for_energon(mod, params=dense_params)
     assert len(report) == LAYERS and len(report.offloaded) == LAYERS, report.format()
     for record in report:
@@ -78,7 +82,7 @@ def _check_model(mod, inputs, dense_params):
         assert np.max(np.abs(call.output - exact)) <= bound
         bounds.append(bound)
     err = float(np.max(np.abs(out - ref)))
-    assert err <= MODEL_FACTOR * max(bounds), f"model error {err:.3g}, per-call bound {max(bounds):.3g}"
+    assert err <= model_factor * max(bounds), f"model error {err:.3g}, per-call bound {max(bounds):.3g}"
     return report
 
 
@@ -130,3 +134,43 @@ def test_bert_torch_export(bert, dense_params):
     assert all("batched-matmul reshape" in r.form for r in report)
     if attention == "sdpa":
         assert all("all-masked guard" in r.form for r in report)
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+
+    config = transformers.GPT2Config(vocab_size=128, n_embd=32, n_layer=LAYERS, n_head=4, n_positions=32,
+                                     use_cache=False, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.GPT2Model(config).eval()
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self, gpt2):
+            super().__init__()
+            self.gpt2 = gpt2
+
+        def forward(self, input_ids, attention_mask):
+            return self.gpt2(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 128, (2, 8)).astype(np.int64)
+    mask = np.ones((2, 8), np.int64)
+    mask[1, 5:] = 0
+    return torch, LastHidden(model).eval(), {"input_ids": ids, "attention_mask": mask}
+
+
+def test_gpt2_onnx_dynamo_is_causal_plus_padding(gpt2, tmp_path, dense_params):
+    """GPT-2 builds one mask, ``where(tril & key_mask, 0, -FLT_MAX)`` [B, 1, S, S], at run time: it reaches
+    Energon as ``causal`` plus a padding row per batch, and the model still matches its llvm build."""
+    pytest.importorskip("onnxscript")
+    import onnx
+
+    torch, model, inputs = gpt2
+    path = tmp_path / "gpt2_dynamo.onnx"
+    torch.onnx.export(model, tuple(torch.from_numpy(x) for x in inputs.values()), str(path), dynamo=True,
+                      input_names=list(inputs), output_names=["last_hidden_state"], verbose=False)
+    mod = from_onnx(onnx.load(str(path)), shape_dict={k: list(v.shape) for k, v in inputs.items()})
+    report = _check_model(mod, inputs, dense_params, GPT2_MODEL_FACTOR)
+    assert all(r.workload.mask_kind == "causal+padding" and r.workload.bias_shape == (2, 1, 1, 8) for r in report)
