@@ -22,7 +22,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
-_SPATIAL, _REDUCE = 0, 2  # IterVar kinds
+_SPATIAL, _REDUCE = tirx.IterVar.DataPar, tirx.IterVar.CommReduce
 
 
 def host_target(mcpu: str | None = None) -> tvm.target.Target:
