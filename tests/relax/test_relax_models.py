@@ -36,6 +36,29 @@ MODEL_FACTOR = 1.0
 GPT2_MODEL_FACTOR = 4.0
 
 
+def _last_hidden(torch, model, **extra):
+    """``model(input_ids, attention_mask).last_hidden_state`` as a module of positional inputs: the
+    Hugging Face forward takes keyword arguments the exporters do not pass well."""
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+
+    return LastHidden().eval()
+
+
+def _inputs(seed: int, padded_from: int) -> dict[str, np.ndarray]:
+    """Token ids [2, 8] and an attention mask whose second sequence is padded from ``padded_from``."""
+    ids = np.random.default_rng(seed).integers(0, 128, (2, 8)).astype(np.int64)
+    mask = np.ones((2, 8), np.int64)
+    mask[1, padded_from:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 @pytest.fixture(scope="module", params=["eager", "sdpa"])
 def bert(request):
     torch = pytest.importorskip("torch")
@@ -46,22 +69,7 @@ def bert(request):
         intermediate_size=64, max_position_embeddings=32, attn_implementation=request.param)
     torch.manual_seed(0)
     model = transformers.BertModel(config).eval()
-
-    class LastHidden(torch.nn.Module):
-        """BertModel.forward takes keyword arguments the exporters do not pass well."""
-
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 128, (2, 8)).astype(np.int64)
-    mask = np.ones((2, 8), np.int64)
-    mask[1, 6:] = 0  # the second sequence is padded
-    return torch, LastHidden(model).eval(), {"input_ids": ids, "attention_mask": mask}, request.param
+    return torch, _last_hidden(torch, model), _inputs(0, 6), request.param
 
 
 def _check_model(mod, inputs, dense_params, model_factor=MODEL_FACTOR):
@@ -145,20 +153,7 @@ def gpt2():
                                      use_cache=False, attn_implementation="eager")
     torch.manual_seed(0)
     model = transformers.GPT2Model(config).eval()
-
-    class LastHidden(torch.nn.Module):
-        def __init__(self, gpt2):
-            super().__init__()
-            self.gpt2 = gpt2
-
-        def forward(self, input_ids, attention_mask):
-            return self.gpt2(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-
-    rng = np.random.default_rng(1)
-    ids = rng.integers(0, 128, (2, 8)).astype(np.int64)
-    mask = np.ones((2, 8), np.int64)
-    mask[1, 5:] = 0
-    return torch, LastHidden(model).eval(), {"input_ids": ids, "attention_mask": mask}
+    return torch, _last_hidden(torch, model, use_cache=False), _inputs(1, 5)
 
 
 def test_gpt2_onnx_dynamo_is_causal_plus_padding(gpt2, tmp_path, dense_params):
