@@ -6,7 +6,9 @@ static (Energon programs are compiled for one shape).
 
 from __future__ import annotations
 
+import pickle
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,15 +123,53 @@ def load_onnx(path: Path, shapes: dict[str, tuple[int, ...]]):
     return mod, inputs, outputs
 
 
+class _Unpickling(Exception):
+    """Raised inside torch.export.load when the archive asks for a pickled Python object."""
+
+
+@contextmanager
+def _tensors_only(torch):
+    """Within: every ``torch.load`` is torch's ``weights_only`` loader (tensors and plain containers,
+    the loader torch provides for untrusted files), and the unpicklers that rebuild arbitrary Python
+    objects refuse. ``torch.export.load`` itself falls back to full unpickling for anything its
+    restricted loads reject; a model file must not be able to run code here."""
+    def refuse(*_args, **_kwargs):
+        raise _Unpickling()
+
+    real_load = torch.load
+
+    def weights_only(*args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            return real_load(*args, **kwargs)
+        except pickle.UnpicklingError:
+            raise _Unpickling() from None
+
+    patches = [(torch, "load", weights_only), (pickle, "loads", refuse), (torch._C, "_pickle_load_obj", refuse)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    try:
+        for owner, name, replacement in patches:
+            setattr(owner, name, replacement)
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
 def load_pytorch(path: Path, shapes: dict[str, tuple[int, ...]]):
-    """An ``torch.export`` program saved with ``torch.export.save`` (a .pt2 archive)."""
+    """An ``torch.export`` program saved with ``torch.export.save`` (a .pt2 archive). Its tensors are
+    read; nothing in it is unpickled (:func:`_tensors_only`)."""
     try:
         import torch
     except ImportError:
         raise TVMCError("--model-format pytorch needs torch: pip install torch==2.13.0") from None
     try:
-        program = torch.export.load(str(path))
+        with _tensors_only(torch):
+            program = torch.export.load(str(path))
     except Exception as err:
+        if isinstance(err, _Unpickling) or isinstance(err.__cause__ or err.__context__, _Unpickling):
+            raise TVMCError(f"{path} holds pickled Python objects besides tensors; energon-tvm does not "
+                            f"unpickle model files (save the program with plain tensor weights and inputs)") from None
         raise TVMCError(f"{path} is not a torch.export program (.pt2): {type(err).__name__}: {err}") from None
     from tvm.relax.frontend.torch import from_exported_program
 
