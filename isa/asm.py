@@ -7,11 +7,11 @@ line::
     ; Energon ISA v1 program for config edge: 3 instructions, 1 region
     .config edge a52a10da6b150c1f5b6a338575c36719
     .region q offset=0x00000000 dtype=int16 shape=1,2,4,64 layout=BHSD
-    .meta {"config":"edge","labels":["setup","b0 h0 q0:64","end"]}
+    .meta {"config":"edge"}
 
-        setr      reg=HEAD_DIM value=64                      ;    0 ctrl    setup
-        ld.q      dram=0x00000000 rows=64 buf=0x0000         ;    1 load    b0 h0 q0:64
-        halt                                                 ;    2 ctrl    end
+        setr      reg=HEAD_DIM value=64 @setup                       ;    0 ctrl
+        ld.q      dram=0x00000000 rows=64 buf=0x0000 @"b0 h0 q0:64"  ;    1 load
+        halt @end                                                    ;    2 ctrl
 
 * ``;`` or ``#`` starts a comment; blank lines are ignored.
 * ``.config NAME [FINGERPRINT]`` comes before any region or instruction. The fingerprint (32 hex
@@ -22,12 +22,14 @@ line::
   in order (``shape=()`` for a scalar).
 * ``.meta {...}``: the metadata, one JSON object on one line (at most once).
 * An instruction is a mnemonic (any case) and ``name=value`` operands in any order; a field with a
-  declared default may be left out. Values are decimal or ``0x`` hex (with a sign for signed fields),
+  declared default may be left out. ``@label`` after the operands names the tile the instruction works
+  on: the metadata's per-instruction ``labels`` (an instruction without one gets ``""``; labels are
+  given either so or in ``.meta``, not both). Values are decimal or ``0x`` hex (with a sign for signed fields),
   or for enumerated fields (``unit``, ``reg``, ...) the member's name in any case. Names, dtypes and
   layouts that are not plain words are written as JSON strings (``"my region"``).
-* The disassembler prints every field: addresses in hex, counts in decimal, enums by name; and
-  annotates each instruction with its pc, its executing unit (``ctrl`` for SETR and HALT) and, when
-  the metadata has per-instruction ``labels``, the tile it works on.
+* The disassembler prints every field: addresses in hex, counts in decimal, enums by name; each
+  instruction's label (when the metadata's ``labels`` are all strings; other labels stay in ``.meta``);
+  and a comment with its pc and its executing unit (``ctrl`` for SETR and HALT).
 
 Every rejection is an :class:`AssemblerError` naming the 1-based line and the offending text.
 """
@@ -132,11 +134,6 @@ def _unit_label(ins: Instruction) -> str:
     return "ctrl" if unit is None else unit.label
 
 
-def _label_text(label: object) -> str:
-    # the annotation must stay on its line: anything that is not plain printable text goes as JSON
-    return label if isinstance(label, str) and label.isprintable() else json.dumps(label)
-
-
 def disassemble(program_or_bytes: Program | bytes, cfg: HardwareConfig | None = None) -> str:
     """Assembly text of a program or of a binary (validated first)."""
     if isinstance(program_or_bytes, Program):
@@ -153,14 +150,16 @@ def disassemble(program_or_bytes: Program | bytes, cfg: HardwareConfig | None = 
         shape = ",".join(map(str, r.shape)) or "()"
         lines.append(f".region {_word(r.name)} offset={r.offset:#010x} dtype={_word(r.dtype)} shape={shape} "
                      f"layout={_word(r.layout)}")
-    lines += [f".meta {canonical_json(program.meta).decode()}", ""]
     labels = program.labels
+    meta = program.meta
+    if labels and all(isinstance(label, str) for label in labels):  # on their instructions, not in .meta
+        meta = {k: v for k, v in meta.items() if k != "labels"}
+    else:
+        labels = []
+    lines += [f".meta {canonical_json(meta).decode()}", ""]
     for pc, ins in enumerate(program.code):
-        text = f"    {format_instruction(ins, cfg)}"
-        note = f"; {pc:>4} {_unit_label(ins):<6}"
-        if labels:
-            note += f"  {_label_text(labels[pc])}"
-        lines.append(f"{text:<{OPERAND_COLUMN}} {note}".rstrip())
+        text = f"    {format_instruction(ins, cfg)}" + (f" @{_word(labels[pc])}" if labels else "")
+        lines.append(f"{text:<{OPERAND_COLUMN}} ; {pc:>4} {_unit_label(ins)}".rstrip())
     return "\n".join(lines) + "\n"
 
 
@@ -230,6 +229,17 @@ def _operands(tokens: list[tuple[str, str]], what: str, n: int) -> dict[str, tup
     return out
 
 
+def _split_label(tokens: list[tuple[str, str]], what: str, n: int) -> tuple[list[tuple[str, str]], str | None]:
+    """(operand tokens, label): a trailing ``@word`` or ``@"string"`` is the instruction's label."""
+    if tokens and tokens[-1][0] == "word" and tokens[-1][1].startswith("@") and len(tokens[-1][1]) > 1:
+        return tokens[:-1], tokens[-1][1][1:]
+    if len(tokens) >= 2 and tokens[-2] == ("word", "@") and tokens[-1][0] == "string":
+        return tokens[:-2], _text(tokens[-1], n)
+    if any(kind == "word" and raw.startswith("@") for kind, raw in tokens):
+        raise AssemblerError(f"{what}: a label (@name or @\"text\") comes last, after the operands", n)
+    return tokens, None
+
+
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
@@ -245,6 +255,7 @@ class _Assembler:
         self.meta: dict | None = None
         self.meta_line = 0
         self.code: list[Instruction] = []
+        self.labels: list[str | None] = []  # per instruction, from ``@label``
 
     def run(self, text: str) -> tuple[Program, HardwareConfig]:
         lines = text.splitlines()
@@ -265,6 +276,11 @@ class _Assembler:
                 raise AssemblerError(f"expected a mnemonic or a directive, got {head!r}", n)
         cfg = self.need_config(max(len(lines), 1))
         meta = dict(self.meta or {})
+        if any(label is not None for label in self.labels):
+            if "labels" in meta:
+                raise AssemblerError("labels given both in .meta and as @label on instructions; give one",
+                                     self.meta_line)
+            meta["labels"] = [label or "" for label in self.labels]
         if meta.get("config", self.config_name) != self.config_name:
             raise AssemblerError(f".meta says config {meta['config']!r} but .config says "
                                  f"{self.config_name!r}", self.meta_line)
@@ -365,6 +381,7 @@ class _Assembler:
             raise AssemblerError(f"unknown mnemonic {mnemonic!r}; mnemonics are "
                                  f"{', '.join(m.lower() for m in BY_MNEMONIC)}", n)
         cfg = self.need_config(n)
+        tokens, label = _split_label(tokens, op.mnemonic, n)
         ops = _operands(tokens, op.mnemonic, n)
         unknown = sorted(set(ops) - set(op.field_names))
         if unknown:
@@ -384,6 +401,7 @@ class _Assembler:
         except EncodingError as err:
             raise AssemblerError(str(err), n) from None
         self.code.append(ins)
+        self.labels.append(label)
 
     @staticmethod
     def value(f: Field, token: tuple[str, str], mnemonic: str, n: int) -> int:

@@ -4,7 +4,7 @@ program, what the assembler accepts, and one AssemblerError per way text can be 
 import json
 
 import pytest
-from energon_tvm.isa.asm import assemble, assemble_bytes, disassemble, format_instruction
+from energon_tvm.isa.asm import OPERAND_COLUMN, assemble, assemble_bytes, disassemble, format_instruction
 from energon_tvm.isa.errors import AssemblerError, ConfigError
 from energon_tvm.isa.instructions import make
 from energon_tvm.isa.program import MemoryMap, Program, Region
@@ -92,22 +92,39 @@ def test_disassembly_format(edge):
     code = [make("SETR", reg=2, value=128), make("LD.Q", dram=0x100, rows=2, buf=0x40),
             make("WAIT", unit=1, token=3), make("F.SELECT", round=1, alpha=-512, rows=2, q0=0, k0=8,
                                                  keys=8, sc=0x10, idx=1, head=0), make("HALT")]
-    p = Program.build(edge, code, regions, {"labels": ["hdr", "q\nrow", 7, "", "end"]})
+    p = Program.build(edge, code, regions, {"labels": ["hdr", "q\nrow", "", "h0 q0:2", "end"], "x": 1})
     lines = disassemble(p).splitlines()
     assert lines[1] == f".config edge {EDGE_FP}"
     assert lines[2] == ".region q offset=0x00000100 dtype=int16 shape=2,64 layout=SD"
     assert lines[3] == '.region "my out" offset=0x00001000 dtype=float32 shape=() layout=""'
-    assert lines[4].startswith('.meta {"config":"edge","labels":')
+    assert lines[4] == '.meta {"config":"edge","x":1}'  # the labels are on their instructions
     code_lines = lines[6:]
-    assert code_lines[0].split(";")[0].split() == ["setr", "reg=SEQ_K", "value=128"]
-    assert code_lines[0].split(";")[1].split() == ["0", "ctrl", "hdr"]
-    # addresses in hex as wide as the field, counts in decimal, enums by name
-    assert code_lines[1].split(";")[0].split() == ["ld.q", "dram=0x00000100", "rows=2", "buf=0x0040"]
-    assert code_lines[1].split(";")[1].split() == ["1", "load", '"q\\nrow"']  # a label stays on its line
-    assert code_lines[2].split(";")[1].split() == ["2", "filter", "7"]
-    assert "alpha=-512" in code_lines[3] and "sc=0x0010" in code_lines[3]
-    assert code_lines[4].split(";")[1].split() == ["4", "ctrl", "end"]
+    assert code_lines[0].split(";")[0].split() == ["setr", "reg=SEQ_K", "value=128", "@hdr"]
+    assert code_lines[0].split(";")[1].split() == ["0", "ctrl"]
+    # addresses in hex as wide as the field, counts in decimal, enums by name; a label stays on its line
+    assert code_lines[1].split(";")[0].split() == ["ld.q", "dram=0x00000100", "rows=2", "buf=0x0040", '@"q\\nrow"']
+    assert code_lines[1].split(";")[1].split() == ["1", "load"]
+    assert code_lines[2].split(";")[0].split() == ["wait", "unit=FILTER", "token=3", '@""']
+    assert "alpha=-512" in code_lines[3] and "sc=0x0010" in code_lines[3] and '@"h0 q0:2"' in code_lines[3]
+    assert code_lines[4].split(";") == [f"{'    halt @end':<{OPERAND_COLUMN}} ", "    4 ctrl"]
     assert format_instruction(code[4], edge) == "halt"
+    assert assemble(disassemble(p)) == p
+
+
+def test_labels_that_are_not_strings_stay_in_the_metadata(edge):
+    p = Program.build(edge, [make("A.INIT", rows=1), make("HALT")], MemoryMap(()), {"labels": ["a", 7]})
+    text = disassemble(p)
+    assert '.meta {"config":"edge","labels":["a",7]}' in text and "@" not in text
+    assert assemble(text) == p
+
+
+def test_labels_are_optional_per_instruction_and_given_once(edge):
+    p = assemble(".config edge\na.init rows=1 @tile0\nhalt\n")
+    assert p.labels == ["tile0", ""]
+    with pytest.raises(AssemblerError, match="both in .meta and as @label"):
+        assemble('.config edge\n.meta {"labels": ["x", "y"]}\na.init rows=1 @tile0\nhalt\n')
+    with pytest.raises(AssemblerError, match="comes last"):
+        assemble(".config edge\na.init @tile0 rows=1\nhalt\n")
 
 
 def test_disassembly_without_labels_shows_units(edge):
