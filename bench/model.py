@@ -47,18 +47,14 @@ def run_sentences(path, sentences, capture=False):
 
 def design_space(captured_runs, out_png):
     """Speedup over dense on edge variants, timing-only, with the captured calls' sparsity."""
-    from energon_tvm.executor import causal_mask
-    from energon_tvm.mpmrf import mpmrf_attention
+    from energon_tvm.mpmrf import reference_attention
 
     base = load_config("edge")
     calls = [c for calls in captured_runs for c in calls]
     profiles = []
     for c in calls:
         w, inp = c.workload, c.inputs
-        mask = inp["bias"]
-        if w.causal:
-            mask = causal_mask(w) if mask is None else mask + causal_mask(w)
-        ref = mpmrf_attention(inp["q"], inp["k"], inp["v"], mask, w.params, w.effective_scale)
+        ref = reference_attention(w, inp["q"], inp["k"], inp["v"], inp["bias"])
         profiles.append((w, SparsityProfile.from_reference(ref), SparsityProfile((SparsityProfile.from_reference(
             ref).masks[0],))))
     bandwidths = [6.4, 12.8, 25.6, 51.2, 102.4]

@@ -4,8 +4,9 @@
 
 For BERT-base-like (H=12, D=64, S=128/512/2048) and MiniLM-like (H=12, D=32, S=128) attention with
 structured Q/K (energon_tvm.workloads), default MP-MRF parameters, heuristic schedules: simulated
-cycles, FU / AU / DRAM utilisation, speedup over the dense INT16 schedule, and that speedup as a
-fraction of the ideal 1 / kept-ratio.
+cycles, FU / AU / DRAM utilisation, speedup over the dense INT16 schedule, that speedup as a
+fraction of the ideal 1 / kept-ratio, and each schedule's cycles against the lower bound of any schedule
+on the machine (energon_tvm.schedules.bounds, from the kept sets the run produced).
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table  # noqa: E402
 from energon_tvm.isa.config import load_config  # noqa: E402
 from energon_tvm.runtime_sim import run_attention  # noqa: E402
-from energon_tvm.schedules import AttentionWorkload, default_schedule, dense_workload, emit_program  # noqa: E402
+from energon_tvm.schedules import (  # noqa: E402
+    AttentionWorkload,
+    call_bound,
+    default_schedule,
+    dense_workload,
+    emit_program,
+)
 from energon_tvm.schedules.graph import critical_path  # noqa: E402
 
 from energon_tvm.workloads import structured_qkv  # noqa: E402
@@ -32,8 +39,9 @@ WORKLOADS = [("MiniLM", 12, 128, 32), ("BERT-base", 12, 128, 64), ("BERT-base", 
 
 def simulate(w, cfg, q, k, v):
     prog = emit_program(w, default_schedule(w, cfg), cfg)
-    _, res = run_attention(prog, cfg, q, k, v, trace=True)
-    return prog, res, critical_path(prog, res.events)
+    _, res = run_attention(prog, cfg, q, k, v, trace=True, capture=True)
+    bound = call_bound(w, cfg, [res.captured[r] for r in range(1 + len(w.params.rounds))])
+    return prog, res, critical_path(prog, res.events), bound
 
 
 def main() -> None:
@@ -51,22 +59,24 @@ def main() -> None:
             t0 = time.perf_counter()
             q, k, v = structured_qkv(np.random.default_rng(0), 1, h, s, s, d)
             w = AttentionWorkload(1, h, s, s, d)
-            prog, res, path = simulate(w, cfg, q, k, v)
-            _, dres, dpath = simulate(dense_workload(w), cfg, q, k, v)
+            prog, res, path, bound = simulate(w, cfg, q, k, v)
+            _, dres, dpath, dbound = simulate(dense_workload(w), cfg, q, k, v)
             st, sched = res.stats, prog.meta["schedule"]
             kept = st["kept_ratio"][-1]
             speedup = dres.cycles / res.cycles
             rows.append([
                 f"{model} S={s} D={d}",
                 f"{sched['q_tile']}x{sched['k_chunk']} {sched['filter_mode']}/{sched['plane_mode']}",
-                st["cycles"], dres.cycles,
+                st["cycles"], dres.cycles, bound.cycles, f"{bound.ratio(st['cycles']):.2f}x ({bound.binds})",
+                dbound.cycles, f"{dbound.ratio(dres.cycles):.2f}x ({dbound.binds})",
                 f"{st['units']['filter']['utilization']:.0%}", f"{st['units']['attend']['utilization']:.0%}",
                 f"{st['dram_utilization']:.0%}", f"{kept:.3f}", f"{speedup:.2f}x", f"{speedup * kept:.0%}",
                 f"{path.bound_by} / {dpath.bound_by}",
                 f"{st['energy_pj']['total'] / dres.stats['energy_pj']['total']:.2f}",
                 f"{time.perf_counter() - t0:.0f}",
             ])
-        print(table(["workload (H=12)", "schedule", "MP-MRF cycles", "dense cycles", "FU util", "AU util",
+        print(table(["workload (H=12)", "schedule", "MP-MRF cycles", "dense cycles", "MP-MRF bound",
+                     "MP-MRF x bound", "dense bound", "dense x bound", "FU util", "AU util",
                      "DRAM util", "kept ratio", "speedup", "of ideal 1/kept", "bound by (MP-MRF / dense)",
                      "energy vs dense", "wall s"], rows, f"Heuristic schedules on {name}"))
 

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 from energon_tvm.isa.config import load_config
-from energon_tvm.schedules.tuner import (
+from energon_tvm.schedules.workload import AttentionWorkload
+
+from energon_tvm.tuner import (
     LocalRunner,
     MeasureResult,
     MeasureTask,
@@ -42,8 +44,6 @@ from energon_tvm.schedules.tuner import (
     read_records,
     tune,
 )
-from energon_tvm.schedules.workload import AttentionWorkload
-
 from energon_tvm.workloads import structured_qkv
 
 MINILM = AttentionWorkload(1, 12, 128, 128, 32, bias_shape=(1, 1, 1, 128))

@@ -1,158 +1,320 @@
-"""The executor of one offloaded attention call: the contract between the TVM backend and the machine.
+"""The executor of offloaded attention calls: the contract between the TVM backend and the machine.
 
-``compile_call`` turns a workload into the Energon program an offloaded call site carries (the
-scheduler picks the tiling: the best tuning record when one applies, else the heuristic); ``run_call``
-runs that program on the instruction-level simulator with concrete Q/K/V. The Relax lowering and the
-runtime bridge treat the program as opaque bytes.
+Everything a call needs travels as an argument; nothing is parked in module or thread state.
 
-Options scoped with context managers:
+Compile side. :class:`EnergonTarget` is the one frozen record a compile is given: the hardware config,
+the MP-MRF parameters (one set for every site, or per site) and the schedule source (the heuristic, or
+tuning records). :func:`compile_call` turns one workload into a :class:`CompiledProgram`: the
+program's container bytes (which carry their own hardware config), the schedule and where it came
+from.
 
-* :func:`compile_options` — the hardware config, tuning records, a log for -v, and which schedule each
-  compiled program got;
-* :func:`run_options` — record a trace per call, or run calls on the numpy reference instead of the
-  simulator (bit-identical kept sets, much faster: for accuracy sweeps).
+Run side. A :class:`Runner` owns a run's options (trace, backend) and the :class:`CallRecord` of every
+call it executed; the package session hands one to the TVM bridge, which calls
+:meth:`Runner.run_call` with each call site's program bytes and operands. Two runners in one process
+never see each other's options or calls.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import threading
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 
-from .isa.config import HardwareConfig
-from .isa.errors import BinaryFormatError, ConfigError, ScheduleError
-from .isa.program import HEADER, Program
-from .schedules import AttentionWorkload, default_schedule, emit_program, fits
+from .isa.config import HardwareConfig, load_config
+from .isa.errors import BinaryFormatError, ConfigError, EnergonError, ScheduleError
+from .isa.numerics import MPMRFParams
+from .isa.program import Program
+from .schedules import AttentionWorkload, Schedule, default_schedule, emit_program, fits
 
 BACKENDS = ("simulator", "reference")
+HEURISTIC = "heuristic"
+TUNED = "tuning records"
 
 
-@dataclass
-class _CompileOptions:
-    config: HardwareConfig | None = None
-    records: list | None = None
-    log: object = None
-    chosen: dict = field(default_factory=dict)  # program bytes -> "tuning records" | "heuristic"
+# -- compile side -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScheduleChoice:
+    """The schedule one workload got, and where it came from: :data:`HEURISTIC` or :data:`TUNED` (then
+    ``record`` is the record's id, :func:`record_id`)."""
+
+    schedule: Schedule
+    source: str = HEURISTIC  # or TUNED
+    record: str | None = None
+
+    def describe(self) -> str:
+        return self.source if self.record is None else f"{self.source} {self.record}"
 
 
-@dataclass
-class _RunOptions:
-    trace: bool = False
+def record_id(record) -> str:
+    """A tuning record's identity: the first 12 hex digits of the SHA-256 of its canonical JSON line."""
+    return hashlib.sha256(record.to_json().encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ScheduleSource:
+    """Where schedules come from: the greedy heuristic, or the fastest matching tuning record (the
+    heuristic for a workload no record matches)."""
+
+    records: tuple = ()  # TuningRecord, as read by energon_tvm.tuner.records
+
+    @classmethod
+    def from_records(cls, records) -> ScheduleSource:
+        """``records``: None (heuristic only), a JSON-lines path, or TuningRecords / record dicts."""
+        if records is None:
+            return cls()
+        from .tuner.records import as_records
+
+        return cls(tuple(as_records(records)))
+
+    def choose(self, workload: AttentionWorkload, cfg: HardwareConfig) -> ScheduleChoice:
+        if self.records:
+            from .tuner.records import best_record
+
+            best = best_record(self.records, workload, cfg)
+            if best is not None and fits(workload, best.schedule, cfg):
+                return ScheduleChoice(best.schedule, TUNED, record_id(best))
+        return ScheduleChoice(default_schedule(workload, cfg))
+
+
+@dataclass(frozen=True)
+class EnergonTarget:
+    """What one compile targets: the machine, the MP-MRF parameters and the schedule source.
+
+    ``params`` applies to every site; ``site_params`` (site name -> parameters, the names the offload
+    report uses) overrides it per site.
+    """
+
+    config: HardwareConfig
+    params: MPMRFParams = field(default_factory=MPMRFParams)
+    site_params: tuple[tuple[str, MPMRFParams], ...] = ()
+    schedules: ScheduleSource = field(default_factory=ScheduleSource)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, HardwareConfig):
+            raise ConfigError(f"EnergonTarget.config must be a HardwareConfig; got {type(self.config).__name__}")
+        for site, params in ((None, self.params), *self.site_params):
+            if not isinstance(params, MPMRFParams):
+                where = "params" if site is None else f"site_params[{site!r}]"
+                raise ConfigError(f"EnergonTarget.{where} must be MPMRFParams; got {type(params).__name__}")
+        if not isinstance(self.schedules, ScheduleSource):
+            raise ConfigError(f"EnergonTarget.schedules must be a ScheduleSource; got "
+                              f"{type(self.schedules).__name__}")
+
+    @classmethod
+    def create(cls, config="edge", params: MPMRFParams | None = None, *, site_params: Mapping | None = None,
+               tuning_records=None) -> EnergonTarget:
+        """From a config name / .toml path / HardwareConfig, parameters and tuning records."""
+        cfg = config if isinstance(config, HardwareConfig) else load_config(config)
+        return cls(cfg, MPMRFParams() if params is None else params, tuple(sorted((site_params or {}).items())),
+                   ScheduleSource.from_records(tuning_records))
+
+    def params_for(self, site: str) -> MPMRFParams:
+        for name, params in self.site_params:
+            if name == site:
+                return params
+        return self.params
+
+
+@dataclass(frozen=True)
+class CompiledProgram:
+    """One call's program: the container bytes a call site carries, and the schedule they were emitted
+    for."""
+
+    blob: bytes
+    workload: AttentionWorkload
+    choice: ScheduleChoice
+
+
+def compile_call(workload: AttentionWorkload, target: EnergonTarget) -> CompiledProgram:
+    """The program for one offloaded call. Raises ScheduleError for a workload the machine cannot take;
+    the call site then stays on the host, with that reason."""
+    choice = target.schedules.choose(workload, target.config)
+    blob = emit_program(workload, choice.schedule, target.config).to_bytes()
+    return CompiledProgram(blob, workload, choice)
+
+
+# -- run side ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CallStats:
+    """What one executed call did, in the one vocabulary every report uses.
+
+    ``kept_per_round`` counts the query-key pairs left after each filter round; ``kept`` is the final
+    count (``candidates`` when there is no round). ``machine`` holds the simulator's statistics
+    (cycles, per-unit busy and stalls, DRAM and SRAM bytes, MACs, energy; see
+    :meth:`energon_tvm.runtime_sim.Simulator.run`), empty on the reference backend. Reads by key
+    (``stats["cycles"]``) reach the fields first, then the machine's figures.
+    """
+
+    executor: str
+    pairs: int
+    candidates: int
+    kept_per_round: tuple[int, ...]
+    machine: Mapping[str, Any] = field(default_factory=dict)
+    trace: tuple | None = None
+
+    @property
+    def rounds(self) -> int:
+        return len(self.kept_per_round)
+
+    @property
+    def kept(self) -> int:
+        return self.kept_per_round[-1] if self.kept_per_round else self.candidates
+
+    @property
+    def kept_ratio(self) -> tuple[float, ...]:
+        """Kept pairs after each round over the candidate pairs."""
+        return tuple(k / self.candidates if self.candidates else 0.0 for k in self.kept_per_round)
+
+    @property
+    def final_kept_ratio(self) -> float:
+        return self.kept / self.candidates if self.candidates else 0.0
+
+    _DERIVED = ("rounds", "kept", "kept_ratio", "final_kept_ratio")
+
+    def __getitem__(self, key: str):
+        if key in self._DERIVED or key in {f.name for f in fields(self)}:
+            value = getattr(self, key)
+            if value is None and key == "trace":
+                raise KeyError(key)
+            return list(value) if isinstance(value, tuple) and key != "trace" else value
+        return self.machine[key]
+
+    def get(self, key: str, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def to_dict(self) -> dict:
+        """A plain dict: the machine's figures with this record's fields over them (the trace left out)."""
+        return {**self.machine, "executor": self.executor, "pairs": self.pairs, "candidates": self.candidates,
+                "kept_per_round": list(self.kept_per_round), "kept": self.kept, "rounds": self.rounds,
+                "kept_ratio": list(self.kept_ratio), "final_kept_ratio": self.final_kept_ratio}
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One executed offloaded call. ``inputs`` (q, k, v, bias as float32 [B,H,S,D] / bias or None)
+    and ``output`` are set when the runner captures."""
+
+    site: str
+    workload: AttentionWorkload
+    stats: CallStats
+    inputs: dict | None = None
+    output: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a runner executes calls: ``backend`` "simulator" (cycles, energy, traces) or "reference"
+    (the numpy MP-MRF reference: the same kept sets, much faster, no machine figures); ``trace`` records
+    a Chrome trace per call; ``capture`` keeps each call's inputs and output."""
+
     backend: str = "simulator"
+    trace: bool = False
+    capture: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown executor backend {self.backend!r}; known: {', '.join(BACKENDS)}")
 
 
-_state = threading.local()
-_configs: dict[bytes, HardwareConfig] = {}
-_programs: dict[str, Program] = {}
+class Runner:
+    """Executes offloaded calls with its own options and keeps what they did.
+
+    ``runner.calls`` lists the :class:`CallRecord` of every call since the last :meth:`take`. Decoded
+    programs are kept per runner (a model's calls reuse a handful of programs).
+    """
+
+    def __init__(self, options: RunOptions | None = None, **kwargs):
+        self.options = options if options is not None else RunOptions(**kwargs)
+        self.calls: list[CallRecord] = []
+        #: the project error a call raised inside a VM (which reaches the VM's caller as a RuntimeError)
+        self.fault: EnergonError | None = None
+        self._programs: dict[bytes, tuple[Program, AttentionWorkload]] = {}
+
+    def configure(self, **changes) -> Runner:
+        """Change some options (``runner.configure(trace=True)``); returns the runner."""
+        self.options = replace(self.options, **changes)
+        return self
+
+    def raise_fault(self) -> None:
+        """After a VM call failed: raise the project error behind it as itself, if one of this runner's
+        calls raised it; else return (the failure was the host's)."""
+        fault, self.fault = self.fault, None
+        if fault is not None:
+            raise fault from None
+
+    def take(self) -> list[CallRecord]:
+        """The calls recorded so far, and forget them."""
+        calls, self.calls = self.calls, []
+        return calls
+
+    def by_site(self) -> dict[str, list[CallRecord]]:
+        out: dict[str, list[CallRecord]] = {}
+        for call in self.calls:
+            out.setdefault(call.site, []).append(call)
+        return out
+
+    def summary(self) -> dict:
+        """Calls, and the kept ratio over all calls (kept pairs / candidate pairs)."""
+        candidates = sum(c.stats.candidates for c in self.calls)
+        kept = sum(c.stats.kept for c in self.calls)
+        return {"calls": len(self.calls), "candidates": candidates, "kept": kept,
+                "final_kept_ratio": kept / candidates if candidates else 0.0}
+
+    def program(self, blob) -> tuple[Program, AttentionWorkload]:
+        """The decoded program of a call's bytes and the workload it was compiled for."""
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise BinaryFormatError(f"a call's program must be bytes, got {type(blob).__name__}")
+        blob = bytes(blob)
+        key = hashlib.sha256(blob).digest()
+        hit = self._programs.get(key)
+        if hit is None:
+            prog = Program.from_bytes(blob)
+            try:
+                workload = AttentionWorkload.from_dict(prog.meta["workload"])
+            except (KeyError, TypeError, ScheduleError) as err:
+                raise BinaryFormatError(f"program carries no valid workload record: {err}") from None
+            hit = self._programs[key] = (prog, workload)
+        return hit
+
+    def run_call(self, blob, q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray | None,
+                 site: str = "") -> tuple[np.ndarray, CallStats]:
+        """Execute one call: q [B,H,Sq,D], k/v [B,H,Sk,D] float32, bias broadcastable to [B,H,Sq,Sk] or
+        None -> (output float32 [B,H,Sq,D], its :class:`CallStats`); the call is recorded."""
+        prog, w = self.program(blob)
+        _check_operands(w, q, k, v, bias)
+        opts = self.options
+        if opts.backend == "reference":
+            from .mpmrf import reference_attention
+
+            result = reference_attention(w, q, k, v, bias)
+            out = result.output
+            stats = CallStats("reference", _pairs(w), int(result.candidates.sum()),
+                              tuple(int(m.sum()) for m in result.kept))
+        else:
+            from .runtime_sim import run_attention
+            from .runtime_sim.report import chrome_trace
+
+            out, sim = run_attention(prog, prog.config, q, k, v, bias, trace=opts.trace)
+            machine = dict(sim.stats)
+            trace = tuple(chrome_trace(sim, prog.config.clock_ghz)["traceEvents"]) if opts.trace else None
+            stats = CallStats("simulator", _pairs(w), int(machine["candidates"]),
+                              tuple(int(k) for k in machine["kept_per_round"]), machine, trace)
+        inputs = {"q": q, "k": k, "v": v, "bias": bias} if opts.capture else None
+        self.calls.append(CallRecord(site, w, stats, inputs, out.copy() if opts.capture else None))
+        return out, stats
 
 
-def _compile_opts() -> _CompileOptions | None:
-    return getattr(_state, "compile", None)
-
-
-def _run_opts() -> _RunOptions:
-    return getattr(_state, "run", None) or _RunOptions()
-
-
-@contextlib.contextmanager
-def compile_options(config: HardwareConfig | None = None, tuning_records=None, log=None):
-    """Scope for :func:`compile_call`: ``tuning_records`` (a JSON-lines path or a list of records) pick
-    each workload's schedule where one matches; ``log`` gets a line per decision. Yields the dict of
-    program bytes -> schedule source."""
-    records = None
-    if tuning_records is not None:
-        from .schedules.tuner.records import read_records
-
-        records = read_records(tuning_records) if not isinstance(tuning_records, list) else tuning_records
-    opts = _CompileOptions(config, records, log)
-    previous = _compile_opts()
-    _state.compile = opts
-    if config is not None:
-        register_config(config)
-    try:
-        yield opts.chosen
-    finally:
-        _state.compile = previous
-
-
-@contextlib.contextmanager
-def run_options(trace: bool = False, backend: str = "simulator"):
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown executor backend {backend!r}; known: {', '.join(BACKENDS)}")
-    previous = getattr(_state, "run", None)
-    _state.run = _RunOptions(trace, backend)
-    try:
-        yield
-    finally:
-        _state.run = previous
-
-
-def register_config(cfg: HardwareConfig) -> None:
-    """Make ``cfg`` known to :func:`run_call` (programs name their config by fingerprint only)."""
-    _configs[cfg.fingerprint] = cfg
-
-
-def config_from_dict(values: dict) -> HardwareConfig:
-    """A config from the ``values`` a package manifest records (``HardwareConfig.to_dict``)."""
-    from .isa.config import BUFFERS, EnergyTable
-
-    try:
-        v = dict(values)
-        v["buffer_bytes"] = tuple(int(v["buffer_bytes"][b]) for b in BUFFERS)
-        v["energy"] = EnergyTable(**v["energy"])
-        return HardwareConfig(**v)
-    except (KeyError, TypeError) as err:
-        raise ConfigError(f"malformed hardware config record: {err}") from None
-
-
-def _choose_schedule(workload: AttentionWorkload, cfg: HardwareConfig):
-    opts = _compile_opts()
-    if opts is not None and opts.records is not None:
-        from .schedules.tuner.records import best_schedule
-
-        tuned = best_schedule(opts.records, workload, cfg)
-        if tuned is not None and fits(workload, tuned, cfg):
-            return tuned, "tuning records"
-        if opts.log:
-            opts.log(f"no tuning record for {workload.key()} on {cfg.name}; using the heuristic schedule")
-    return default_schedule(workload, cfg), "heuristic"
-
-
-def compile_call(workload: AttentionWorkload, config: HardwareConfig) -> bytes:
-    """The program (container bytes) for one offloaded call. Raises ScheduleError for a workload the
-    machine cannot take; the call site then stays on the host, with that reason."""
-    schedule, source = _choose_schedule(workload, config)
-    blob = emit_program(workload, schedule, config).to_bytes(config)
-    opts = _compile_opts()
-    if opts is not None:
-        opts.chosen[blob] = source
-    register_config(config)
-    return blob
-
-
-def _program(blob) -> tuple[Program, HardwareConfig]:
-    if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise BinaryFormatError(f"a call's program must be bytes, got {type(blob).__name__}")
-    blob = bytes(blob)
-    key = hashlib.sha256(blob).hexdigest()
-    prog = _programs.get(key)
-    if prog is None:
-        fingerprint = HEADER.unpack_from(blob)[3] if len(blob) >= HEADER.size else None
-        # a registered config (a package's own) first, else the built-in config with that fingerprint
-        prog = Program.from_bytes(blob, _configs.get(fingerprint))
-        if len(_programs) > 256:
-            _programs.clear()
-        _programs[key] = prog
-    cfg = _configs.get(prog.config_fingerprint)
-    if cfg is None:
-        from .isa.program import _config_for
-
-        cfg = _config_for(prog.config_fingerprint)
-        register_config(cfg)
-    return prog, cfg
+def _pairs(w: AttentionWorkload) -> int:
+    return w.batch * w.heads * w.seq_q * w.seq_k
 
 
 def _check_operands(w: AttentionWorkload, q, k, v, bias) -> None:
@@ -170,54 +332,5 @@ def _check_operands(w: AttentionWorkload, q, k, v, bias) -> None:
                             f"{list(w.bias_shape)}")
 
 
-def causal_mask(workload: AttentionWorkload) -> np.ndarray:
-    """Additive [Sq, Sk] mask: -inf where key k > query q + causal_shift."""
-    return np.where(workload.causal_keep(), 0.0, -np.inf).astype(np.float32)
-
-
-def _reference(w: AttentionWorkload, q, k, v, bias) -> tuple[np.ndarray, dict]:
-    from .mpmrf import mpmrf_attention
-
-    mask = None if bias is None else np.asarray(bias, dtype=np.float32)
-    if w.causal:
-        mask = causal_mask(w) if mask is None else mask + causal_mask(w)
-    result = mpmrf_attention(q, k, v, mask, w.params, w.effective_scale)
-    kept = [int(m.sum()) for m in result.kept]
-    return result.output, {"executor": "reference", "candidates": int(result.candidates.sum()),
-                           "kept_per_round": kept, "kept_ratio": [float(r) for r in result.kept_ratios()]}
-
-
-def run_call(blob: bytes, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-             bias: np.ndarray | None) -> tuple[np.ndarray, dict]:
-    """Execute one call: q [B,H,Sq,D], k/v [B,H,Sk,D] float32, bias broadcastable to [B,H,Sq,Sk] or
-    None -> (output float32 [B,H,Sq,D], stats dict: the simulator's statistics plus ``kept`` (final
-    kept pairs), ``final_kept_ratio``, ``pairs`` and ``rounds``)."""
-    prog, cfg = _program(blob)
-    try:
-        w = AttentionWorkload.from_dict(prog.meta["workload"])
-    except (KeyError, ScheduleError) as err:
-        raise BinaryFormatError(f"program carries no valid workload record: {err}") from None
-    _check_operands(w, q, k, v, bias)
-    opts = _run_opts()
-    if opts.backend == "reference":
-        out, stats = _reference(w, q, k, v, bias)
-    else:
-        from .runtime_sim import run_attention
-        from .runtime_sim.report import chrome_trace
-
-        out, result = run_attention(prog, cfg, q, k, v, bias, trace=opts.trace)
-        stats = dict(result.stats)
-        stats["executor"] = "simulator"
-        stats["kept_per_round"] = stats.pop("kept")
-        if opts.trace:
-            stats["trace"] = chrome_trace(result, cfg.clock_ghz)["traceEvents"]
-    kept_rounds = stats["kept_per_round"]
-    stats["kept"] = kept_rounds[-1] if kept_rounds else stats["candidates"]
-    stats["final_kept_ratio"] = stats["kept"] / stats["candidates"] if stats["candidates"] else 0.0
-    stats["pairs"] = w.batch * w.heads * w.seq_q * w.seq_k
-    stats["rounds"] = len(w.params.rounds)
-    return out, stats
-
-
-__all__ = ["BACKENDS", "causal_mask", "compile_call", "compile_options", "config_from_dict", "register_config",
-           "run_call", "run_options"]
+__all__ = ["BACKENDS", "CallRecord", "CallStats", "CompiledProgram", "EnergonTarget", "RunOptions", "Runner",
+           "ScheduleChoice", "ScheduleSource", "compile_call", "record_id"]

@@ -25,19 +25,27 @@ K [Sk, D], V [Sk, D], an optional additive mask/bias M broadcastable to [Sq, Sk]
 alpha = -1 in every round keeps every unmasked key: that is the dense INT16 baseline. Everything is
 vectorised over batch, heads and rows; integer dot products are done as float64 matrix products, exact
 because every partial sum stays below 2**53.
+
+:func:`reference_attention` is what one offloaded call computes by this definition: its workload's
+parameters and scale, the call's bias plus the causal mask the accelerator adds (:func:`workload_mask`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .isa.numerics import ALPHA_ONE, MASK_THRESHOLD, FilterRound, MPMRFParams
 
+if TYPE_CHECKING:
+    from .schedules.workload import AttentionWorkload
+
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
-__all__ = ["FilterRound", "MPMRFParams", "MPMRFResult", "float_attention", "mpmrf_attention"]
+__all__ = ["FilterRound", "MPMRFParams", "MPMRFResult", "float_attention", "mpmrf_attention", "reference_attention",
+           "workload_mask"]
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,23 @@ def mpmrf_attention(q, k, v, mask=None, params: MPMRFParams | None = None,
     out = np.matmul(p, v16.astype(np.float64)) * sv_
     out = np.where(denom > 0, out / np.where(denom > 0, denom, 1.0), 0.0)
     return MPMRFResult(output=out.astype(np.float32), candidates=cand, kept=tuple(kept_rounds))
+
+
+def workload_mask(workload: AttentionWorkload, bias=None) -> np.ndarray | None:
+    """The additive float32 mask a call's reference computes with: ``bias`` (the call's mask/bias tensor,
+    broadcastable to [B, H, Sq, Sk]) plus, for a causal workload, -inf where ``workload.causal_keep()``
+    is False, as the accelerator applies it. None when there is neither."""
+    mask = None if bias is None else np.asarray(bias, dtype=np.float32)
+    if workload.causal:
+        causal = np.where(workload.causal_keep(), 0.0, -np.inf).astype(np.float32)
+        mask = causal if mask is None else mask + causal
+    return mask
+
+
+def reference_attention(workload: AttentionWorkload, q, k, v, bias=None) -> MPMRFResult:
+    """MP-MRF of one offloaded call: Q/K/V and the call's ``bias`` (or None) with the workload's MP-MRF
+    parameters, scale and causal mask (:func:`workload_mask`)."""
+    return mpmrf_attention(q, k, v, workload_mask(workload, bias), workload.params, workload.effective_scale)
 
 
 def float_attention(q, k, v, mask=None, scale: float | None = None) -> np.ndarray:

@@ -7,7 +7,7 @@ line::
     ; Energon ISA v1 program for config edge: 3 instructions, 1 region
     .config edge a52a10da6b150c1f5b6a338575c36719
     .region q offset=0x00000000 dtype=int16 shape=1,2,4,64 layout=BHSD
-    .meta {"config":"edge"}
+    .meta {}
 
         setr      reg=HEAD_DIM value=64 @setup                       ;    0 ctrl
         ld.q      dram=0x00000000 rows=64 buf=0x0000 @"b0 h0 q0:64"  ;    1 load
@@ -17,10 +17,14 @@ line::
 * ``.config NAME [FINGERPRINT]`` comes before any region or instruction. The fingerprint (32 hex
   digits) identifies the machine, the name is a label: without a ``cfg`` argument the built-in config
   with that fingerprint is used (or, without a fingerprint, the built-in config of that name); with
-  ``cfg`` the fingerprint must be ``cfg``'s. Without ``.config`` the ``cfg`` argument is required.
+  ``cfg`` the fingerprint must be ``cfg``'s. The program's config is that machine under the name
+  written. Without ``.config`` the ``cfg`` argument is required. (Unlike a binary, the text names its
+  machine rather than carrying it: a program for a config that is not built in reassembles with
+  ``cfg``.)
 * ``.region NAME offset=.. dtype=.. shape=D0,D1,.. layout=..``: one DRAM region of the memory map,
   in order (``shape=()`` for a scalar).
-* ``.meta {...}``: the metadata, one JSON object on one line (at most once).
+* ``.meta {...}``: the metadata, one JSON object on one line (at most once). A ``"config"`` entry, as
+  texts written for container format version 1 have, must agree with ``.config`` and is dropped.
 * An instruction is a mnemonic (any case) and ``name=value`` operands in any order; a field with a
   declared default may be left out. ``@label`` after the operands names the tile the instruction works
   on: the metadata's per-instruction ``labels`` (an instruction without one gets ``""``; labels are
@@ -38,15 +42,14 @@ from __future__ import annotations
 
 import json
 import re
-from functools import cache
 
-from .config import CONFIG_DIR, HardwareConfig, load_config
+from .config import HardwareConfig, builtin_config
 from .encoding import check_fields
 from .errors import AssemblerError, ConfigError, EncodingError
 from .instructions import BY_MNEMONIC, ISA_VERSION, Field, Instruction
 from .program import DTYPE_BYTES, MemoryMap, Program, Region, canonical_json
 
-__all__ = ["assemble", "assemble_bytes", "disassemble", "format_instruction", "format_value", "resolve_config"]
+__all__ = ["assemble", "assemble_bytes", "disassemble", "format_instruction", "format_value"]
 
 OPERAND_COLUMN = 64  # where the annotation comment starts, when the instruction is shorter
 _PLAIN = re.compile(r"[\w.+/:()\[\]-]+", re.ASCII)
@@ -64,39 +67,13 @@ _META = re.compile(r"\s*\.meta(?![^\s{;#])", re.IGNORECASE)
 
 # -- configs ---------------------------------------------------------------------------------------
 
-@cache
-def _builtin_names() -> tuple[str, ...]:
-    return tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.toml") if not p.stem.startswith("energy")))
-
-
-@cache
-def _builtin(name: str) -> HardwareConfig:
-    return load_config(name)
-
-
-def resolve_config(name: str, fingerprint: bytes | None, cfg: HardwareConfig | None = None) -> HardwareConfig:
-    """The hardware config a program names. The fingerprint identifies the machine and the name is a
-    label (as in the binary container): ``cfg`` must have that fingerprint; without ``cfg`` the
-    built-in config with it is used. Without a fingerprint the name selects a built-in config."""
-    if cfg is not None:
-        if fingerprint is not None and fingerprint != cfg.fingerprint:
-            raise ConfigError(f"program is for config {name!r} (fingerprint {fingerprint.hex()}); the given "
-                              f"config {cfg.name!r} has fingerprint {cfg.fingerprint.hex()}")
-        if fingerprint is None and name != cfg.name:
-            raise ConfigError(f"program is for config {name!r}; the given config is {cfg.name!r}")
-        return cfg
-    if fingerprint is None:
-        if name not in _builtin_names():
-            raise ConfigError(f"no built-in config named {name!r}; built-in configs are "
-                              f"{', '.join(_builtin_names())}, or pass the config")
-        return _builtin(name)
-    for builtin in _builtin_names():
-        if _builtin(builtin).fingerprint == fingerprint:
-            return _builtin(builtin)
-    hint = (f" (built-in {name!r} has fingerprint {_builtin(name).fingerprint.hex()})"
-            if name in _builtin_names() else "")
-    raise ConfigError(f"config {name!r} with fingerprint {fingerprint.hex()} is not a built-in config"
-                      f"{hint}; pass that config")
+def _check_given(name: str, fingerprint: bytes | None, cfg: HardwareConfig) -> None:
+    """``cfg`` must be the machine a text or program names: its fingerprint, or without one its name."""
+    if fingerprint is not None and fingerprint != cfg.fingerprint:
+        raise ConfigError(f"program is for config {name!r} (fingerprint {fingerprint.hex()}); the given "
+                          f"config {cfg.name!r} has fingerprint {cfg.fingerprint.hex()}")
+    if fingerprint is None and name != cfg.name:
+        raise ConfigError(f"program is for config {name!r}; the given config is {cfg.name!r}")
 
 
 # -- disassembler ----------------------------------------------------------------------------------
@@ -135,12 +112,15 @@ def _unit_label(ins: Instruction) -> str:
 
 
 def disassemble(program_or_bytes: Program | bytes, cfg: HardwareConfig | None = None) -> str:
-    """Assembly text of a program or of a binary (validated first)."""
+    """Assembly text of a program or of a binary (validated first), for the config it carries; ``cfg``,
+    when given, must be that machine."""
     if isinstance(program_or_bytes, Program):
         program = program_or_bytes
     else:
         program = Program.from_bytes(program_or_bytes, cfg)
-    cfg = resolve_config(program.config_name, program.config_fingerprint, cfg)
+    if cfg is not None:  # only a check: the program carries its config
+        _check_given(program.config_name, program.config_fingerprint, cfg)
+    cfg = program.config
     regions = program.memory_map.regions
     lines = [f"; Energon ISA v{ISA_VERSION} program for config {_word(program.config_name)}: "
              f"{len(program.code)} instruction{'s' * (len(program.code) != 1)}, "
@@ -167,13 +147,12 @@ def disassemble(program_or_bytes: Program | bytes, cfg: HardwareConfig | None = 
 
 def assemble(text: str, cfg: HardwareConfig | None = None) -> Program:
     """Parse assembly text into a :class:`Program`."""
-    return _Assembler(cfg).run(text)[0]
+    return _Assembler(cfg).run(text)
 
 
 def assemble_bytes(text: str, cfg: HardwareConfig | None = None) -> bytes:
     """Parse assembly text into a binary."""
-    program, cfg = _Assembler(cfg).run(text)
-    return program.to_bytes(cfg)
+    return _Assembler(cfg).run(text).to_bytes()
 
 
 def _lex(line: str, n: int) -> list[tuple[str, str]]:
@@ -249,15 +228,14 @@ class _Assembler:
 
     def __init__(self, cfg: HardwareConfig | None):
         self.cfg_arg = cfg
-        self.cfg: HardwareConfig | None = None
-        self.config_name = ""
+        self.cfg: HardwareConfig | None = None  # the program's config, named as .config names it
         self.regions: list[Region] = []
         self.meta: dict | None = None
         self.meta_line = 0
         self.code: list[Instruction] = []
         self.labels: list[str | None] = []  # per instruction, from ``@label``
 
-    def run(self, text: str) -> tuple[Program, HardwareConfig]:
+    def run(self, text: str) -> Program:
         lines = text.splitlines()
         for n, line in enumerate(lines, 1):
             meta = _META.match(line)
@@ -281,22 +259,21 @@ class _Assembler:
                 raise AssemblerError("labels given both in .meta and as @label on instructions; give one",
                                      self.meta_line)
             meta["labels"] = [label or "" for label in self.labels]
-        if meta.get("config", self.config_name) != self.config_name:
-            raise AssemblerError(f".meta says config {meta['config']!r} but .config says "
-                                 f"{self.config_name!r}", self.meta_line)
+        if meta.pop("config", cfg.name) != cfg.name:
+            raise AssemblerError(f".meta says config {self.meta['config']!r} but .config says "
+                                 f"{cfg.name!r}", self.meta_line)
         try:
-            program = Program(self.config_name, cfg.fingerprint, tuple(self.code), MemoryMap(tuple(self.regions)),
-                              meta)
+            program = Program(cfg, tuple(self.code), MemoryMap(tuple(self.regions)), meta)
         except (TypeError, ValueError, RecursionError) as err:  # metadata JSON cannot take
             raise AssemblerError(f".meta cannot be stored as JSON: {err}", self.meta_line) from None
-        return program, cfg
+        return program
 
     def need_config(self, n: int) -> HardwareConfig:
         if self.cfg is None:
             if self.cfg_arg is None:
                 raise AssemblerError("no .config directive before the first region or instruction and no "
                                      "config given; start with e.g. `.config edge`", n)
-            self.cfg, self.config_name = self.cfg_arg, self.cfg_arg.name
+            self.cfg = self.cfg_arg
         return self.cfg
 
     # -- directives ----------------------------------------------------------------------------
@@ -322,10 +299,15 @@ class _Assembler:
                 raise AssemblerError(f"bad config fingerprint {raw!r}: expected 32 hex digits", n)
             fingerprint = bytes.fromhex(raw)
         try:
-            self.cfg = resolve_config(name, fingerprint, self.cfg_arg)
+            if self.cfg_arg is None:
+                cfg = builtin_config(name, fingerprint)
+            else:
+                _check_given(name, fingerprint, self.cfg_arg)
+                cfg = self.cfg_arg
+            # the fingerprint picks the machine; the program keeps the name as written
+            self.cfg = cfg if cfg.name == name else cfg.replace(name=name)
         except ConfigError as err:
             raise AssemblerError(str(err), n) from None
-        self.config_name = name
 
     def directive_region(self, tokens: list[tuple[str, str]], n: int) -> None:
         cfg = self.need_config(n)

@@ -1,8 +1,10 @@
 """Hardware configuration of the Energon co-processor: one immutable object, every derived size here.
 
-A configuration is built from a named data file (``edge``, ``server`` in ``configs/``) or from a user's
-TOML file with the same sections. The assembler, scheduler and simulator all take it explicitly; no
-part of energon-tvm reads hardware numbers from anywhere else.
+A configuration is built from a named data file (``edge``, ``server`` in ``configs/``), from a user's
+TOML file with the same sections, or from the dict :meth:`HardwareConfig.to_dict` writes (a program
+binary carries its config so). The assembler, scheduler and simulator all take it explicitly; no part
+of energon-tvm reads hardware numbers from anywhere else. Every way of building one runs the same
+validation (``__post_init__``), so a config from a file, a dict or ``replace`` obeys the same rules.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import reprlib
 import sys
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,49 @@ BUFFERS = ("q", "kplane", "score", "index", "kv", "out", "bias", "param")
 #: Bytes per element as each buffer stores it (index holds bits: 1/8).
 PARAM_BYTES_PER_HEAD = 16  # float64 qk_scale, float64 v_scale
 
+#: Largest value of any count, size or rate parameter. No machine comes near it; the bound keeps every
+#: derived size a machine word and every derived rate a finite float, whatever a file or binary says.
+PARAM_MAX = (1 << 32) - 1
+
+
+def _show(value: Any) -> str:
+    """``repr(value)`` cut to a line: error messages quote values from hostile files and binaries."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 60
+    short.maxlong = 40
+    try:
+        return short.repr(value)
+    except (ValueError, RecursionError):  # an int beyond Python's int -> str digit limit
+        return f"<{type(value).__name__} too large to show>"
+
+
+def _is_number(value: Any) -> bool:
+    """An int or a float (not a bool) that converts to a finite float."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_fields(d: Any, names: tuple[str, ...], what: str) -> dict:
+    """``d`` as a dict with exactly the keys ``names``, else a ConfigError naming what differs."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{what} = {_show(d)} must be a dict with the fields {', '.join(names)}")
+    missing = [n for n in names if n not in d]
+    if missing:
+        raise ConfigError(f"{what}: missing field(s) {', '.join(missing)}; every field of "
+                          f"{', '.join(names)} must be present")
+    extra = sorted(_show(k) for k in d if k not in names)
+    if extra:
+        raise ConfigError(f"{what}: unknown field(s) {', '.join(extra)}; the fields are {', '.join(names)}")
+    return d
+
 
 @dataclass(frozen=True)
 class EnergyTable:
@@ -48,6 +94,25 @@ class EnergyTable:
     sram_large_256k: float
     dram_per_byte: float
     leakage_mw: float
+
+    def __post_init__(self) -> None:
+        # the one check of energy values: load_energy_table and from_dict both construct through here
+        if not isinstance(self.name, str):
+            raise ConfigError(f"energy table name = {_show(self.name)} must be a string")
+        for f in dataclasses.fields(self):
+            if f.name == "name":
+                continue
+            value = getattr(self, f.name)
+            if not (_is_number(value) and value >= 0):
+                raise ConfigError(f"energy table {_show(self.name)}: {f.name} = {_show(value)} must be a finite "
+                                  f"number >= 0")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> EnergyTable:
+        """The table ``dataclasses.asdict`` describes (as ``HardwareConfig.to_dict`` writes it),
+        validated; a ConfigError names the field, the value and the rule."""
+        d = _check_fields(d, tuple(f.name for f in dataclasses.fields(cls)), "energy table")
+        return cls(**d)
 
     def sram_per_byte(self, capacity: int) -> float:
         """Energy per byte accessed in an SRAM of ``capacity`` bytes."""
@@ -85,23 +150,27 @@ class HardwareConfig:
     energy: EnergyTable = field(compare=True)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise ConfigError(f"config name = {_show(self.name)} must be a string")
+
         def rule(ok: bool, name: str, value: Any, what: str) -> None:
             if not ok:
-                raise ConfigError(f"config {self.name!r}: {name} = {value!r} {what}")
+                raise ConfigError(f"config {_show(self.name)}: {name} = {_show(value)} {what}")
 
         for name in ("fu_macs_per_cycle", "fu_mac_bits", "fu_select_per_cycle", "max_query_tile",
                      "au_macs_per_cycle", "au_exp_per_cycle", "max_head_dim", "dram_burst_bytes",
                      "dram_size_mib"):
             value = getattr(self, name)
-            rule(isinstance(value, int) and not isinstance(value, bool) and value > 0, name, value,
-                 "must be a positive integer")
+            rule(_is_count(value) and 0 < value <= PARAM_MAX, name, value,
+                 f"must be a positive integer (at most {PARAM_MAX})")
         for name in ("au_pipeline_cycles", "dram_request_cycles"):
             value = getattr(self, name)
-            rule(isinstance(value, int) and value >= 0, name, value, "must be a non-negative integer")
+            rule(_is_count(value) and 0 <= value <= PARAM_MAX, name, value,
+                 f"must be a non-negative integer (at most {PARAM_MAX})")
         for name in ("clock_ghz", "dram_bandwidth_gbps", "dram_latency_ns"):
             value = getattr(self, name)
-            rule(isinstance(value, (int, float)) and value > 0 and math.isfinite(value), name, value,
-                 "must be a positive number")
+            rule(_is_number(value) and 0 < value <= PARAM_MAX, name, value,
+                 f"must be a positive number (at most {PARAM_MAX})")
         rule(self.fu_mac_bits in (1, 2, 4, 8, 16), "fu_mac_bits", self.fu_mac_bits,
              "must be one of 1, 2, 4, 8, 16")
         rule(self.dram_burst_bytes & (self.dram_burst_bytes - 1) == 0, "dram_burst_bytes",
@@ -111,13 +180,14 @@ class HardwareConfig:
         rule(self.max_query_tile <= 4096, "max_query_tile", self.max_query_tile, "must be at most 4096")
         rule(self.dram_size_mib <= 4095, "dram_size_mib", self.dram_size_mib,
              "must be at most 4095 (instructions carry 32-bit DRAM addresses)")
-        rule(len(self.buffer_bytes) == len(BUFFERS), "buffers", self.buffer_bytes,
-             f"must give all of {', '.join(BUFFERS)}")
+        rule(isinstance(self.buffer_bytes, tuple) and len(self.buffer_bytes) == len(BUFFERS), "buffers",
+             self.buffer_bytes, f"must give all of {', '.join(BUFFERS)}")
         for name, size in zip(BUFFERS, self.buffer_bytes):
-            rule(isinstance(size, int) and 64 <= size <= (1 << 24), f"buffers.{name}", size,
+            rule(_is_count(size) and 64 <= size <= (1 << 24), f"buffers.{name}", size,
                  "must be an integer between 64 bytes and 16 MiB")
         rule(self.buffer("param") >= PARAM_BYTES_PER_HEAD, "buffers.param", self.buffer("param"),
              f"must hold at least one head ({PARAM_BYTES_PER_HEAD} bytes)")
+        rule(isinstance(self.energy, EnergyTable), "energy", self.energy, "must be an EnergyTable")
 
     # -- derived sizes: the only place they are computed ---------------------------------------
     def buffer(self, name: str) -> int:
@@ -174,9 +244,28 @@ class HardwareConfig:
 
     # -- identity ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Every primary parameter, name and energy table included, as plain JSON values (buffers by
+        name). :meth:`from_dict` is its inverse."""
         d = dataclasses.asdict(self)
         d["buffer_bytes"] = dict(zip(BUFFERS, self.buffer_bytes))
         return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> HardwareConfig:
+        """The config :meth:`to_dict` describes, validated: every field present, no other, each of its
+        type and within the rules of ``__post_init__``. Anything else (a binary's config section is
+        untrusted input) is a ConfigError naming the field, the value seen and the rule."""
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        d = _check_fields(d, names, "hardware config")
+        where = f"config {_show(d['name'])}" if isinstance(d["name"], str) else "hardware config"
+        values = dict(d)
+        values["buffer_bytes"] = tuple(_check_fields(d["buffer_bytes"], BUFFERS, f"{where}: buffer_bytes")[b]
+                                       for b in BUFFERS)
+        try:
+            values["energy"] = EnergyTable.from_dict(d["energy"])
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        return cls(**values)
 
     @cached_property
     def fingerprint(self) -> bytes:
@@ -245,12 +334,14 @@ def load_energy_table(name_or_path: str | Path) -> EnergyTable:
             dram_per_byte=float(_take(dram, "per_byte", where)),
             leakage_mw=float(_take(static, "leakage_mw", where)),
         )
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError) as err:  # ConfigError too: EnergyTable checks its values
         raise ConfigError(f"{where}: {err}") from None
-    for key, value in dataclasses.asdict(table).items():
-        if key != "name" and not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"{where}: energy {key} = {value!r} must be a finite number >= 0")
     return table
+
+
+def _builtin_names() -> tuple[str, ...]:
+    """Names of the built-in hardware configs (the energy tables beside them are not configs)."""
+    return tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.toml") if not p.stem.startswith("energy")))
 
 
 def _resolve(name_or_path: str | Path) -> Path:
@@ -259,9 +350,8 @@ def _resolve(name_or_path: str | Path) -> Path:
         builtin = CONFIG_DIR / f"{name_or_path}.toml"
         if builtin.exists():
             return builtin
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml") if not p.stem.startswith("energy"))
         raise ConfigError(f"no hardware config named {str(name_or_path)!r}; built-in configs are "
-                          f"{', '.join(known)}, or give the path of a .toml file")
+                          f"{', '.join(_builtin_names())}, or give the path of a .toml file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     return path
@@ -314,3 +404,28 @@ def load_config(name_or_path: str | Path = "edge") -> HardwareConfig:
         doc.pop(name)
     _no_extra(doc, where)
     return HardwareConfig(**kwargs)
+
+
+@cache
+def _load_builtin(name: str) -> HardwareConfig:
+    # a memo of immutable package data, not context: assembling many texts must not re-read TOML files
+    return load_config(CONFIG_DIR / f"{name}.toml")
+
+
+def builtin_config(name: str, fingerprint: bytes | None = None) -> HardwareConfig:
+    """The built-in config a name and fingerprint denote, as the assembler's ``.config NAME
+    [FINGERPRINT]`` directive gives them. The fingerprint identifies the machine and the name is a
+    label: with a fingerprint, the built-in config that has it (whatever it is called); without one,
+    the built-in config called ``name``. (A program binary needs no look-up: it carries its config.)"""
+    names = _builtin_names()
+    if fingerprint is None:
+        if name not in names:
+            raise ConfigError(f"no built-in config named {name!r}; built-in configs are {', '.join(names)}, "
+                              f"or pass the config")
+        return _load_builtin(name)
+    for builtin in names:
+        if _load_builtin(builtin).fingerprint == fingerprint:
+            return _load_builtin(builtin)
+    hint = f" (built-in {name!r} has fingerprint {_load_builtin(name).fingerprint.hex()})" if name in names else ""
+    raise ConfigError(f"config {name!r} with fingerprint {fingerprint.hex()} is not a built-in config{hint}; "
+                      f"pass that config")

@@ -93,10 +93,6 @@ class MPMRFParams:
             raise ValueError(f"{len(alphas)} alpha value(s) given for {len(bits)} filter rounds")
         return cls(tuple(FilterRound(qb, kb, float(a)) for (qb, kb), a in zip(bits, alphas)))
 
-    @property
-    def is_dense(self) -> bool:
-        return all(r.alpha_fixed == -ALPHA_ONE for r in self.rounds)
-
     def to_dict(self) -> dict:
         d = {"rounds": [[r.q_bits, r.k_bits, float(r.alpha)] for r in self.rounds]}
         if self.view != "msb":

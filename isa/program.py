@@ -1,25 +1,38 @@
 """Programs and their binary container.
 
-A :class:`Program` is a sequence of instructions, a :class:`MemoryMap` (which DRAM region holds which
-tensor, in which layout) and metadata (the workload, MP-MRF parameters and schedule it was built
-for, and per-instruction labels). Its binary form::
+A :class:`Program` is the :class:`HardwareConfig` it was built for, a sequence of instructions, a
+:class:`MemoryMap` (which DRAM region holds which tensor, in which layout) and metadata (the workload,
+MP-MRF parameters and schedule it was built for, and per-instruction labels). A binary carries its
+machine: it decodes on its own, with no config looked up anywhere. Its binary form::
 
     offset  size  field
     0       4     magic b"ENGN"
-    4       2     container format version (u16, little-endian)
+    4       2     container format version (u16, little-endian): 2
     6       2     ISA version (u16)
     8       16    hardware-config fingerprint
-    24      2     section count n (u16)
+    24      2     section count n (u16): 4
     26      2     reserved, zero
     28      4     total length in bytes, checksum included (u32)
     32      12*n  section table: kind (u16), reserved (u16), offset (u32), length (u32)
     ...           section payloads, in table order, back to back
     end-8   8     checksum: the first 8 bytes of SHA-256 over everything before it
 
-Sections: 1 = code (256-bit words), 2 = memory map (canonical JSON), 3 = metadata (canonical JSON);
-each exactly once, in this order. Loading validates every part, accepts only this canonical form (so
-every valid binary is exactly what :meth:`Program.to_bytes` writes for the program it decodes to) and
-raises :class:`BinaryFormatError` with the byte offset of the first problem.
+Sections, each exactly once, in this order::
+
+    kind  section          payload
+    1     code             256-bit instruction words
+    2     memory map       canonical JSON, a list of regions
+    3     metadata         canonical JSON, an object (no "config" entry: the config is section 4)
+    4     hardware config  canonical JSON of HardwareConfig.to_dict(): every primary parameter, the
+                           config's name and its energy table
+
+Canonical JSON is sorted keys, no spaces, integers as integers, no NaN. The fingerprint in the header
+is the identity check: the config in section 4 must have exactly that ``HardwareConfig.fingerprint``
+(a digest of every primary parameter; the names are labels and not part of it). Loading validates every
+part (the hardware config first, since the code and the memory map are checked against it), accepts
+only this canonical form (so every valid binary is exactly what :meth:`Program.to_bytes` writes for the
+program it decodes to) and raises :class:`BinaryFormatError` with the byte offset of the problem.
+Format version 1, which recorded only the fingerprint, is refused: recompile the model.
 """
 
 from __future__ import annotations
@@ -31,18 +44,19 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .config import CONFIG_DIR, HardwareConfig, load_config
+from .config import HardwareConfig
 from .encoding import decode_code, encode_code
 from .errors import BinaryFormatError, ConfigError, EncodingError
 from .instructions import ISA_VERSION, Instruction
 
 MAGIC = b"ENGN"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER = struct.Struct("<4sHH16sHHI")
 SECTION = struct.Struct("<HHII")
 CHECKSUM_BYTES = 8
-SECTION_CODE, SECTION_MEMMAP, SECTION_META = 1, 2, 3
-SECTION_NAMES = {SECTION_CODE: "code", SECTION_MEMMAP: "memory map", SECTION_META: "metadata"}
+SECTION_CODE, SECTION_MEMMAP, SECTION_META, SECTION_CONFIG = 1, 2, 3, 4
+SECTION_NAMES = {SECTION_CODE: "code", SECTION_MEMMAP: "memory map", SECTION_META: "metadata",
+                 SECTION_CONFIG: "hardware config"}
 DTYPE_BYTES = {"int16": 2, "uint8": 1, "float32": 4, "float64": 8}
 
 
@@ -112,12 +126,6 @@ class MemoryMap:
     def extent(self) -> int:
         return max((r.end for r in self.regions), default=0)
 
-    def region_at(self, addr: int) -> Region | None:
-        for r in self.regions:
-            if r.offset <= addr < r.end:
-                return r
-        return None
-
     @cached_property
     def bounds(self) -> tuple[list[int], list[int], list[str]]:
         """Region starts, ends and names sorted by address, for fast address -> region lookups."""
@@ -135,24 +143,34 @@ class MemoryMap:
 
 @dataclass(frozen=True)
 class Program:
-    """Instructions + memory map + metadata, for one hardware config (by fingerprint)."""
+    """Instructions + memory map + metadata, for one hardware config, which it carries."""
 
-    config_name: str
-    config_fingerprint: bytes
+    config: HardwareConfig
     code: tuple[Instruction, ...]
     memory_map: MemoryMap
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.config, HardwareConfig):
+            raise TypeError(f"Program.config must be a HardwareConfig, got {type(self.config).__name__}")
         object.__setattr__(self, "code", tuple(self.code))
+        if "config" in self.meta:  # a second, possibly different, name of the machine
+            raise ValueError(f"metadata has a \"config\" entry ({self.meta['config']!r:.60}); the program's "
+                             f"config, name included, is Program.config")
         # metadata is JSON by contract: normalise now so a round trip compares equal
-        meta = dict(self.meta)
-        meta["config"] = self.config_name
-        object.__setattr__(self, "meta", json.loads(canonical_json(meta)))
+        object.__setattr__(self, "meta", json.loads(canonical_json(dict(self.meta))))
 
     @classmethod
     def build(cls, cfg: HardwareConfig, code, memory_map: MemoryMap, meta: dict | None = None) -> Program:
-        return cls(cfg.name, cfg.fingerprint, tuple(code), memory_map, dict(meta or {}))
+        return cls(cfg, tuple(code), memory_map, dict(meta or {}))
+
+    @property
+    def config_name(self) -> str:
+        return self.config.name
+
+    @property
+    def config_fingerprint(self) -> bytes:
+        return self.config.fingerprint
 
     @property
     def labels(self) -> list[str]:
@@ -160,13 +178,15 @@ class Program:
         labels = self.meta.get("labels")
         return list(labels) if isinstance(labels, list) and len(labels) == len(self.code) else []
 
-    def to_bytes(self, cfg: HardwareConfig) -> bytes:
-        if cfg.fingerprint != self.config_fingerprint:
+    def to_bytes(self, cfg: HardwareConfig | None = None) -> bytes:
+        """The binary. ``cfg``, accepted for callers that pass one, must be the program's machine."""
+        if cfg is not None and cfg.fingerprint != self.config_fingerprint:
             raise ConfigError(f"program was built for config {self.config_name!r}; cannot encode it for "
                               f"{cfg.name!r} (fingerprints differ)")
-        sections = [(SECTION_CODE, encode_code(self.code, cfg)),
+        sections = [(SECTION_CODE, encode_code(self.code, self.config)),
                     (SECTION_MEMMAP, canonical_json(self.memory_map.to_list())),
-                    (SECTION_META, canonical_json(self.meta))]
+                    (SECTION_META, canonical_json(self.meta)),
+                    (SECTION_CONFIG, canonical_json(self.config.to_dict()))]
         pos = HEADER.size + SECTION.size * len(sections)
         table = b""
         for kind, payload in sections:
@@ -179,12 +199,13 @@ class Program:
 
     @classmethod
     def from_bytes(cls, blob: bytes, cfg: HardwareConfig | None = None) -> Program:
-        """Validate and decode a binary. Without ``cfg`` the built-in config whose fingerprint the
-        binary records is used.
+        """Validate and decode a binary; its hardware config comes from the binary itself. ``cfg``,
+        when given, is a check: the binary must be for that machine (the same fingerprint).
 
         Only the canonical form is accepted (the bytes :meth:`to_bytes` writes for the decoded
-        program): sections in the order code, memory map, metadata, and canonical JSON. So a binary
-        and its program determine each other, which the assembler's round trip relies on."""
+        program): sections in the order code, memory map, metadata, hardware config, and canonical
+        JSON. So a binary and its program determine each other, which the assembler's round trip
+        relies on."""
         blob = bytes(blob)
         if len(blob) < HEADER.size + CHECKSUM_BYTES:
             raise BinaryFormatError(f"truncated: {len(blob)} bytes, a program has at least "
@@ -192,6 +213,9 @@ class Program:
         magic, fmt, isa, fingerprint, nsec, reserved, total = HEADER.unpack_from(blob)
         if magic != MAGIC:
             raise BinaryFormatError(f"bad magic {magic!r}, expected {MAGIC!r}: not an Energon program", 0)
+        if fmt == 1:
+            raise BinaryFormatError(f"container format version 1 predates programs that carry their hardware "
+                                    f"config; this build reads version {FORMAT_VERSION}: recompile the model", 4)
         if fmt != FORMAT_VERSION:
             raise BinaryFormatError(f"container format version {fmt} is not supported (this build reads "
                                     f"version {FORMAT_VERSION})", 4)
@@ -208,8 +232,7 @@ class Program:
         if digest != expected:
             raise BinaryFormatError(f"checksum mismatch: stored {digest.hex()}, computed {expected.hex()}; "
                                     f"the binary is corrupt or was modified", len(body))
-        cfg = _config_for(fingerprint) if cfg is None else cfg
-        if cfg.fingerprint != fingerprint:
+        if cfg is not None and cfg.fingerprint != fingerprint:
             raise BinaryFormatError(f"binary was built for another hardware config (fingerprint "
                                     f"{fingerprint.hex()}); {cfg.name!r} has {cfg.fingerprint.hex()}", 8)
         if nsec != len(SECTION_NAMES):
@@ -234,8 +257,9 @@ class Program:
             pos = off + length
         if pos != len(body):
             raise BinaryFormatError(f"{len(body) - pos} bytes after the last section", pos)
+        config = _config_section(*payloads[SECTION_CONFIG], fingerprint)
         code_off, code_raw = payloads[SECTION_CODE]
-        code = decode_code(code_raw, cfg, code_off)
+        code = decode_code(code_raw, config, code_off)
         map_off, map_raw = payloads[SECTION_MEMMAP]
         meta_off, meta_raw = payloads[SECTION_META]
         memmap = _json_section(map_raw, SECTION_MEMMAP, map_off)
@@ -246,21 +270,32 @@ class Program:
             # OverflowError: int(Infinity); RecursionError: str() of a deeply nested name
             raise BinaryFormatError(f"memory map section is malformed: {err}", map_off) from None
         _require_canonical(map_raw, canonical_json(memory_map.to_list()), SECTION_MEMMAP, map_off)
-        if memory_map.extent > cfg.dram_bytes:
+        if memory_map.extent > config.dram_bytes:
             raise BinaryFormatError(f"memory map needs {memory_map.extent} bytes of DRAM; config "
-                                    f"{cfg.name!r} has {cfg.dram_bytes}", map_off)
+                                    f"{config.name!r} has {config.dram_bytes}", map_off)
         if not isinstance(meta, dict):
             raise BinaryFormatError(f"metadata section is a JSON {type(meta).__name__}, not an object",
                                     meta_off)
-        if not isinstance(meta.get("config"), str):
-            raise BinaryFormatError(f"metadata \"config\" entry is {meta.get('config')!r}; it must be the "
-                                    f"config name, a string", meta_off)
         try:
-            program = cls(meta["config"], fingerprint, code, memory_map, meta)
+            program = cls(config, code, memory_map, meta)
         except (TypeError, ValueError, RecursionError) as err:  # JSON that cannot be re-serialised
             raise BinaryFormatError(f"metadata section is malformed: {err}", meta_off) from None
         _require_canonical(meta_raw, canonical_json(program.meta), SECTION_META, meta_off)
         return program
+
+
+def _config_section(offset: int, raw: bytes, fingerprint: bytes) -> HardwareConfig:
+    """The hardware config a binary carries, checked against the fingerprint its header records."""
+    try:
+        config = HardwareConfig.from_dict(_json_section(raw, SECTION_CONFIG, offset))
+    except ConfigError as err:
+        raise BinaryFormatError(f"hardware config section is invalid: {err}", offset) from None
+    _require_canonical(raw, canonical_json(config.to_dict()), SECTION_CONFIG, offset)
+    if config.fingerprint != fingerprint:
+        raise BinaryFormatError(f"hardware config section describes config {config.name!r} with fingerprint "
+                                f"{config.fingerprint.hex()}; the header (byte 8) records "
+                                f"{fingerprint.hex()}", offset)
+    return config
 
 
 def _json_section(raw: bytes, kind: int, offset: int) -> Any:
@@ -278,17 +313,6 @@ def _require_canonical(raw: bytes, canonical: bytes, kind: int, offset: int) -> 
         raise BinaryFormatError(f"{SECTION_NAMES[kind]} section is not canonical JSON (sorted keys, no "
                                 f"spaces, integers as integers): {seen!r} where the encoder writes "
                                 f"{canonical[max(0, at - 8):at + 8]!r}", offset + at)
-
-
-def _config_for(fingerprint: bytes) -> HardwareConfig:
-    for path in sorted(CONFIG_DIR.glob("*.toml")):
-        if path.stem.startswith("energy"):
-            continue
-        cfg = load_config(path)
-        if cfg.fingerprint == fingerprint:
-            return cfg
-    raise BinaryFormatError(f"binary was built for a hardware config that is not built in (fingerprint "
-                            f"{fingerprint.hex()}); pass that config explicitly", 8)
 
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "EncodingError", "MemoryMap", "Program", "Region", "canonical_json"]

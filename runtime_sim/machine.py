@@ -336,9 +336,9 @@ class _Totals:
             "compares": self.compares,
             "norms": self.norms,
             "candidates": run.candidates,
-            "kept": [run.kept[r] for r in sorted(run.kept)],
+            "kept_per_round": [run.kept[r] for r in sorted(run.kept)],
         }
-        stats["kept_ratio"] = [k / run.candidates if run.candidates else 0.0 for k in stats["kept"]]
+        stats["kept_ratio"] = [k / run.candidates if run.candidates else 0.0 for k in stats["kept_per_round"]]
         heads = 1 + max((h for counts in run.by_head.values() for h in counts), default=-1)
         cand = [run.by_head[0][h] for h in range(heads)]
         stats["kept_ratio_by_head"] = [[run.by_head[r][h] / cand[h] if cand[h] else 0.0 for h in range(heads)]

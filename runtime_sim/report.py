@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 
 from ..isa.instructions import Unit
 from .machine import SimResult
@@ -29,11 +28,6 @@ def chrome_trace(result: SimResult, clock_ghz: float = 1.0, name: str = "energon
     return {"traceEvents": events, "displayTimeUnit": "ns"}
 
 
-def write_chrome_trace(result: SimResult, path, clock_ghz: float = 1.0) -> None:
-    with open(path, "w") as f:
-        json.dump(chrome_trace(result, clock_ghz), f)
-
-
 def _rows(stats: dict) -> list[tuple[str, str, str]]:
     """(section, metric, value) rows shared by the Markdown and CSV reports."""
     rows = [("run", "config", stats["config"]), ("run", "cycles", str(stats["cycles"])),
@@ -51,7 +45,7 @@ def _rows(stats: dict) -> list[tuple[str, str, str]]:
         rows.append(("compute", f"MACs {kind}", str(n)))
     rows.append(("compute", "exponentials", str(stats["exps"])))
     rows.append(("sparsity", "candidate pairs", str(stats["candidates"])))
-    for i, (kept, ratio) in enumerate(zip(stats["kept"], stats["kept_ratio"]), 1):
+    for i, (kept, ratio) in enumerate(zip(stats["kept_per_round"], stats["kept_ratio"]), 1):
         rows.append(("sparsity", f"kept after round {i}", f"{kept} ({ratio:.1%})"))
     for buf, acc in stats["sram_bytes"].items():
         if acc["read"] or acc["write"]:

@@ -1,18 +1,39 @@
 """Mapping attention onto the Energon machine: workloads, schedules (tiling, buffering, run-ahead),
-program emission, dependency analysis and the autotuner. Never imports TVM."""
+their tiling plans, program emission and dependency analysis. Imports only ``energon_tvm.isa``, never
+TVM; the autotuner, which measures schedules on the simulator, is ``energon_tvm.tuner``."""
 
-from .emit import emit_program, plan_memory
-from .schedule import Schedule, buffer_usage, check_fits, default_schedule, dense_workload, fits
+from .bounds import CallBound, call_bound, call_bound_from_counts, call_bound_from_stats, total_bound
+from .emit import ProgramCounter, emit_program, plan_memory
+from .schedule import (
+    BufferPlan,
+    Schedule,
+    TilingPlan,
+    buffer_usage,
+    check_fits,
+    default_schedule,
+    dense_workload,
+    fits,
+    plan_tiling,
+)
 from .workload import AttentionWorkload
 
 __all__ = [
     "AttentionWorkload",
+    "BufferPlan",
+    "CallBound",
+    "ProgramCounter",
     "Schedule",
+    "TilingPlan",
     "buffer_usage",
+    "call_bound",
+    "call_bound_from_counts",
+    "call_bound_from_stats",
+    "total_bound",
     "check_fits",
     "default_schedule",
     "dense_workload",
     "emit_program",
     "fits",
     "plan_memory",
+    "plan_tiling",
 ]

@@ -11,27 +11,26 @@ The four units get one instruction stream each, synchronised only by dependency 
 * ATTEND: online softmax over the gathered chunks, then normalisation.
 * STORE: the tile's output rows.
 
-Buffers hold ``slots`` copies of each per-tile operand; a slot is handed back to its producer with a
-"free" token once its last consumer is done, and the consumers start with as many free credits as
-there are slots (as VTA's dependency queues do). Chunks entirely above a causal diagonal are never
+Buffers hold ``slots`` copies of each per-tile operand, as the schedule's
+:class:`~energon_tvm.schedules.schedule.TilingPlan` lays them out; a slot is handed back to its producer
+with a "free" token once its last consumer is done, and the consumers start with as many free credits
+as there are slots (as VTA's dependency queues do). Chunks entirely above a causal diagonal are never
 loaded, filtered or attended.
+
+:class:`ProgramCounter` runs the same emitter with its output replaced by a count, so that the tuner's
+instruction budget is the emitter's own number, for thousands of schedules in seconds.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..isa.config import HardwareConfig
 from ..isa.instructions import BiasMode, Instruction, Reg, Unit, make
 from ..isa.program import MemoryMap, Program, Region
-from .schedule import (
-    CHUNK_PLANE_SLOTS,
-    Schedule,
-    check_fits,
-    chunk_keys,
-    head_plane_slots,
-    plane_bits,
-)
+from .schedule import Schedule, TilingPlan, check_plan, plan_tiling
 from .workload import AttentionWorkload
 
 # dependency tokens: (producer -> consumer)
@@ -60,6 +59,16 @@ class Tile:
     first_of_head: bool
     last_of_head: bool
 
+    @property
+    def label(self) -> str:
+        """What the tile's instructions are labelled with in listings: its head slot and query rows."""
+        return f"h{self.slot} q{self.q0}-{self.q0 + self.rows - 1}"
+
+    def chunk_label(self, k0: int, keys: int, filter_round: int | None = None) -> str:
+        """The label of the tile's work on keys k0 .. k0 + keys - 1 (in filter round ``filter_round``)."""
+        label = f"{self.label} k{k0}-{k0 + keys - 1}"
+        return label if filter_round is None else f"{label} r{filter_round}"
+
 
 def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
@@ -75,7 +84,9 @@ def plan_memory(w: AttentionWorkload) -> MemoryMap:
              ("k", "int16", (b, h, sk, d), "BHSD"),
              ("v", "int16", (b, h, sk, d), "BHSD")]
     if w.bias_shape is not None:
-        specs.append(("bias", "float32", w.bias_shape4, "additive mask/bias, broadcast dims kept at 1"))
+        # the key axis is never broadcast in DRAM: the machine reads bias rows of Sk values (the driver
+        # expands a bias given with one value for every key)
+        specs.append(("bias", "float32", w.bias_shape4[:3] + (sk,), "additive mask/bias, broadcast dims kept at 1"))
     specs.append(("out", "float32", (b, h, sq, d), "BHSD"))
     regions, offset = [], 0
     for name, dtype, shape, layout in specs:
@@ -87,25 +98,16 @@ def plan_memory(w: AttentionWorkload) -> MemoryMap:
 
 
 class _Emitter:
-    def __init__(self, w: AttentionWorkload, s: Schedule, cfg: HardwareConfig):
-        self.w, self.s, self.cfg = w, s, cfg
-        self.mm = plan_memory(w)
+    def __init__(self, plan: TilingPlan, cfg: HardwareConfig, memory: MemoryMap | None = None):
+        self.plan, self.cfg = plan, cfg
+        self.w, self.s = w, s = plan.workload, plan.schedule
+        self.mm = plan_memory(w) if memory is None else memory
         self.d = w.head_dim
-        self.rows_max = min(s.q_tile, w.seq_q)
-        self.keys_max = chunk_keys(w, s)
-        self.row_bytes = (w.seq_k + 7) // 8
-        self.sk_pad = self.row_bytes * 8
-        bias = w.bias_shape4
-        self.bias_mode = BiasMode.NONE if bias is None else (BiasMode.ROW if bias[2] == 1 else BiasMode.TILE)
-        self.bias_rows = {BiasMode.NONE: 0, BiasMode.ROW: 1, BiasMode.TILE: self.rows_max}[self.bias_mode]
+        self.buf = dict(plan.buffers)  # a plain dict: the address helpers look it up per instruction
+        self.bias_mode = plan.bias_mode
         self.rounds = w.params.rounds
-        self.planes = plane_bits(w)
-        self.plane_slots = head_plane_slots(w, cfg) if s.plane_mode == "head" else CHUNK_PLANE_SLOTS
         self.passes = 1 if s.filter_mode == "store" else 2  # streamed planes are needed by both passes
-        # With a head's planes resident and no bias tile, the Filtering Unit takes a query tile's whole key
-        # row in one instruction: its work is the same, the instruction count (and simulation time) is not.
-        # Bias tiles are laid out chunk by chunk for the Attention Unit, so biased workloads filter by chunk.
-        self.whole_row = bool(self.rounds) and s.plane_mode == "head" and self.bias_mode == BiasMode.NONE
+        self.whole_row = plan.whole_row
         self.streams: dict[Unit, list[tuple[Instruction, str]]] = {u: [] for u in Unit}
         self.order: list[tuple[Unit, int, int]] = []  # program order: (unit, start, end) stream slices
         # running counters of K/V chunk slots and streamed plane slots, per consuming unit
@@ -128,45 +130,38 @@ class _Emitter:
 
     def chunks(self, t: Tile) -> list[tuple[int, int]]:
         """Key chunks (k0, keys) the tile needs: all, less those above the causal diagonal."""
-        out = []
-        last_q = t.q0 + t.rows - 1
-        for k0 in range(0, self.w.seq_k, self.keys_max):
-            if self.w.causal and k0 > last_q + self.w.causal_shift:
-                break
-            out.append((k0, min(self.keys_max, self.w.seq_k - k0)))
-        return out
-
-    def all_chunks(self) -> list[tuple[int, int]]:
-        return [(k0, min(self.keys_max, self.w.seq_k - k0)) for k0 in range(0, self.w.seq_k, self.keys_max)]
+        return self.plan.chunks(t.q0, t.rows)
 
     def filter_chunks(self, t: Tile) -> list[tuple[int, int]]:
         """Key chunks of the Filtering Unit: the whole row at once when it can (see ``whole_row``)."""
         return [(0, self.w.seq_k)] if self.whole_row else self.chunks(t)
 
-    # buffer addresses
+    # buffer addresses: tile i's slot (or head slot, or j-th chunk's) as the plan lays them out, plus where
+    # key k0 starts within it
     def q_addr(self, i: int) -> int:
-        return (i % self.s.tile_slots) * self.rows_max * self.d * 2
+        return self.buf["q"].addr(i)
 
     def idx_addr(self, i: int, k0: int) -> int:
-        return (i % self.s.tile_slots) * self.rows_max * self.row_bytes + k0 // 8
+        return self.buf["index"].addr(i, k0 // 8)  # a bit per key
 
     def bias_addr(self, i: int, k0: int) -> int:
-        if not self.bias_rows:
-            return 0
-        return ((i % self.s.tile_slots) * self.sk_pad + k0) * self.bias_rows * 4
+        return self.buf["bias"].addr(i, k0 * self.plan.bias_rows * 4)  # chunk-major: [chunk][row][key]
 
     def score_addr(self, k0: int) -> int:
-        return self.rows_max * k0 * 4
+        return self.buf["score"].addr(0, k0 * self.plan.rows * 4)  # chunk-major: [chunk][row][key]
 
     def head_planes_addr(self, t: Tile, k0: int) -> int:
-        per_head = self.sk_pad * self.d * self.planes // 8
-        return (t.slot % self.plane_slots) * per_head + k0 * self.d * self.planes // 8
+        return self.buf["kplane"].addr(t.slot, k0 * self.d * self.plan.plane_bits // 8)
+
+    def streamed_planes_addr(self, n: int) -> int:
+        """The slot of the n-th streamed chunk of planes ("chunk" mode)."""
+        return self.buf["kplane"].addr(n)
 
     def kv_addr(self, j: int) -> int:
-        return (j % self.s.kv_slots) * 2 * self.keys_max * self.d * 2
+        return self.buf["kv"].addr(j)
 
     def out_addr(self, i: int) -> int:
-        return (i % self.s.out_slots) * self.rows_max * self.d * 4
+        return self.buf["out"].addr(i)
 
     # DRAM addresses
     def dram_q(self, t: Tile, base: str = "q") -> int:
@@ -193,13 +188,13 @@ class _Emitter:
                  buf=buf)
 
     def prefetch(self, i: int, t: Tile) -> None:
-        lab = f"h{t.slot} q{t.q0}-{t.q0 + t.rows - 1}"
+        lab = t.label
         if self.rounds and self.s.plane_mode == "head" and t.first_of_head:
             self.sync(Unit.LOAD, "WAIT", PLANES_FREE, lab)
             lo = 0
             for r in self.rounds:  # each round fetches only the planes the previous ones did not
                 if r.k_bits > lo:
-                    for k0, keys in ([(0, self.w.seq_k)] if self.whole_row else self.all_chunks()):
+                    for k0, keys in ([(0, self.w.seq_k)] if self.whole_row else self.plan.all_chunks()):
                         self.load_planes(t, f"h{t.slot} planes {lo}-{r.k_bits - 1}", lo, r.k_bits, k0, keys,
                                          self.head_planes_addr(t, k0))
                     lo = r.k_bits
@@ -209,44 +204,43 @@ class _Emitter:
         if self.bias_mode != BiasMode.NONE:
             for k0, keys in self.chunks(t):
                 rows = t.rows if self.bias_mode == BiasMode.TILE else 1
-                self.put(Unit.LOAD, f"{lab} k{k0}-{k0 + keys - 1}", "LD.BIAS", dram=self.dram_bias(t, k0),
+                self.put(Unit.LOAD, t.chunk_label(k0, keys), "LD.BIAS", dram=self.dram_bias(t, k0),
                          rows=rows, keys=keys, buf=self.bias_addr(i, k0))
         self.sync(Unit.LOAD, "SIGNAL", TILE_LOADED, lab)
         if self.rounds and self.s.plane_mode == "chunk":
             for n, r in enumerate(self.rounds, 1):
                 for k0, keys in self.chunks(t) * self.passes:
                     self.sync(Unit.LOAD, "WAIT", PLANES_FREE, lab)
-                    slot = self.plane_counter % self.plane_slots
+                    buf = self.streamed_planes_addr(self.plane_counter)
                     self.plane_counter += 1
-                    self.load_planes(t, f"{lab} k{k0}-{k0 + keys - 1} r{n}", 0, r.k_bits, k0, keys,
-                                     slot * self.keys_max * self.d * self.planes // 8)
+                    self.load_planes(t, t.chunk_label(k0, keys, n), 0, r.k_bits, k0, keys, buf)
                     self.sync(Unit.LOAD, "SIGNAL", PLANES_LOADED, lab)
 
     def gather(self, i: int, t: Tile) -> None:
-        lab = f"h{t.slot} q{t.q0}-{t.q0 + t.rows - 1}"
+        lab = t.label
         self.sync(Unit.LOAD, "WAIT", GATHER_READY, lab)
         for k0, keys in self.chunks(t):
             self.sync(Unit.LOAD, "WAIT", KV_FREE, lab)
-            self.put(Unit.LOAD, f"{lab} k{k0}-{k0 + keys - 1}", "LD.KV", dram=self.dram_kv(t, k0), keys=keys,
+            self.put(Unit.LOAD, t.chunk_label(k0, keys), "LD.KV", dram=self.dram_kv(t, k0), keys=keys,
                      rows=t.rows, idx=self.idx_addr(i, k0), buf=self.kv_addr(self.kv_counter))
             self.kv_counter += 1
             self.sync(Unit.LOAD, "SIGNAL", KV_LOADED, lab)
 
     def filter(self, i: int, t: Tile) -> None:
-        lab = f"h{t.slot} q{t.q0}-{t.q0 + t.rows - 1}"
+        lab = t.label
         chunks = self.filter_chunks(t)
         self.sync(Unit.FILTER, "WAIT", TILE_LOADED, lab)
         if self.rounds and self.s.plane_mode == "head" and t.first_of_head:
             self.sync(Unit.FILTER, "WAIT", PLANES_LOADED, lab)
         self.sync(Unit.FILTER, "WAIT", INDEX_FREE, lab)
         for k0, keys in chunks:
-            self.put(Unit.FILTER, f"{lab} k{k0}-{k0 + keys - 1}", "F.CAND", rows=t.rows, q0=t.q0, k0=k0, keys=keys,
+            self.put(Unit.FILTER, t.chunk_label(k0, keys), "F.CAND", rows=t.rows, q0=t.q0, k0=k0, keys=keys,
                      idx=self.idx_addr(i, k0), bias=self.bias_addr(i, k0), head=t.slot, causal=int(self.w.causal),
                      biasmode=int(self.bias_mode))
         store = self.s.filter_mode == "store"
         for n, r in enumerate(self.rounds, 1):
             for c, (k0, keys) in enumerate(chunks):  # pass 1: scores and per-row statistics
-                clab = f"{lab} k{k0}-{k0 + keys - 1} r{n}"
+                clab = t.chunk_label(k0, keys, n)
                 kp = self.planes_in(t, k0, clab)
                 self.put(Unit.FILTER, clab, "F.SCORE", qb=r.q_bits, kb=r.k_bits, rows=t.rows, q=self.q_addr(i),
                          kp=kp, keys=keys, sc=self.score_addr(k0) if store else 0, idx=self.idx_addr(i, k0),
@@ -254,7 +248,7 @@ class _Emitter:
                          store=int(store))
                 self.planes_out(clab)
             for k0, keys in chunks:  # pass 2: threshold and selector
-                clab = f"{lab} k{k0}-{k0 + keys - 1} r{n}"
+                clab = t.chunk_label(k0, keys, n)
                 if store:
                     self.put(Unit.FILTER, clab, "F.SELECT", round=n, alpha=r.alpha_fixed, rows=t.rows, q0=t.q0,
                              k0=k0, keys=keys, sc=self.score_addr(k0), idx=self.idx_addr(i, k0), head=t.slot)
@@ -274,22 +268,22 @@ class _Emitter:
         if self.s.plane_mode != "chunk":
             return self.head_planes_addr(t, k0)
         self.sync(Unit.FILTER, "WAIT", PLANES_LOADED, label)
-        slot = self.plane_counter_f % self.plane_slots
+        buf = self.streamed_planes_addr(self.plane_counter_f)
         self.plane_counter_f += 1
-        return slot * self.keys_max * self.d * self.planes // 8
+        return buf
 
     def planes_out(self, label: str) -> None:
         if self.s.plane_mode == "chunk":
             self.sync(Unit.FILTER, "SIGNAL", PLANES_FREE, label)
 
     def attend(self, i: int, t: Tile) -> None:
-        lab = f"h{t.slot} q{t.q0}-{t.q0 + t.rows - 1}"
+        lab = t.label
         self.sync(Unit.ATTEND, "WAIT", INDEX_READY, lab)
         self.sync(Unit.ATTEND, "WAIT", OUT_FREE, lab)
         self.put(Unit.ATTEND, lab, "A.INIT", rows=t.rows)
         for k0, keys in self.chunks(t):
             self.sync(Unit.ATTEND, "WAIT", KV_LOADED, lab)
-            self.put(Unit.ATTEND, f"{lab} k{k0}-{k0 + keys - 1}", "A.ATTN", rows=t.rows, q=self.q_addr(i), keys=keys,
+            self.put(Unit.ATTEND, t.chunk_label(k0, keys), "A.ATTN", rows=t.rows, q=self.q_addr(i), keys=keys,
                      kv=self.kv_addr(self.kv_counter_a), idx=self.idx_addr(i, k0), bias=self.bias_addr(i, k0),
                      head=t.slot, biasmode=int(self.bias_mode))
             self.kv_counter_a += 1
@@ -300,30 +294,31 @@ class _Emitter:
         self.sync(Unit.ATTEND, "SIGNAL", OUT_READY, lab)
 
     def store(self, i: int, t: Tile) -> None:
-        lab = f"h{t.slot} q{t.q0}-{t.q0 + t.rows - 1}"
+        lab = t.label
         self.sync(Unit.STORE, "WAIT", OUT_READY, lab)
         self.put(Unit.STORE, lab, "ST.OUT", dram=self.dram_q(t, "out"), rows=t.rows, buf=self.out_addr(i))
         self.sync(Unit.STORE, "SIGNAL", OUT_FREE, lab)
 
     # -- the whole program ------------------------------------------------------------------------------
     def tiles(self) -> list[Tile]:
-        w, out = self.w, []
-        for b in range(w.batch):
-            for h in range(w.heads):
-                starts = list(range(0, w.seq_q, self.rows_max))
-                for n, q0 in enumerate(starts):
-                    out.append(Tile(b * w.heads + h, b, h, q0, min(self.rows_max, w.seq_q - q0), n == 0,
-                                    n == len(starts) - 1))
-        return out
+        w, head = self.w, self.plan.head_tiles()
+        return [Tile(b * w.heads + h, b, h, *tile) for b in range(w.batch) for h in range(w.heads) for tile in head]
 
-    def emit(self) -> Program:
+    def header(self) -> list[Instruction]:
+        w = self.w
+        return [make("SETR", reg=Reg.HEAD_DIM, value=self.d), make("SETR", reg=Reg.SEQ_Q, value=w.seq_q),
+                make("SETR", reg=Reg.SEQ_K, value=w.seq_k),
+                make("SETR", reg=Reg.V_OFFSET, value=self.mm["v"].offset - self.mm["k"].offset),
+                make("SETR", reg=Reg.CAUSAL_SHIFT, value=w.causal_shift & 0xFFFFFFFF)]
+
+    def trailer(self) -> list[Instruction]:
+        return [make("HALT")]
+
+    def prologue(self) -> None:
+        """The parameter load and every consumer's initial credits: as many as the slots it may fill."""
         w, s = self.w, self.s
-        header = [make("SETR", reg=Reg.HEAD_DIM, value=self.d), make("SETR", reg=Reg.SEQ_Q, value=w.seq_q),
-                  make("SETR", reg=Reg.SEQ_K, value=w.seq_k),
-                  make("SETR", reg=Reg.V_OFFSET, value=self.mm["v"].offset - self.mm["k"].offset),
-                  make("SETR", reg=Reg.CAUSAL_SHIFT, value=w.causal_shift & 0xFFFFFFFF)]
-        self.put(Unit.LOAD, "all heads", "LD.PARAM", dram=self.mm["param"].offset, heads=w.batch * w.heads, buf=0)
-        self.order.append((Unit.LOAD, 0, 1))
+        self.block(Unit.LOAD, lambda: self.put(Unit.LOAD, "all heads", "LD.PARAM", dram=self.mm["param"].offset,
+                                               heads=w.batch * w.heads, buf=0))
 
         def credits():
             for _ in range(s.tile_slots):
@@ -336,33 +331,137 @@ class _Emitter:
                                         for _ in range(s.out_slots)])
         if self.rounds:
             self.block(Unit.FILTER, lambda: [self.sync(Unit.FILTER, "SIGNAL", PLANES_FREE, "initial credit")
-                                             for _ in range(self.plane_slots)])
-        tiles = self.tiles()
+                                             for _ in range(self.plan.plane_slots)])
+
+    def run_ahead(self) -> tuple[tuple[Unit, Callable[[int, Tile], None]], ...]:
+        """A tile's blocks that run ahead of the Attention Unit (tile_slots - 1 tiles ahead)."""
+        return (Unit.LOAD, self.prefetch), (Unit.FILTER, self.filter)
+
+    def in_order(self) -> tuple[tuple[Unit, Callable[[int, Tile], None]], ...]:
+        """A tile's blocks that follow the Attention Unit."""
+        return (Unit.LOAD, self.gather), (Unit.ATTEND, self.attend), (Unit.STORE, self.store)
+
+    def tile_blocks(self, tiles: list[Tile]) -> Iterator[tuple[Unit, Callable[[int, Tile], None], int, Tile]]:
+        """(unit, work, i, tile) of every tile's blocks, in program order."""
+        ahead, behind = self.run_ahead(), self.in_order()
         prefetched = 0
         for i, t in enumerate(tiles):
             # the loader runs tile_slots - 1 tiles ahead: prefetch(j) follows gather(j - tile_slots)
-            while prefetched < min(i + s.tile_slots, len(tiles)):
-                self.block(Unit.LOAD, self.prefetch, prefetched, tiles[prefetched])
-                self.block(Unit.FILTER, self.filter, prefetched, tiles[prefetched])
+            while prefetched < min(i + self.s.tile_slots, len(tiles)):
+                for unit, work in ahead:
+                    yield unit, work, prefetched, tiles[prefetched]
                 prefetched += 1
-            self.block(Unit.LOAD, self.gather, i, t)
-            self.block(Unit.ATTEND, self.attend, i, t)
-            self.block(Unit.STORE, self.store, i, t)
+            for unit, work in behind:
+                yield unit, work, i, t
+
+    def emit(self) -> Program:
+        w, s = self.w, self.s
+        header, trailer = self.header(), self.trailer()
+        self.prologue()
+        for unit, work, i, t in self.tile_blocks(self.tiles()):
+            self.block(unit, work, i, t)
 
         code, labels = list(header), ["header"] * len(header)
         for unit, a, b in self.order:
             for ins, label in self.streams[unit][a:b]:
                 code.append(ins)
                 labels.append(label)
-        code.append(make("HALT"))
-        labels.append("end")
+        code += trailer
+        labels += ["end"] * len(trailer)
         meta = {"workload": w.to_dict(), "schedule": s.to_dict(), "scale": w.effective_scale,
                 "heads": w.batch * w.heads, "labels": labels}
         return Program.build(self.cfg, code, self.mm, meta)
 
 
+class _Counter(_Emitter):
+    """The emitter with ``put`` counting instead of emitting."""
+
+    def __init__(self, plan: TilingPlan, cfg: HardwareConfig, memory: MemoryMap):
+        super().__init__(plan, cfg, memory)
+        self.count = 0
+
+    def put(self, stream: Unit, label: str, mnemonic: str, **fields) -> None:
+        self.count += 1
+
+    def block(self, unit: Unit, fn, *args) -> None:
+        fn(*args)
+
+
+# The knobs a tile's blocks depend on: all but the slot counts, which they read only as address moduli.
+_TILE_KNOBS = tuple(f.name for f in dataclasses.fields(Schedule) if f.name not in ("tile_slots", "kv_slots",
+                                                                                    "out_slots"))
+
+
+class ProgramCounter:
+    """``len(emit_program(...).code)`` for schedules of one workload on one machine, counted by the
+    emitter itself (its ``put`` counting) without building programs.
+
+    Every head emits the same instructions (only addresses and labels differ), so one head is counted
+    and multiplied; within it, a tile's blocks run once per tile class (rows, key chunks, first or last
+    of its head: their instructions depend on the tile through nothing else). A tile's blocks read the
+    schedule's slot counts only as address moduli (:meth:`BufferPlan.addr`), so schedules that differ in
+    slots alone share the counts of their tile classes: a counter kept for a whole search space counts
+    each class's blocks once.
+    """
+
+    def __init__(self, workload: AttentionWorkload, cfg: HardwareConfig):
+        self.workload, self.cfg = workload, cfg
+        self.memory = plan_memory(workload)
+        self._frame: int | None = None  # header and trailer: the workload's alone
+        self._classes: dict[tuple, list[tuple[tuple, int, Tile, int]]] = {}
+        self._counts: dict[tuple, int] = {}
+
+    def count(self, plan: TilingPlan, *, limit: int | None = None) -> int:
+        """Instructions of ``plan``'s program (a plan that fits; not checked here). With ``limit``,
+        counting stops once the count exceeds it, and the number returned is only known to be above it."""
+        if plan.workload != self.workload:
+            raise ValueError(f"this counter counts programs of {self.workload.key()}, not {plan.workload.key()}")
+        em = _Counter(plan, self.cfg, self.memory)
+        if self._frame is None:
+            self._frame = len(em.header()) + len(em.trailer())
+        em.prologue()
+        fixed = self._frame + em.count
+        heads = self.workload.batch * self.workload.heads
+        shared = tuple(getattr(plan.schedule, knob) for knob in _TILE_KNOBS)
+        classes = self._classes.get(shared)
+        if classes is None:
+            classes = self._classes[shared] = _tile_classes(plan)
+        per_head = 0
+        for key, i, tile, tiles in classes:
+            n = self._counts.get((shared, key))
+            if n is None:
+                em.count = 0
+                for _unit, work in em.run_ahead() + em.in_order():
+                    work(i, tile)
+                n = self._counts[(shared, key)] = em.count
+            per_head += tiles * n
+            if limit is not None and fixed + heads * per_head > limit:
+                break  # over the budget already: the exact size is not needed
+        return fixed + heads * per_head
+
+
+def _tile_classes(plan: TilingPlan) -> list[tuple[tuple, int, Tile, int]]:
+    """(class, index and tile of its first member, members) of each tile class of a head."""
+    classes: dict[tuple, list] = {}
+    for i, (q0, rows, first, last) in enumerate(plan.head_tiles()):
+        key = (rows, plan.chunk_count(q0, rows), first, last)
+        seen = classes.get(key)
+        if seen is None:
+            classes[key] = [key, i, Tile(0, 0, 0, q0, rows, first, last), 1]
+        else:
+            seen[3] += 1
+    return [tuple(c) for c in classes.values()]
+
+
 def emit_program(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareConfig) -> Program:
     """The program for ``workload`` tiled by ``schedule`` on ``cfg``; the same inputs always give the
     same program bytes."""
-    check_fits(workload, schedule, cfg)
-    return _Emitter(workload, schedule, cfg).emit()
+    plan = plan_tiling(workload, schedule, cfg)
+    check_plan(plan, cfg)
+    return _Emitter(plan, cfg).emit()
+
+
+def count_instructions(plan: TilingPlan, cfg: HardwareConfig) -> int:
+    """``len(emit_program(...).code)`` of a plan that fits (not checked here), without building the program
+    (see :class:`ProgramCounter`, which many counts of one workload should share)."""
+    return ProgramCounter(plan.workload, cfg).count(plan)

@@ -1,9 +1,19 @@
 """The MP-MRF reference against independent computations and its defining properties."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from energon_tvm.schedules.workload import AttentionWorkload
 
-from energon_tvm.mpmrf import FilterRound, MPMRFParams, float_attention, mpmrf_attention
+from energon_tvm.mpmrf import (
+    FilterRound,
+    MPMRFParams,
+    float_attention,
+    mpmrf_attention,
+    reference_attention,
+    workload_mask,
+)
 
 
 def _qkv(rng, b=2, h=3, sq=24, sk=40, d=32, structured=True):
@@ -212,3 +222,56 @@ def test_round_view_rule_is_a_reference_only_alternative():
     w = AttentionWorkload(1, 1, 8, 8, 32, params=MPMRFParams().with_view("round"))
     with pytest.raises(ScheduleError, match="'msb' rule only"):
         default_schedule(w, load_config("edge"))
+
+
+def _call_mask_oracle(bias, sq, sk, causal):
+    """The mask of one call written out entry by entry: the bias, and -inf for a causal workload's keys
+    after q + (Sk - Sq)."""
+    b, h = bias.shape[0], bias.shape[1]
+    out = np.empty((b, h, sq, sk), np.float32)
+    for i in range(b):
+        for j in range(h):
+            for qi in range(sq):
+                for ki in range(sk):
+                    hidden = causal and ki > qi + sk - sq
+                    out[i, j, qi, ki] = -np.inf if hidden else bias[i, j, min(qi, bias.shape[2] - 1), ki]
+    return out
+
+
+@pytest.mark.parametrize("sq, sk", [(5, 9), (7, 7)])
+def test_workload_mask_is_the_bias_plus_the_causal_diagonal(sq, sk):
+    rng = np.random.default_rng(sq)
+    bias = rng.standard_normal((2, 1, 1, sk))  # float64 in: the mask is float32 whatever the bias
+    w = AttentionWorkload(2, 3, sq, sk, 32, causal=True, bias_shape=bias.shape)
+    mask = workload_mask(w, bias)
+    assert mask.dtype == np.float32
+    np.testing.assert_array_equal(np.broadcast_to(mask, (2, 1, sq, sk)), _call_mask_oracle(bias, sq, sk, True))
+    zeros = np.zeros((1, 1, 1, sk))
+    causal_only = workload_mask(replace(w, bias_shape=None))
+    assert causal_only.dtype == np.float32
+    np.testing.assert_array_equal(np.broadcast_to(causal_only, (1, 1, sq, sk)), _call_mask_oracle(zeros, sq, sk, True))
+    not_causal = replace(w, causal=False)
+    np.testing.assert_array_equal(workload_mask(not_causal, bias), bias.astype(np.float32))
+    assert workload_mask(replace(not_causal, bias_shape=None)) is None
+
+
+def test_reference_attention_runs_the_call_with_its_mask_parameters_and_scale():
+    rng = np.random.default_rng(12)
+    q, k, v = _qkv(rng, b=1, h=2, sq=12, sk=20, d=32)
+    bias = (0.5 * rng.standard_normal((1, 2, 12, 20))).astype(np.float32)
+    bias[..., 3] = -np.inf  # a padded key
+    mask = _call_mask_oracle(bias, 12, 20, causal=True)
+    w = AttentionWorkload(1, 2, 12, 20, 32, causal=True, bias_shape=bias.shape, params=MPMRFParams.dense(2))
+    # dense parameters: the independent dense INT16 oracle, with the default scale and an explicit one
+    for work, scale in ((w, 1 / np.sqrt(32)), (replace(w, scale=0.3), 0.3)):
+        res = reference_attention(work, q, k, v, bias)
+        np.testing.assert_array_equal(res.candidates, np.isfinite(mask))
+        np.testing.assert_allclose(res.output, _dense_int16(q, k, v, mask, scale), rtol=1e-6, atol=1e-7)
+    # filtering parameters: exactly MP-MRF on the oracle mask; the workload's effective scale and
+    # mpmrf_attention's own default (scale None) are the same number
+    w = replace(w, params=MPMRFParams())
+    res = reference_attention(w, q, k, v, bias)
+    ref = mpmrf_attention(q, k, v, mask, w.params, w.scale)
+    assert w.scale is None and len(res.kept) == 2
+    assert np.array_equal(res.output, ref.output)
+    assert all(np.array_equal(a, b) for a, b in zip(res.kept, ref.kept))

@@ -1,17 +1,18 @@
 """The TVM Relax backend of Energon: find attention in a Relax module, offload it, run it.
 
-    from energon_tvm.relax import partition_for_energon, collect
-    mod, report = partition_for_energon(mod, config="edge")
-    ex = tvm.compile(mod, target="llvm")
-    with collect() as run:
-        relax.VirtualMachine(ex, tvm.cpu())["main"](*inputs)
+    from energon_tvm.executor import EnergonTarget, Runner
+    from energon_tvm.relax import partition_for_energon, virtual_machine
+    mod, report = partition_for_energon(mod, EnergonTarget.create("edge"))
+    runner = Runner()
+    virtual_machine(tvm.compile(mod, target="llvm"), runner)["main"](*inputs)
+    runner.calls  # one CallRecord per offloaded call: site, workload, CallStats
 
-Importing this package imports TVM, registers the ``energon.*`` patterns and the runtime bridge
-(``energon.run_attention``); ``import energon_tvm`` alone does neither.
+Importing this package imports TVM and registers the ``energon.*`` patterns with TVM's pattern table
+(for discovery); ``import energon_tvm`` alone does neither.
 """
 
 from . import bridge, patterns
-from .bridge import BRIDGE_FUNC, CallRecord, RunCollector, collect, register
+from .bridge import BRIDGE_FUNC, CallRecord, Runner, virtual_machine
 from .lowering import BridgeCall, bridge_calls
 from .partition import PartitionError, partition_for_energon
 from .patterns import PATTERN_NAMES, energon_patterns
@@ -27,11 +28,10 @@ __all__ = [
     "OffloadRecord",
     "OffloadReport",
     "PartitionError",
-    "RunCollector",
+    "Runner",
     "bridge",
     "bridge_calls",
-    "collect",
     "energon_patterns",
     "partition_for_energon",
-    "register",
+    "virtual_machine",
 ]

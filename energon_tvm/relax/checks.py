@@ -1,25 +1,28 @@
 """The checks behind the ``energon.*`` patterns: what Energon can take, and the record of why not.
 
-FuseOpsByPattern calls :func:`check_site` for every match; it reads the match with
-:mod:`~energon_tvm.relax.analysis`, applies the machine's limits (dtype, static shapes, head dim,
-broadcastable mask, a workload the program compiler accepts) and records the verdict in the active
-:class:`PartitionSession`, so that ``partition_for_energon`` can report every site. The session also
-caches each workload's program blob so that the lowering reuses what the check compiled.
+A :class:`PartitionSession` is made by each ``partition_for_energon`` call for its target and bound into
+that call's patterns (``check=partial(check_site, session=s)``), so the verdicts, site names and
+compiled programs of one partition never meet another's. FuseOpsByPattern calls :func:`check_site` for
+every match; it reads the match with :mod:`~energon_tvm.relax.analysis`, applies the machine's limits
+(dtype, static shapes, head dim, broadcastable mask, a workload the program compiler accepts) and
+records the verdict, so that the partition can report every site. The session also keeps each site's
+compiled program, so the lowering emits what the check compiled and the report says which schedule it
+got.
+
+The patterns registered with TVM's table (for discovery: ``get_patterns_with_prefix("energon")``) carry
+:func:`structural_check`, which reads the site without a machine and compiles nothing.
 """
 
 from __future__ import annotations
 
-import threading
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from tvm import relax
 
 from .. import executor
-from ..isa.config import HardwareConfig, load_config
+from ..executor import CompiledProgram, EnergonTarget
 from ..isa.errors import EnergonError
-from ..isa.numerics import MPMRFParams
 from ..schedules.workload import AttentionWorkload
 from .analysis import NotOffloadable, Scope, analyze
 
@@ -36,20 +39,24 @@ class Verdict:
     pattern: str
     workload: AttentionWorkload | None = None
     form: str | None = None
+    program: CompiledProgram | None = None
 
 
 @dataclass
 class PartitionSession:
-    """State shared by the checks and the lowering during one ``partition_for_energon`` call."""
+    """What the checks and the lowering of one ``partition_for_energon`` call share."""
 
-    config: HardwareConfig
-    params: MPMRFParams
+    target: EnergonTarget
     verdicts: dict[str, Verdict] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
     root_names: dict = field(default_factory=dict)
-    blobs: dict[AttentionWorkload, bytes] = field(default_factory=dict)
+    programs: dict[AttentionWorkload, CompiledProgram] = field(default_factory=dict)
     #: weights kept as function parameters (``from_onnx(keep_params_in_input=True)``), as constants
     weights: dict = field(default_factory=dict)
+
+    @property
+    def config(self):
+        return self.target.config
 
     def resolver(self, bindings):
         """Variable -> definition: ``bindings`` first, then the weights' values."""
@@ -69,39 +76,17 @@ class PartitionSession:
         self.record(name, Verdict(False, reason, old.pattern if old else "", old.workload if old else None,
                                   old.form if old else None))
 
-    def confirm(self, name: str, workload: AttentionWorkload) -> None:
-        """The lowering emitted ``name`` for ``workload`` (the report shows what really runs)."""
+    def confirm(self, name: str, program: CompiledProgram) -> None:
+        """The lowering emitted ``name`` with ``program`` (the report shows what really runs)."""
         if name in self.verdicts:
-            self.verdicts[name].workload = workload
+            self.verdicts[name].workload = program.workload
+            self.verdicts[name].program = program
 
-    def blob(self, workload: AttentionWorkload) -> bytes:
-        """The program blob of ``workload`` (compiled once per distinct workload)."""
-        if workload not in self.blobs:
-            self.blobs[workload] = executor.compile_call(workload, self.config)
-        return self.blobs[workload]
-
-
-_local = threading.local()
-
-
-def current_session() -> PartitionSession:
-    """The session of the partition in progress; outside one (someone running the patterns by hand)
-    a throwaway session with the default machine and parameters."""
-    session = getattr(_local, "session", None)
-    if session is None:
-        session = PartitionSession(load_config("edge"), MPMRFParams())
-        _local.session = session
-    return session
-
-
-@contextmanager
-def session_scope(session: PartitionSession):
-    previous = getattr(_local, "session", None)
-    _local.session = session
-    try:
-        yield session
-    finally:
-        _local.session = previous
+    def compile(self, workload: AttentionWorkload) -> CompiledProgram:
+        """The program of ``workload`` (compiled once per distinct workload)."""
+        if workload not in self.programs:
+            self.programs[workload] = executor.compile_call(workload, self.target)
+        return self.programs[workload]
 
 
 def _leaking_intermediate(ctx, root_var) -> str | None:
@@ -121,38 +106,37 @@ def _leaking_intermediate(ctx, root_var) -> str | None:
     return None
 
 
-def judge(session: PartitionSession, scope: Scope, root, pattern: str):
+def judge(session: PartitionSession, scope: Scope, root, pattern: str, site: str):
     """(verdict, plan): read the site and apply the machine's limits."""
     try:
         plan = analyze(scope, root)
     except NotOffloadable as err:
         return Verdict(False, str(err), pattern), None
     try:
-        workload = plan.workload(session.params)
+        workload = plan.workload(session.target.params_for(site))
     except EnergonError as err:
         return Verdict(False, str(err), pattern, form=plan.form), None
-    limit = session.config.max_head_dim
-    if workload.head_dim > limit:
-        return Verdict(False, f"head dim {workload.head_dim} exceeds max_head_dim {limit} of config "
-                              f"{session.config.name!r}", pattern, workload, plan.form), plan
+    cfg = session.config
+    if workload.head_dim > cfg.max_head_dim:
+        return Verdict(False, f"head dim {workload.head_dim} exceeds max_head_dim {cfg.max_head_dim} of config "
+                              f"{cfg.name!r}", pattern, workload, plan.form), plan
     try:
-        session.blob(workload)
+        program = session.compile(workload)
     except EnergonError as err:
         return Verdict(False, f"the program compiler rejected the call: {err}", pattern, workload,
                        plan.form), plan
-    return Verdict(True, "accepted", pattern, workload, plan.form), plan
+    return Verdict(True, "accepted", pattern, workload, plan.form, program), plan
 
 
-def check_site(ctx, pattern: str) -> bool:
+def check_site(ctx, pattern: str, session: PartitionSession) -> bool:
     """FusionPattern check: is the matched attention block offloadable? Records the verdict."""
-    session = current_session()
     root = ctx.matched_expr
     root_var = ctx.value_to_bound_var[root]
     name = root_var.name
     try:
         bound = {var: value for value, var in ctx.value_to_bound_var.items()}
         scope = Scope(dict(ctx.matched_bindings.items()), session.resolver(bound))
-        verdict, _ = judge(session, scope, root, pattern)
+        verdict, _ = judge(session, scope, root, pattern, name)
         if verdict.offloaded:
             leak = _leaking_intermediate(ctx, root_var)
             if leak is not None:
@@ -167,7 +151,18 @@ def check_site(ctx, pattern: str) -> bool:
     return verdict.offloaded
 
 
-def site_attrs(annotated) -> dict[str, str]:
+def site_attrs(annotated, session: PartitionSession) -> dict[str, str]:
     """FusionPattern attrs_getter: tag the composite function with its site name."""
-    name = current_session().root_names.get(annotated["root"])
+    name = session.root_names.get(annotated["root"])
     return {} if name is None else {SITE_ATTR: name}
+
+
+def structural_check(ctx) -> bool:
+    """The registered patterns' check: does the match read as attention Energon could take on some
+    machine (operands, scale, softmax axis, mask)? Needs no target and compiles nothing."""
+    try:
+        bound = {var: value for value, var in ctx.value_to_bound_var.items()}
+        analyze(Scope(dict(ctx.matched_bindings.items()), bound.get), ctx.matched_expr)
+    except NotOffloadable:
+        return False
+    return True

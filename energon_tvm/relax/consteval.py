@@ -1,4 +1,5 @@
-"""Numpy evaluation of the small constant subgraphs attention masks are built from.
+"""What the backend knows about a Relax expression at compile time: its value when it is computed from
+constants, its static shape, and whether its query rows are provably shared.
 
 Exporters build causal masks and scale factors out of constants (``where(tril(ones), 0, -inf)``,
 ``sqrt(64)``, ...) that TVM leaves as ops, not folded constants. Recognising them (a causal mask needs no
@@ -6,6 +7,9 @@ bias tensor; a scale must be one number) needs their values at compile time. Thi
 tiny interpreter over the Relax ops masks are made of, reading through variable bindings with a caller
 supplied ``resolve``. It never builds or runs TVM code, and it gives up (returns None) on anything it
 does not know, on non-constant leaves and on tensors too large to be worth evaluating.
+
+It also holds what the readers built on it (:mod:`.masks`, :mod:`.analysis`) share: :class:`NotOffloadable`,
+the reason a site stays on the host, and the helpers that raise it (:func:`shape_of`, :func:`broadcast_shapes`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,40 @@ def static_shape(expr) -> tuple[int, ...] | None:
             return None
         dims.append(int(dim.value))
     return tuple(dims)
+
+
+class NotOffloadable(Exception):
+    """Internal: the subgraph cannot go to Energon; ``str(err)`` is the reason for the report. Raised by
+    the readers built on this module (:mod:`.masks`, :mod:`.analysis`, which re-exports it) when a fact
+    Energon needs is not there: a static shape, a constant scale, a mask value."""
+
+
+def op_name(call) -> str:
+    return call.op.name if isinstance(call.op, tvm.ir.Op) else str(call.op)
+
+
+def describe(expr) -> str:
+    """``expr`` as a reason names it: its variable name, its op, or its kind."""
+    return expr.name if isinstance(expr, relax.Var) else op_name(expr) if isinstance(expr, relax.Call) \
+        else type(expr).__name__
+
+
+def shape_of(expr, what: str) -> tuple[int, ...]:
+    """The static shape of ``expr`` (``what``, for the reason), or NotOffloadable."""
+    shape = static_shape(expr)
+    if shape is None:
+        ty = getattr(expr, "ty", None)
+        raise NotOffloadable(f"dynamic shape: {what} has shape {getattr(ty, 'shape', '?')}; Energon programs "
+                             f"are compiled for static shapes")
+    return shape
+
+
+def broadcast_shapes(a, b, what: str) -> tuple[int, ...]:
+    """``a`` and ``b`` broadcast together, or NotOffloadable naming ``what``."""
+    try:
+        return tuple(np.broadcast_shapes(tuple(a), tuple(b)))
+    except ValueError:
+        raise NotOffloadable(f"{what}: batch dims {list(a)} and {list(b)} do not broadcast") from None
 
 
 def _int_list(values) -> list[int]:

@@ -105,24 +105,24 @@ def _first_row(em: _Emitter, x):
 
 
 def _emit_bias(em: _Emitter, plan: AttentionPlan, subst):
+    """The call's bias: each run-time term as the model computes it (its first row if its rows are
+    shared), in float32, scaled and brought to the canonical frame, plus the folded constant."""
+    def where(cond, a, b):
+        return em.emit(relax.op.where(cond, a, b))
+
+    def zero_of(fill):
+        return relax.const(0.0, str(fill.ty.dtype))
+
     parts = []
     for term in plan.runtime_terms:
-        rows = (lambda x: _first_row(em, x)) if term.rows_shared else (lambda x: x)
-        if term.kind == "add":
-            t = rows(subst(term.tensor))
-        else:
-            cond, fill = rows(subst(term.cond)), rows(subst(term.fill))
-            zero = relax.const(0.0, str(fill.ty.dtype))
-            t = em.emit(relax.op.where(cond, zero, fill) if term.keep_when else relax.op.where(cond, fill, zero))
+        shared = term.rows_shared
+        operands = [_first_row(em, subst(x)) if shared else subst(x) for x in term.mask.operands]
+        t = term.mask.additive(*operands, where=where, zero_of=zero_of)
         if str(t.ty.dtype) != "float32":
             t = em.emit(relax.op.astype(t, "float32"))
         if term.multiplier != 1.0:
             t = em.emit(relax.op.multiply(t, relax.const(term.multiplier, "float32")))
-        if term.frame == "tail":
-            t = em.reshape(t, term.canonical_shape)
-        elif term.frame == "full":
-            t = em.reshape(em.broadcast_to(t, term.stage), term.canonical_shape)
-        parts.append(t)
+        parts.append(term.frame.bring(t, em.reshape, em.broadcast_to))
     if plan.const_bias is not None:
         parts.append(relax.const(np.ascontiguousarray(plan.const_bias, dtype=np.float32)))
     if not parts:
@@ -257,18 +257,18 @@ class EnergonLowering(PyExprMutator):
 
         try:
             plan = analyze(Scope(inner, resolve), root)
-            workload = plan.workload(self.session.params)
-            blob = self.session.blob(workload)
+            program = self.session.compile(plan.workload(self.session.target.params_for(site)))
         except (NotOffloadable, EnergonError) as err:
             # the check accepted what the composite view rejects: keep the block on the host
             self.session.demote(site, f"could not be lowered: {err}")
             return subst(func.body.body)
-        self.session.confirm(site, workload)
-        meta = json.dumps({"site": site, "workload": workload.to_dict()}, sort_keys=True)
+        self.session.confirm(site, program)
+        meta = json.dumps({"site": site, "workload": program.workload.to_dict()}, sort_keys=True)
         em = _Emitter(self.builder_, self.lookup_binding)
-        result = emit_bridge_call(em, plan, subst, meta, blob)
+        result = emit_bridge_call(em, plan, subst, meta, program.blob)
         self.lowered.append(site)
         return result
+
 
 def is_energon_function(func) -> bool:
     attrs = func.attrs

@@ -1,13 +1,16 @@
 """``partition_for_energon``: the one entry point of the TVM backend.
 
-    mod --ConvertToDataflow--> find every attention-shaped site (discovery, for the report)
-        --FuseOpsByPattern(energon.*)--> composites, each accepted by the checks
+    mod, target --ConvertToDataflow--> find every attention-shaped site (discovery, for the report)
+        --FuseOpsByPattern(energon.*, this call's session bound into the checks)--> composites, each
+                                         accepted by the checks, its program compiled for the target
         --MergeCompositeFunctions--> Codegen="energon" functions (see _group for the exception)
         --lowering--> R.call_dps_packed("energon.run_attention", ...) at each site, layout ops around it
         --DeadCodeElimination--> the host ops the lowering made redundant are gone
 
-The result is an ordinary Relax module: ``tvm.compile(mod, "llvm")`` builds it, the VM runs it with the
-attention calls going through the runtime bridge (:mod:`~energon_tvm.relax.bridge`).
+The result is an ordinary Relax module: ``tvm.compile(mod, "llvm")`` builds it, and a VM made with
+:func:`energon_tvm.relax.bridge.virtual_machine` runs it with the attention calls going to that VM's
+runner. The report carries, per site, the program bytes and the schedule with its source, which is all
+a packager needs.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from ..isa.config import HardwareConfig, load_config
+from ..executor import EnergonTarget
+from ..isa.config import HardwareConfig
 from ..isa.errors import EnergonError
 from ..isa.numerics import MPMRFParams
-from .checks import PartitionSession, Verdict, session_scope
+from .checks import PartitionSession, Verdict
 from .discovery import discover
 from .lowering import is_energon_function, lower_energon_calls
 from .patterns import energon_patterns
@@ -31,13 +35,17 @@ class PartitionError(EnergonError, TypeError):
     """``partition_for_energon`` was given something that is not a module, config or parameter set."""
 
 
-def _resolve_config(config) -> HardwareConfig:
-    if isinstance(config, HardwareConfig):
-        return config
-    if isinstance(config, (str, Path)):
-        return load_config(config)
-    raise PartitionError(f"config must be a config name, a .toml path or a HardwareConfig; got "
-                         f"{type(config).__name__}")
+def _resolve_target(target, params) -> EnergonTarget:
+    if isinstance(target, EnergonTarget):
+        if params is not None:
+            raise PartitionError("give the MP-MRF parameters in the EnergonTarget, not also as params=")
+        return target
+    if not isinstance(target, (HardwareConfig, str, Path)):
+        raise PartitionError(f"config must be a config name, a .toml path or a HardwareConfig (or the target an "
+                             f"EnergonTarget); got {type(target).__name__}")
+    if params is not None and not isinstance(params, MPMRFParams):
+        raise PartitionError(f"params must be MPMRFParams; got {type(params).__name__}")
+    return EnergonTarget.create(target, params)
 
 
 def _weights(mod: tvm.IRModule) -> dict:
@@ -55,7 +63,7 @@ def _weights(mod: tvm.IRModule) -> dict:
     return weights
 
 
-def _report(candidates, session: PartitionSession, lowered: set[str], config: str) -> OffloadReport:
+def _report(candidates, session: PartitionSession, lowered: set[str]) -> OffloadReport:
     records, seen = [], set()
     functions = {c.site: c.function for c in candidates}
     names = [c.site for c in candidates] + [n for n in session.order if n not in functions]
@@ -71,9 +79,11 @@ def _report(candidates, session: PartitionSession, lowered: set[str], config: st
         offloaded = verdict.offloaded and name in lowered
         reason = OFFLOADED if offloaded else (
             verdict.reason if not verdict.offloaded else "accepted by the check but not lowered")
+        program = verdict.program if offloaded else None
         records.append(OffloadRecord(name, function, offloaded, reason, verdict.workload, verdict.pattern,
-                                     verdict.form))
-    return OffloadReport(tuple(records), config)
+                                     verdict.form, None if program is None else program.blob,
+                                     None if program is None else program.choice))
+    return OffloadReport(tuple(records), session.config.name)
 
 
 def _has_composites(mod: tvm.IRModule) -> bool:
@@ -81,44 +91,47 @@ def _has_composites(mod: tvm.IRModule) -> bool:
                for f in mod.functions.values())
 
 
-def _group(mod: tvm.IRModule) -> tvm.IRModule:
+def _group(mod: tvm.IRModule, session: PartitionSession) -> tvm.IRModule:
     """FuseOpsByPattern + MergeCompositeFunctions: each accepted site becomes a Codegen="energon"
     function. MergeCompositeFunctions of TVM 0.27 cannot walk a module that already calls an
     ExternFunc (e.g. one partitioned before); there the composites are wrapped one by one instead
     (``annotate_codegen=True``), which the lowering reads the same way."""
-    fused = relax.transform.FuseOpsByPattern(energon_patterns(), bind_constants=True,
+    fused = relax.transform.FuseOpsByPattern(energon_patterns(session), bind_constants=True,
                                              annotate_codegen=False)(mod)
     if not _has_composites(fused):
         return fused
     try:
         return relax.transform.MergeCompositeFunctions()(fused)
     except tvm.error.InternalError:
-        return relax.transform.FuseOpsByPattern(energon_patterns(), bind_constants=True,
+        return relax.transform.FuseOpsByPattern(energon_patterns(session), bind_constants=True,
                                                 annotate_codegen=True)(mod)
 
 
-def partition_for_energon(mod: tvm.IRModule, config="edge", params: MPMRFParams | None = None
-                          ) -> tuple[tvm.IRModule, OffloadReport]:
+def partition_for_energon(mod: tvm.IRModule, target: EnergonTarget | HardwareConfig | str | Path = "edge",
+                          params: MPMRFParams | None = None, *, config=None) -> tuple[tvm.IRModule, OffloadReport]:
     """Offload every attention block of ``mod`` that Energon can take.
 
-    ``config``: a hardware config name (``edge``, ``server``), a .toml path, or a HardwareConfig;
-    ``params``: the MP-MRF parameters every call runs with (default ``MPMRFParams()``).
-    Returns the rewritten module (host ops + bridge calls) and the report of every attention site.
+    ``target``: an :class:`~energon_tvm.executor.EnergonTarget` (hardware config, MP-MRF parameters per
+    site, schedule source), or for short a config name (``edge``, ``server``), a .toml path or a
+    HardwareConfig, with ``params`` the MP-MRF parameters every call runs with (default
+    ``MPMRFParams()``) and the heuristic schedules. ``config=`` is the same as ``target=``.
+    Returns the rewritten module (host ops + bridge calls) and the report of every attention site, each
+    offloaded one with its program and schedule.
     """
     if not isinstance(mod, tvm.IRModule):
         raise PartitionError(f"partition_for_energon takes a tvm.IRModule; got {type(mod).__name__}")
-    cfg = _resolve_config(config)
-    params = MPMRFParams() if params is None else params
-    if not isinstance(params, MPMRFParams):
-        raise PartitionError(f"params must be MPMRFParams; got {type(params).__name__}")
+    if config is not None:
+        if target != "edge":
+            raise PartitionError("give the target once: positionally or as config=, not both")
+        target = config
+    target = _resolve_target(target, params)
     if any(isinstance(f, relax.Function) and is_energon_function(f) for f in mod.functions.values()):
         raise PartitionError("the module is already partitioned for energon")
 
     mod = relax.transform.ConvertToDataflow()(mod)
     candidates = discover(mod)
-    session = PartitionSession(cfg, params, weights=_weights(mod))
-    with session_scope(session):
-        mod = _group(mod)
-        mod, lowered = lower_energon_calls(mod, session)
+    session = PartitionSession(target, weights=_weights(mod))
+    mod = _group(mod, session)
+    mod, lowered = lower_energon_calls(mod, session)
     mod = relax.transform.DeadCodeElimination()(mod)
-    return mod, _report(candidates, session, set(lowered), cfg.name)
+    return mod, _report(candidates, session, set(lowered))

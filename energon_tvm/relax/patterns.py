@@ -27,8 +27,9 @@ from functools import partial
 
 from tvm.relax.backend.pattern_registry import get_patterns_with_prefix, register_patterns
 from tvm.relax.dpl import is_const, is_op, wildcard
+from tvm.relax.transform import FusionPattern
 
-from .checks import check_site, site_attrs
+from .checks import PartitionSession, check_site, site_attrs, structural_check
 
 PREFIX = "energon"
 ATTENTION = "energon.attention"
@@ -98,7 +99,7 @@ def decomposed_attention_pattern():
     for _ in range(PROB_STEPS):
         chain = _prob_step(chain, logits) | chain
     root = is_op("relax.matmul")(chain, wildcard())
-    return root, {"root": root, "softmax": probs, "scores": scores}
+    return root, {"root": root}
 
 
 def attention_op_pattern(with_bias: bool):
@@ -109,29 +110,36 @@ def attention_op_pattern(with_bias: bool):
     return root, {"root": root}
 
 
+def _entries() -> list[tuple]:
+    """(name, root pattern, annotations), lowest priority first."""
+    return [(name, root, annotated) for name, (root, annotated) in (
+        (ATTENTION, attention_op_pattern(False)),
+        (ATTENTION_BIAS, attention_op_pattern(True)),
+        (DECOMPOSED, decomposed_attention_pattern()))]
+
+
 def pattern_table() -> list[tuple]:
-    """The table as ``register_patterns`` takes it (lowest priority first)."""
-    table = []
-    for name, (root, annotated) in (
-            (ATTENTION, attention_op_pattern(False)),
-            (ATTENTION_BIAS, attention_op_pattern(True)),
-            (DECOMPOSED, decomposed_attention_pattern())):
-        table.append((name, root, annotated, partial(check_site, pattern=name), site_attrs))
-    return table
+    """The table as ``register_patterns`` takes it (lowest priority first), with the structural check:
+    what TVM's registry lists for discovery."""
+    return [(name, root, annotated, structural_check) for name, root, annotated in _entries()]
 
 
-_registered = False
+def energon_patterns(session: PartitionSession | None = None) -> list:
+    """The ``energon.*`` patterns, highest priority first.
+
+    With ``session``: the patterns one partition runs, the session bound into their checks (that
+    partition's verdicts and programs go there and nowhere else). Without: the entries of TVM's pattern
+    registry, whose check is only structural (for discovery; they compile nothing)."""
+    if session is None:
+        register()
+        return get_patterns_with_prefix(PREFIX)
+    return [FusionPattern(name, root, annotated, partial(check_site, pattern=name, session=session),
+                          partial(site_attrs, session=session))
+            for name, root, annotated in reversed(_entries())]
 
 
 def register() -> None:
-    """Register the ``energon.*`` patterns with TVM (once per process)."""
-    global _registered
-    if not _registered:
+    """Register the ``energon.*`` patterns with TVM's pattern registry, for discovery (idempotent: the
+    registry already holding them is the test)."""
+    if not get_patterns_with_prefix(PREFIX):
         register_patterns(pattern_table())
-        _registered = True
-
-
-def energon_patterns():
-    """The registered ``energon.*`` patterns, highest priority first."""
-    register()
-    return get_patterns_with_prefix(PREFIX)

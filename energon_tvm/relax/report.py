@@ -1,11 +1,14 @@
 """The offload report: one record per attention site found in a model, offloaded to Energon or kept on
-the host, with the reason and the workload. ``tvmc compile --dump-offloads`` prints :meth:`format`."""
+the host, with the reason and the workload; an offloaded site also carries its program bytes and its
+schedule with where the schedule came from, so a packager needs nothing else. ``tvmc compile
+--dump-offloads`` prints :meth:`OffloadReport.format`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..executor import ScheduleChoice
 from ..schedules.workload import AttentionWorkload
 
 OFFLOADED = "offloaded to Energon"
@@ -15,7 +18,8 @@ OFFLOADED = "offloaded to Energon"
 class OffloadRecord:
     """One attention site. ``site`` is the Relax variable the attention output is bound to in
     ``function``; ``workload`` is set whenever the site could be read (even if it stays on the host,
-    e.g. for a head dim the machine does not take)."""
+    e.g. for a head dim the machine does not take); ``program`` (container bytes) and ``schedule``
+    (the schedule and its source) are set for an offloaded site."""
 
     site: str
     function: str
@@ -24,8 +28,11 @@ class OffloadRecord:
     workload: AttentionWorkload | None = None
     pattern: str | None = None
     form: str | None = None
+    program: bytes | None = field(default=None, repr=False)
+    schedule: ScheduleChoice | None = None
 
     def to_dict(self) -> dict:
+        """The JSON form a package manifest keeps (the program bytes are a member file of their own)."""
         return {
             "site": self.site, "function": self.function, "offloaded": self.offloaded,
             "reason": self.reason, "pattern": self.pattern, "form": self.form,

@@ -1,7 +1,10 @@
 """``tvmc compile``: model -> Relax -> Energon partition -> host build -> package.
 
 The Python API mirrors the command line: :func:`compile_model` takes the same options and returns a
-:class:`CompileResult`; :func:`write` turns it into the package (:mod:`.package`).
+:class:`CompileResult`; :func:`write` turns it into the package (:mod:`.package`). The command line's
+options become one :class:`~energon_tvm.executor.EnergonTarget` (config, MP-MRF parameters, schedule
+source) handed to ``partition_for_energon``; its offload report says, per site, which program and
+schedule the call got, and the package is written from that report.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from ..isa.program import Program
 from .errors import TVMCError
 from .frontends import LoadedModel, TensorSpec, load_model
 from .package import sha256, write_package
@@ -29,7 +31,8 @@ class CompiledCall:
     workload: dict
     program: bytes
     schedule: dict
-    schedule_source: str  # "heuristic" or "tuning records"
+    schedule_source: str  # executor.HEURISTIC or executor.TUNED
+    schedule_record: str | None = None  # the tuning record's id (executor.record_id)
 
     @property
     def member(self) -> str:
@@ -63,7 +66,8 @@ class CompileResult:
             "inputs": [i.to_dict() for i in self.model.inputs],
             "outputs": [o.to_dict() for o in self.outputs],
             "calls": [{"site": c.site, "workload": c.workload, "schedule": c.schedule,
-                       "schedule_source": c.schedule_source, "program": c.member} for c in self.calls],
+                       "schedule_source": c.schedule_source, "schedule_record": c.schedule_record,
+                       "program": c.member} for c in self.calls],
             "offloads": [] if self.offloads is None else [r.to_dict() for r in self.offloads],
             "compile_seconds": self.timings,
         }
@@ -87,10 +91,12 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
                   mcpu: str | None = None, input_shapes: str | None = None, tuning_records: str | None = None,
                   log=None) -> CompileResult:
     """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines."""
-    from .. import executor, host
+    from .. import host
+    from ..executor import HEURISTIC, EnergonTarget, ScheduleSource
 
     say = log or (lambda _msg: None)
     tgt = parse_target(target, config, alpha, rounds=rounds, mcpu=mcpu)
+    schedules = ScheduleSource.from_records(tuning_records)  # a bad records file fails before the import
     timings = {}
     t0 = time.perf_counter()
     model = load_model(model_path, model_format, input_shapes)
@@ -102,16 +108,16 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
         from ..relax import partition_for_energon
 
         t0 = time.perf_counter()
-        with executor.compile_options(config=tgt.config, tuning_records=tuning_records, log=say) as chosen:
-            mod, report = partition_for_energon(mod, tgt.config, tgt.params)
+        mod, report = partition_for_energon(mod, EnergonTarget(tgt.config, tgt.params, schedules=schedules))
         timings["partition"] = time.perf_counter() - t0
-        from ..relax import bridge_calls
-
-        for i, call in enumerate(bridge_calls(mod)):  # the programs exactly as the library carries them
-            prog = Program.from_bytes(call.blob, tgt.config)
-            calls.append(CompiledCall(i, call.site, call.workload.to_dict(), call.blob, prog.meta.get("schedule", {}),
-                                      chosen.get(call.blob, "heuristic")))
-        say(f"offloaded {sum(r.offloaded for r in report)} of {len(report)} attention site(s) to Energon "
+        for i, record in enumerate(report.offloaded):
+            choice = record.schedule
+            calls.append(CompiledCall(i, record.site, record.workload.to_dict(), record.program,
+                                      choice.schedule.to_dict(), choice.source, choice.record))
+            if schedules.records and choice.source == HEURISTIC:
+                say(f"no tuning record for {record.workload.key()} on {tgt.config.name}; using the heuristic "
+                    f"schedule")
+        say(f"offloaded {len(report.offloaded)} of {len(report)} attention site(s) to Energon "
             f"({tgt.config.name})")
     t0 = time.perf_counter()
     try:
@@ -147,6 +153,6 @@ def write(result: CompileResult, output, dump_code: str | None = None) -> list[P
         folder.mkdir(exist_ok=True)
         for call in result.calls:
             path = folder / f"call_{call.index:03d}.asm"
-            path.write_text(f"; site {call.site}\n" + disassemble(call.program, result.target.config))
+            path.write_text(f"; site {call.site}\n" + disassemble(call.program))
             written.append(path)
     return written

@@ -22,11 +22,10 @@ def upper_bound_profile(w: AttentionWorkload) -> SparsityProfile:
 
 
 def describe_program(blob: bytes, cfg: HardwareConfig | None = None, code: bool = True) -> str:
+    """The summary (and disassembly) of one program binary, for the hardware config the binary carries;
+    ``cfg``, when given, is a check that the binary is for that machine."""
     prog = Program.from_bytes(blob, cfg)
-    if cfg is None:
-        from ..isa.program import _config_for
-
-        cfg = _config_for(prog.config_fingerprint)
+    cfg = prog.config
     lines = [f"program: {len(prog.code)} instructions, {len(blob)} bytes, config {cfg.name}"]
     w = AttentionWorkload.from_dict(prog.meta["workload"]) if "workload" in prog.meta else None
     if w is not None:
@@ -46,5 +45,5 @@ def describe_program(blob: bytes, cfg: HardwareConfig | None = None, code: bool 
                          f"how far below (tvmc run --profile)")
     if code:
         lines.append("")
-        lines.append(disassemble(prog, cfg))
+        lines.append(disassemble(prog))
     return "\n".join(lines)

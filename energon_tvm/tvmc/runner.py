@@ -1,5 +1,10 @@
 """``tvmc run``: load a package, run the model on the host with its attention on the simulated
-Energon machine, and gather outputs, per-call statistics, traces and timings."""
+Energon machine, and gather outputs, per-call statistics, traces and timings.
+
+A :class:`PackageSession` holds the loaded library, its VM and the
+:class:`~energon_tvm.executor.Runner` that VM's offloaded calls go to; every program carries its own
+hardware config, so nothing about the machine is looked up anywhere else.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..isa.config import load_config
-from ..isa.errors import EnergonError
 from .errors import TVMCError
 from .package import Package, read_package
 
@@ -35,18 +38,19 @@ class RunResult:
 
 
 def summarize(calls) -> dict:
-    """Simulated totals over bridge CallRecords: calls, cycles, energy (pJ), DRAM bytes, candidates and
-    the kept ratio after each round (pooled over the calls)."""
+    """Simulated totals over CallRecords: calls, cycles, energy (pJ), DRAM bytes, candidates and the
+    kept ratio after each round (pooled over the calls)."""
     stats = [c.stats for c in calls]
-    cand = sum(s.get("candidates", 0) for s in stats)
-    rounds = max((len(s.get("kept_per_round", [])) for s in stats), default=0)
-    kept = [sum(s["kept_per_round"][r] for s in stats if len(s["kept_per_round"]) > r) for r in range(rounds)]
+    cand = sum(s.candidates for s in stats)
+    rounds = max((s.rounds for s in stats), default=0)
+    kept = [sum(s.kept_per_round[r] for s in stats if s.rounds > r) for r in range(rounds)]
+    machine = [s.machine for s in stats]
     return {
         "calls": len(stats),
-        "cycles": sum(s.get("cycles", 0) for s in stats),
-        "energy_pj": sum(s.get("energy_pj", {}).get("total", 0.0) for s in stats),
-        "dram_bytes": sum(s.get("dram_bytes", {}).get("read_total", 0) + s.get("dram_bytes", {}).get(
-            "write_total", 0) for s in stats),
+        "cycles": sum(m.get("cycles", 0) for m in machine),
+        "energy_pj": sum(m.get("energy_pj", {}).get("total", 0.0) for m in machine),
+        "dram_bytes": sum(m.get("dram_bytes", {}).get("read_total", 0) + m.get("dram_bytes", {}).get(
+            "write_total", 0) for m in machine),
         "candidates": cand,
         "kept_ratio": [k / cand if cand else 0.0 for k in kept],
     }
@@ -109,30 +113,21 @@ def _to_numpy(value) -> list[np.ndarray]:
 
 
 class PackageSession:
-    """A loaded package, ready to run many inputs (the library is loaded once)."""
+    """A loaded package, ready to run many inputs (the library is loaded once, its VM bound to this
+    session's runner)."""
 
     def __init__(self, path):
         import tvm
-        from tvm import relax
 
-        from .. import executor
+        from ..executor import Runner
         from ..relax import bridge
 
         self._tmp = tempfile.TemporaryDirectory(prefix="energon-pkg-")
         self.package = read_package(path, library_dir=Path(self._tmp.name))
-        manifest = self.package.manifest
-        cfg_doc = manifest["config"]
-        try:
-            cfg = load_config(cfg_doc["name"])
-        except EnergonError:
-            cfg = None
-        if cfg is None or cfg.fingerprint.hex() != cfg_doc["fingerprint"]:
-            cfg = executor.config_from_dict(cfg_doc["values"])
-        executor.register_config(cfg)
-        bridge.register()
+        self.runner = Runner()
         try:
             lib = tvm.runtime.load_module(str(self.package.library_path))
-            self._vm = relax.VirtualMachine(lib, tvm.cpu())
+            self._vm = bridge.virtual_machine(lib, self.runner)
         except Exception as err:
             self.close()
             raise TVMCError(f"cannot load the package's library: {type(err).__name__}: {err}") from None
@@ -143,25 +138,24 @@ class PackageSession:
 
     def run(self, feeds: dict[str, np.ndarray], *, collect: bool = True, trace: bool = False, capture: bool = False,
             backend: str = "simulator"):
-        """(outputs by name, bridge CallRecords) for one set of inputs."""
+        """(outputs by name, the run's CallRecords; empty when not ``collect``) for one set of inputs."""
         import tvm
-
-        from .. import executor
-        from ..relax import bridge
 
         args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[s["name"]], dtype=s["dtype"]))
                 for s in self.manifest["inputs"]]
-        calls = []
-        with executor.run_options(trace=trace, backend=backend):
-            if collect:
-                with bridge.collect(capture=capture) as run:
-                    value = self._vm["main"](*args)
-                calls = run.calls
-            else:
-                value = self._vm["main"](*args)
+        self.runner.configure(trace=trace, backend=backend, capture=capture)
+        self.runner.take()
+        try:
+            value = self._vm["main"](*args)
+        except Exception as err:
+            self.runner.raise_fault()  # an offloaded call's own error, as itself
+            raise TVMCError(f"the model failed while running: {type(err).__name__}: "
+                            f"{(str(err).strip().splitlines() or [''])[-1]}") from None
+        calls = self.runner.take()
         arrays = _to_numpy(value)
         names = [o["name"] for o in self.manifest["outputs"]]
-        return {names[i] if i < len(names) else f"output_{i}": a for i, a in enumerate(arrays)}, calls
+        return {names[i] if i < len(names) else f"output_{i}": a for i, a in enumerate(arrays)}, (
+            calls if collect else [])
 
     def close(self) -> None:
         self._vm = None

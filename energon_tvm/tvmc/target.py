@@ -19,6 +19,21 @@ OPTIONS = {"energon": {"config": "hardware config: edge, server or a .toml file 
                             "which runs on any x86-64 machine)"}}
 
 
+def add_target_arguments(p) -> None:
+    """``--target`` and the ``--target-<kind>-<option>`` flags generated from :data:`OPTIONS`, as every
+    subcommand that compiles takes them."""
+    p.add_argument("--target", default="energon, llvm", help='"energon, llvm" (default) or "llvm"')
+    for kind, options in OPTIONS.items():
+        for option, help_text in options.items():
+            p.add_argument(f"--target-{kind}-{option}", dest=f"target_{kind}_{option}", help=help_text)
+
+
+def target_options(args) -> dict:
+    """The keyword arguments of ``compile_model`` / ``tune_model`` that the target flags set."""
+    return {"target": args.target, "config": args.target_energon_config, "alpha": args.target_energon_alpha,
+            "rounds": args.target_energon_rounds, "mcpu": args.target_llvm_mcpu}
+
+
 @dataclass(frozen=True)
 class Target:
     offload: bool            # energon in the target: attention goes to the accelerator

@@ -1,11 +1,12 @@
 """Test data for the ISA tests: hypothesis strategies for random valid instructions and programs on
 every built-in config (each field drawn from its ``bounds(cfg)``), the same with a plain seeded
-``random.Random`` for the fuzzer, and a container writer independent of ``isa/program.py`` to build
-binaries that are wrong in exactly one chosen way."""
+``random.Random`` for the fuzzer, and a container writer (and config fingerprint) independent of
+``isa/program.py`` to build binaries that are wrong in exactly one chosen way."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import struct
 
@@ -19,7 +20,17 @@ BY_FINGERPRINT = {cfg.fingerprint: cfg for cfg in CONFIGS.values()}
 
 
 def config_of(program: Program):
+    """The built-in config with the program's fingerprint (the program's own may have another name)."""
     return BY_FINGERPRINT[program.config_fingerprint]
+
+
+def builtin_of(program: Program):
+    """The built-in config the program's machine is, under its own name, or None: a text naming that
+    machine by ``.config NAME FINGERPRINT`` reassembles to the program without a ``cfg``."""
+    builtin = BY_FINGERPRINT.get(program.config_fingerprint)
+    if builtin is None or builtin.replace(name=program.config_name) != program.config:
+        return None
+    return builtin
 
 
 # -- hypothesis --------------------------------------------------------------------------------------
@@ -59,12 +70,13 @@ def programs(draw, cfg=None) -> Program:
     """Any valid program, on a random built-in config unless ``cfg`` is given."""
     cfg = cfg or draw(st.sampled_from(list(CONFIGS.values())))
     code = draw(st.lists(instructions(cfg), max_size=24))
-    meta = draw(st.dictionaries(st.text(max_size=6), json_values, max_size=4))
+    # "config" is not metadata: the program's config is Program.config
+    meta = draw(st.dictionaries(st.text(max_size=6).filter(lambda k: k != "config"), json_values, max_size=4))
     if code and draw(st.booleans()):
         meta["labels"] = draw(st.lists(_names | json_values, min_size=len(code), max_size=len(code)))
     # the name is only a label of the config; the fingerprint identifies it
     name = draw(st.just(cfg.name) | _names)
-    return Program(name, cfg.fingerprint, tuple(code), draw(memory_maps(cfg)), meta)
+    return Program(cfg.replace(name=name), tuple(code), draw(memory_maps(cfg)), meta)
 
 
 # -- plain random, for the fuzzer ----------------------------------------------------------------------
@@ -100,7 +112,7 @@ SECTION = struct.Struct("<HHII")
 
 
 def container(sections: list[tuple[int, bytes]], fingerprint: bytes, *, magic: bytes = b"ENGN",
-              fmt: int = 1, isa: int = 1) -> bytes:
+              fmt: int = 2, isa: int = 1) -> bytes:
     """A binary with the given (kind, payload) sections, correct length and checksum (the layout is
     written out here from the format description, not borrowed from ``isa/program.py``)."""
     pos = HEADER.size + SECTION.size * len(sections)
@@ -110,6 +122,18 @@ def container(sections: list[tuple[int, bytes]], fingerprint: bytes, *, magic: b
         pos += len(payload)
     body = HEADER.pack(magic, fmt, isa, fingerprint, len(sections), 0, pos + 8) + table
     return reseal(body + b"".join(p for _, p in sections) + bytes(8))
+
+
+def fingerprint_of(config: dict) -> bytes:
+    """The fingerprint of a config given as the dict ``HardwareConfig.to_dict`` writes, computed from
+    the definition (the first 16 bytes of SHA-256 over its sorted, compact JSON, both names left out)
+    for any dict of that shape, valid or not: a binary can carry a broken config with a matching
+    fingerprint."""
+    d = json.loads(json.dumps(config))
+    d.pop("name", None)
+    if isinstance(d.get("energy"), dict):
+        d["energy"].pop("name", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).digest()[:16]
 
 
 def reseal(blob: bytes) -> bytes:

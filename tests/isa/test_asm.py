@@ -5,6 +5,7 @@ import json
 
 import pytest
 from energon_tvm.isa.asm import OPERAND_COLUMN, assemble, assemble_bytes, disassemble, format_instruction
+from energon_tvm.isa.config import load_config
 from energon_tvm.isa.errors import AssemblerError, ConfigError
 from energon_tvm.isa.instructions import make
 from energon_tvm.isa.program import MemoryMap, Program, Region
@@ -97,7 +98,7 @@ def test_disassembly_format(edge):
     assert lines[1] == f".config edge {EDGE_FP}"
     assert lines[2] == ".region q offset=0x00000100 dtype=int16 shape=2,64 layout=SD"
     assert lines[3] == '.region "my out" offset=0x00001000 dtype=float32 shape=() layout=""'
-    assert lines[4] == '.meta {"config":"edge","x":1}'  # the labels are on their instructions
+    assert lines[4] == '.meta {"x":1}'  # the labels are on their instructions; the config is .config
     code_lines = lines[6:]
     assert code_lines[0].split(";")[0].split() == ["setr", "reg=SEQ_K", "value=128", "@hdr"]
     assert code_lines[0].split(";")[1].split() == ["0", "ctrl"]
@@ -114,7 +115,7 @@ def test_disassembly_format(edge):
 def test_labels_that_are_not_strings_stay_in_the_metadata(edge):
     p = Program.build(edge, [make("A.INIT", rows=1), make("HALT")], MemoryMap(()), {"labels": ["a", 7]})
     text = disassemble(p)
-    assert '.meta {"config":"edge","labels":["a",7]}' in text and "@" not in text
+    assert '.meta {"labels":["a",7]}' in text and "@" not in text
     assert assemble(text) == p
 
 
@@ -144,7 +145,7 @@ def test_lenient_input(edge, server):
     assert cand == make("F.CAND", rows=1, q0=0, k0=0, keys=8, idx=0, bias=0, head=0)
     assert all(v == f.default for f, v in zip(cand.op.fields, cand.args) if f.default is not None)
     assert p.code[2].value == 0xFFFFFFFF
-    assert p.meta == {"config": "edge"} and p.memory_map == MemoryMap(())
+    assert p.meta == {} and p.memory_map == MemoryMap(()) and p.config == edge
     # without .config the cfg argument decides
     assert assemble("halt", server).config_fingerprint == server.fingerprint
     assert assemble(".config server\nhalt").config_name == "server"
@@ -155,7 +156,30 @@ def test_config_name_is_a_label(edge):
     # as in the container: the fingerprint picks the machine, the name is kept as written
     p = assemble(f'.config "edge copy" {EDGE_FP}\nhalt')
     assert p.config_name == "edge copy" and p.config_fingerprint == edge.fingerprint
+    assert p.config == edge.replace(name="edge copy")
     assert disassemble(p).splitlines()[1] == f'.config "edge copy" {EDGE_FP}'
+    assert assemble(f'.config "edge copy" {EDGE_FP}\nhalt', edge) == p  # so with a cfg, too
+
+
+def test_a_meta_config_entry_from_a_version_1_text_is_dropped():
+    # texts disassembled before programs carried their config have the name in .meta as well
+    old, new = '.config edge\n.meta {"config":"edge","x":1}\nhalt', '.config edge\n.meta {"x":1}\nhalt'
+    assert assemble(old) == assemble(new) and assemble(new).meta == {"x": 1}
+
+
+def test_a_program_for_a_config_that_is_not_built_in(edge):
+    custom = load_config("edge").replace(buffer_kv=131072, name="custom")
+    p = Program.build(custom, [make("A.INIT", rows=1), make("HALT")], MemoryMap(()), {"x": 1})
+    text = disassemble(p.to_bytes())  # the binary alone is enough to disassemble it
+    assert text.splitlines()[1] == f".config custom {custom.fingerprint.hex()}"
+    assert text == disassemble(p) == disassemble(p, custom)
+    # the text names its machine without carrying it: that machine is given to reassemble it
+    assert assemble(text, custom) == p and assemble_bytes(text, custom) == p.to_bytes()
+    with pytest.raises(AssemblerError, match=f"config 'custom' with fingerprint {custom.fingerprint.hex()} is not "
+                                             f"a built-in config; pass that config"):
+        assemble(text)
+    with pytest.raises(ConfigError, match="the given config 'edge' has fingerprint"):
+        disassemble(p, edge)
 
 
 def test_disassembling_for_another_config_is_a_config_error(server):

@@ -4,7 +4,9 @@ whatever is accepted round-trips exactly.
 The slow test draws its cases from a seeded ``random.Random`` (reproducible, and much faster per case
 than hypothesis). Mutations that keep the checksum and length consistent (``reseal``) and rebuilt
 sections get past the outer checks, so the deeper validation (section table, code words, JSON
-sections) is reached too. A quick hypothesis version runs with the ordinary tests.
+sections, the hardware config) is reached too. Config mutations recompute the header's fingerprint
+half of the time, so a broken config whose fingerprint matches reaches ``HardwareConfig.from_dict``.
+A quick hypothesis version runs with the ordinary tests.
 """
 
 import json
@@ -19,8 +21,18 @@ from energon_tvm.isa.instructions import OPCODE_BITS, OPS, WORD_BYTES
 from energon_tvm.isa.program import Program, canonical_json
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import CONFIGS, config_of, container, random_instruction, random_program, reseal, sections_of
+from strategies import (
+    CONFIGS,
+    builtin_of,
+    container,
+    fingerprint_of,
+    random_instruction,
+    random_program,
+    reseal,
+    sections_of,
+)
 
+CUSTOM = CONFIGS["edge"].replace(buffer_kv=131072, name="custom")
 BINARY_CASES = 12_000
 TEXT_CASES = 3_000
 SEED = 20231
@@ -39,9 +51,11 @@ def check_binary(blob: bytes, cfg=None) -> bool:
         return False
     except Exception as err:  # anything else is a bug: the point of the test
         pytest.fail(f"{type(err).__name__} escaped Program.from_bytes: {err}\ninput: {blob.hex()}")
-    cfg = config_of(program)
-    assert program.to_bytes(cfg) == blob, f"accepted a non-canonical binary: {blob.hex()}"
-    assert assemble_bytes(disassemble(blob)) == blob
+    assert program.to_bytes() == blob, f"accepted a non-canonical binary: {blob.hex()}"
+    text = disassemble(blob)
+    assert assemble_bytes(text, program.config) == blob
+    if builtin_of(program) is not None:  # a built-in machine (under any name): the text alone names it
+        assert assemble_bytes(text) == blob
     return True
 
 
@@ -52,9 +66,8 @@ def check_text(text: str) -> bool:
         return False
     except Exception as err:
         pytest.fail(f"{type(err).__name__} escaped assemble: {err}\ninput: {text!r}")
-    cfg = config_of(program)
     assert assemble(disassemble(program)) == program
-    assert Program.from_bytes(program.to_bytes(cfg)) == program
+    assert Program.from_bytes(program.to_bytes()) == program
     return True
 
 
@@ -95,7 +108,7 @@ def splice(rng, corpus):
 
 def mutate_header(rng, corpus):
     blob = bytearray(rng.choice(corpus))
-    at = rng.choice([4, 6, 8, 24, 26, 32, 34, 36, 40, 44, 48, 52, 56, 60, 64])  # header and section table
+    at = rng.choice([4, 6, 8, 24, 26, 32, 34, *range(36, 80, 4)])  # header and section table
     blob[at:at + 2] = rng.randrange(1 << 16).to_bytes(2, "little")
     if rng.random() < 0.3:
         blob[8:24] = rng.choice([cfg.fingerprint for cfg in CONFIGS.values()] + [rng.randbytes(16)])
@@ -104,7 +117,7 @@ def mutate_header(rng, corpus):
 
 def mutate_code(rng, corpus):
     blob = rng.choice(corpus)
-    (kind, code), memmap, meta = sections_of(blob)
+    (kind, code), memmap, meta, config = sections_of(blob)
     words = [code[i:i + WORD_BYTES] for i in range(0, len(code), WORD_BYTES)]
     cfg = rng.choice(list(CONFIGS.values()))
     choice = rng.random()
@@ -123,13 +136,13 @@ def mutate_code(rng, corpus):
     payload = b"".join(words)
     if rng.random() < 0.1:
         payload += rng.randbytes(rng.randint(1, 31))
-    return container([(kind, payload), memmap, meta], blob[8:24])
+    return container([(kind, payload), memmap, meta, config], blob[8:24])
 
 
 def mutate_json(rng, corpus):
     blob = rng.choice(corpus)
     sections = sections_of(blob)
-    i = rng.choice([1, 2])
+    i = rng.choice([1, 2, 3])
     kind, payload = sections[i]
     choice = rng.random()
     if choice < 0.3:
@@ -156,8 +169,39 @@ def mutate_json(rng, corpus):
     return container(sections, blob[8:24])
 
 
+CONFIG_VALUES = [None, 0, -1, 1, 3, 48, 64, 4096, 1.5, 2 ** 32, 2 ** 70, 10 ** 400, "x", "edge", "", [], {}, True,
+                 float("nan"), float("inf"), -0.0, [[[[[[[[1]]]]]]]], {"a": {"b": [None]}}]
+
+
+def mutate_config(rng, corpus):
+    """The hardware config section: a field set to a hostile value, dropped or added, in the nested
+    tables too; the header's fingerprint recomputed half of the time, so the check past it is reached."""
+    blob = rng.choice(corpus)
+    sections = sections_of(blob)
+    value = json.loads(sections[3][1])
+    target = value
+    nested = rng.random()
+    if nested < 0.2:
+        target = value["buffer_bytes"]
+    elif nested < 0.4:
+        target = value["energy"]
+    choice = rng.random()
+    if choice < 0.1:
+        target.pop(rng.choice(list(target)))
+    elif choice < 0.15:
+        target[rng.choice(["x", "turbo", "config"])] = 1
+    elif choice < 0.25:  # a new name: the same machine, accepted
+        target["name"] = rng.choice(["mine", "", "a b;#\"", "\u00e9"])
+    else:
+        target[rng.choice(list(target))] = rng.choice(CONFIG_VALUES)
+    payload = json.dumps(value, sort_keys=rng.random() < 0.9,
+                         separators=rng.choice([(",", ":"), (",", ":"), (", ", ": ")])).encode()
+    sections[3] = (4, payload)
+    return container(sections, fingerprint_of(value) if rng.random() < 0.5 else blob[8:24])
+
+
 MUTATORS = [random_bytes, flip_bits, set_bytes, truncate_or_extend, splice, mutate_header, mutate_code,
-            mutate_json]
+            mutate_json, mutate_config]
 
 
 def mutate_text(rng: random.Random, text: str) -> str:
@@ -190,6 +234,7 @@ def test_fuzz_binaries_and_texts():
     rng = random.Random(SEED)
     start = time.perf_counter()
     corpus = [random_program(rng, cfg).to_bytes(cfg) for cfg in CONFIGS.values() for _ in range(20)]
+    corpus += [random_program(rng, CUSTOM).to_bytes() for _ in range(5)]  # a machine no text can name
     accepted = 0
     for _ in range(BINARY_CASES):
         blob = rng.choice(MUTATORS)(rng, corpus)
@@ -211,7 +256,7 @@ def test_fuzz_binaries_and_texts():
 @given(st.binary(max_size=300))
 def test_random_bytes_raise_only_project_errors(blob):
     check_binary(blob)
-    check_binary(b"ENGN\x01\x00\x01\x00" + blob)
+    check_binary(b"ENGN\x02\x00\x01\x00" + blob)
 
 
 @given(st.text(max_size=200))

@@ -34,12 +34,25 @@ def host_target():
     return tvm.target.Target({"kind": "llvm", "opt-level": 0})
 
 
-def build(mod):
-    """A VM for ``mod`` built for the host (llvm)."""
-    import tvm
-    from tvm import relax
+class Built:
+    """A VM and the runner its offloaded calls go to (``built["main"]`` is the VM's function)."""
 
-    return relax.VirtualMachine(tvm.compile(mod, target=host_target()), tvm.cpu())
+    def __init__(self, executable):
+        from energon_tvm.executor import Runner
+        from energon_tvm.relax import virtual_machine
+
+        self.runner = Runner()
+        self.vm = virtual_machine(executable, self.runner)
+
+    def __getitem__(self, name):
+        return self.vm[name]
+
+
+def build(mod) -> Built:
+    """A VM for ``mod`` built for the host (llvm), with its own runner."""
+    import tvm
+
+    return Built(tvm.compile(mod, target=host_target()))
 
 
 def run(vm, inputs) -> np.ndarray:
@@ -53,13 +66,11 @@ def run(vm, inputs) -> np.ndarray:
     return out.numpy()
 
 
-def run_collected(vm, inputs, capture: bool = True):
-    """(output, collector) of one run with the bridge's calls collected."""
-    from energon_tvm.relax import collect
-
-    with collect(capture=capture) as calls:
-        out = run(vm, inputs)
-    return out, calls
+def run_collected(vm: Built, inputs, capture: bool = True):
+    """(output, runner) of one run; the runner's ``calls`` are that run's offloaded calls."""
+    vm.runner.configure(capture=capture).take()
+    out = run(vm, inputs)
+    return out, vm.runner
 
 
 def int16_bound(q, k, v, scale) -> float:

@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
-from harness import from_onnx, host_target, run_collected
+from harness import Built, from_onnx, host_target, run_collected
 from onnx_graphs import attention_model
 
 from energon_tvm.relax import partition_for_energon
@@ -29,14 +29,13 @@ LOADER = textwrap.dedent("""
     except Exception as err:  # the library needs the Python-side bridge
         print("missing bridge:", "energon.run_attention" in str(err))
 
-    from energon_tvm.relax import bridge, collect
+    from energon_tvm.executor import Runner
+    from energon_tvm.relax import virtual_machine
 
-    bridge.register()
-    bridge.register()  # idempotent
-    vm = relax.VirtualMachine(lib, tvm.cpu())
+    run = Runner()
+    vm = virtual_machine(lib, run)
     inputs = np.load(inputs_path)
-    with collect() as run:
-        out = vm["main"](*[tvm.runtime.tensor(inputs[name]) for name in inputs.files])
+    out = vm["main"](*[tvm.runtime.tensor(inputs[name]) for name in inputs.files])
     np.save(out_path, out.numpy())
     print("calls:", len(run.calls), run.calls[0].site, run.calls[0].workload.seq_q)
 """)
@@ -44,12 +43,11 @@ LOADER = textwrap.dedent("""
 
 def test_export_load_and_fresh_registration(tmp_path, default_params):
     import tvm
-    from tvm import relax
 
     model, inputs = attention_model("eager")
     pmod, report = partition_for_energon(from_onnx(model), params=default_params)
     executable = tvm.compile(pmod, target=host_target())
-    expected, _ = run_collected(relax.VirtualMachine(executable, tvm.cpu()), inputs)
+    expected, _ = run_collected(Built(executable), inputs)
 
     lib_path = tmp_path / "attention.so"
     executable.export_library(str(lib_path))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from energon_tvm.relax.analysis import split_causal
 from energon_tvm.relax.consteval import evaluate
+from energon_tvm.relax.masks import split_causal
 
 
 def _causal(sq, sk, shift=None, fill=-np.inf):

@@ -94,9 +94,9 @@ def test_program_compiler_rejection_keeps_the_site_on_host(monkeypatch):
 
     from energon_tvm import executor
 
-    def refuse(workload, config):
+    def refuse(workload, target):
         raise ScheduleError(f"tile of {workload.seq_q} queries needs 48 KiB of score buffer; "
-                            f"{config.name} has 32 KiB")
+                            f"{target.config.name} has 32 KiB")
 
     monkeypatch.setattr(executor, "compile_call", refuse)
     mod, inputs = plain_module()

@@ -7,7 +7,7 @@ from harness import from_onnx
 from onnx_graphs import attention_model, multi_site_model
 from relax_graphs import two_site_module
 
-from energon_tvm.relax import PATTERN_NAMES, bridge_calls, energon_patterns, partition_for_energon
+from energon_tvm.relax import PATTERN_NAMES, PartitionError, bridge_calls, energon_patterns, partition_for_energon
 from energon_tvm.relax.report import OFFLOADED
 
 
@@ -50,10 +50,24 @@ def test_unmatched_site_reason_and_no_workload():
 def test_bridge_calls_read_back_from_the_module(default_params):
     from energon_tvm.isa.config import load_config
 
-    from energon_tvm.executor import compile_call
+    from energon_tvm.executor import EnergonTarget, compile_call
 
     mod, report = partition_for_energon(from_onnx(multi_site_model()[0]), params=default_params)
     calls = bridge_calls(mod)
     assert [c.site for c in calls] == [r.site for r in report]
     assert [c.workload for c in calls] == [r.workload for r in report]
-    assert calls[0].blob == compile_call(report[0].workload, load_config("edge"))
+    assert calls[0].blob == compile_call(report[0].workload, EnergonTarget(load_config("edge"))).blob
+    assert [c.blob for c in calls] == [r.program for r in report]  # the report carries what the module does
+
+
+def test_site_params_reach_their_site_only(default_params, dense_params):
+    from energon_tvm.executor import EnergonTarget
+
+    first = partition_for_energon(from_onnx(multi_site_model()[0]), params=default_params)[1][0].site
+    target = EnergonTarget.create("edge", default_params, site_params={first: dense_params})
+    mod, report = partition_for_energon(from_onnx(multi_site_model()[0]), target)
+    assert report[0].site == first
+    assert report[0].workload.params == dense_params and report[1].workload.params == default_params
+    assert [c.workload.params for c in bridge_calls(mod)] == [dense_params, default_params]
+    with pytest.raises(PartitionError, match="not also as params="):
+        partition_for_energon(from_onnx(multi_site_model()[0]), target, params=default_params)

@@ -1,5 +1,5 @@
-"""The executor contract (``compile_call`` / ``run_call``) and the runtime bridge, without building a
-model."""
+"""The executor contract (``compile_call`` / ``Runner.run_call``) and the runtime bridge, without
+building a model."""
 
 from __future__ import annotations
 
@@ -15,8 +15,17 @@ from energon_tvm.isa.numerics import MPMRFParams
 from energon_tvm.isa.program import Program
 from energon_tvm.schedules.workload import AttentionWorkload
 
-from energon_tvm.executor import compile_call, run_call, run_options
+from energon_tvm.executor import EnergonTarget, Runner
+from energon_tvm.executor import compile_call as compile_program
 from energon_tvm.mpmrf import mpmrf_attention
+
+
+def compile_call(workload, config) -> bytes:
+    return compile_program(workload, EnergonTarget(config)).blob
+
+
+def run_call(blob, q, k, v, bias, backend="simulator"):
+    return Runner(backend=backend).run_call(blob, q, k, v, bias)
 
 
 def _operands(b=1, h=2, sq=4, sk=6, d=8, seed=0):
@@ -46,8 +55,7 @@ def test_run_call_with_bias_equals_the_reference():
     np.testing.assert_allclose(out, expected.output, rtol=1e-5, atol=1e-7)
     assert stats["kept_ratio"] == expected.kept_ratios()
     assert stats["executor"] == "simulator" and stats["cycles"] > 0
-    with run_options(backend="reference"):
-        ref_out, ref_stats = run_call(blob, q, k, v, bias)
+    ref_out, ref_stats = run_call(blob, q, k, v, bias, backend="reference")
     np.testing.assert_array_equal(ref_out, expected.output)
     assert ref_stats["kept"] == stats["kept"] and ref_stats["executor"] == "reference"
     assert stats["candidates"] == 1 * 2 * 4 * 5 and stats["pairs"] == 1 * 2 * 4 * 6
@@ -85,23 +93,23 @@ def test_operands_that_do_not_fit_the_program():
         run_call(blob, q, k, v, np.zeros((1, 1, 1, 6), np.float32))
 
 
-def test_bridge_call_and_collectors():
+def test_bridge_call_and_runners():
     import tvm
 
-    from energon_tvm.relax import BRIDGE_FUNC, bridge, collect
+    from energon_tvm.relax import BRIDGE_FUNC, bridge
 
-    bridge.register()
-    bridge.register()
+    outer, inner = Runner(), Runner(capture=True)
+    bridge.bind(outer)
     assert bridge.is_registered()
     q, k, v = _operands()
     w = AttentionWorkload(1, 2, 4, 6, 8, params=MPMRFParams.dense(2))
     blob = np.frombuffer(compile_call(w, load_config("edge")), np.uint8).copy()
     meta = json.dumps({"site": "lv7", "workload": w.to_dict()})
     out = tvm.runtime.empty((1, 2, 4, 8), "float32")
-    func = tvm.get_global_func(BRIDGE_FUNC)
-    with collect() as outer, collect(capture=True) as inner:
-        func(*(tvm.runtime.tensor(x) for x in (q, k, v)), meta, tvm.runtime.tensor(blob), out)
-    func(*(tvm.runtime.tensor(x) for x in (q, k, v)), meta, tvm.runtime.tensor(blob), out)  # no collector
+    args = [*(tvm.runtime.tensor(x) for x in (q, k, v)), meta, tvm.runtime.tensor(blob), out]
+    tvm.get_global_func(BRIDGE_FUNC)(*args)
+    bridge.bind(inner)
+    tvm.get_global_func(BRIDGE_FUNC)(*args)
     expected = mpmrf_attention(q, k, v, None, w.params)
     np.testing.assert_allclose(out.numpy(), expected.output, rtol=1e-5, atol=1e-7)
     assert len(outer.calls) == 1 and len(inner.calls) == 1
@@ -118,3 +126,15 @@ def test_importing_energon_tvm_does_not_import_tvm():
             "assert 'tvm' not in sys.modules, 'tvm imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_bias_broadcast_over_keys_equals_the_reference():
+    """A bias with one value per query row ([1, 1, Sq, 1]) is expanded over the keys in DRAM: the machine
+    reads a bias row of Sk values."""
+    q, k, v = _operands(sq=4, sk=6)
+    bias = np.array([0.0, -2.0, 1.5, -0.5], np.float32).reshape(1, 1, 4, 1)
+    w = AttentionWorkload(1, 2, 4, 6, 8, bias_shape=(1, 1, 4, 1), scale=0.3)
+    out, stats = run_call(compile_call(w, load_config("edge")), q, k, v, bias)
+    expected = mpmrf_attention(q, k, v, bias, w.params, 0.3)
+    np.testing.assert_allclose(out, expected.output, rtol=1e-5, atol=1e-7)
+    assert stats["kept_ratio"] == expected.kept_ratios()

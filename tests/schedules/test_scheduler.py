@@ -10,6 +10,7 @@ from energon_tvm.isa.errors import ScheduleError
 from energon_tvm.runtime_sim import run_attention
 from energon_tvm.schedules import (
     AttentionWorkload,
+    BufferPlan,
     Schedule,
     buffer_usage,
     check_fits,
@@ -17,6 +18,7 @@ from energon_tvm.schedules import (
     dense_workload,
     emit_program,
     fits,
+    plan_tiling,
 )
 from energon_tvm.schedules.graph import critical_path, dependency_graph
 from hypothesis import HealthCheck, given, settings
@@ -179,3 +181,20 @@ def test_dense_baseline_and_critical_path():
     assert results["mpmrf"][0].cycles < dense_res.cycles
     g = dependency_graph(dense_prog)
     assert all(g.nodes[n]["unit"] in ("load", "filter", "attend", "store") for n in g)
+
+
+def test_tiling_plan_is_the_layout_the_program_uses():
+    cfg = CONFIGS["edge"]
+    w = build(1, 2, 45, 67, 64, "causal+padding")
+    s = Schedule(16, 24, tile_slots=3, kv_slots=2, out_slots=1, plane_mode="chunk")
+    plan = plan_tiling(w, s, cfg)
+    assert (plan.rows, plan.keys, plan.tiles, plan.key_chunks, plan.plane_slots) == (16, 24, 3, 3, 2)
+    assert plan.usage() == buffer_usage(w, s, cfg)
+    assert plan.buffers["q"] == BufferPlan(16 * 64 * 2, 3) and plan.buffers["bias"] == BufferPlan(72 * 4, 3)
+    assert [t[:2] for t in plan.head_tiles()] == [(0, 16), (16, 16), (32, 13)]
+    keep = w.causal_keep()  # a chunk is needed when any of its keys is a candidate of any of the tile's rows
+    for q0, rows, _first, _last in plan.head_tiles():
+        needed = [(k0, min(24, 67 - k0)) for k0 in range(0, 67, 24) if keep[q0:q0 + rows, k0:k0 + 24].any()]
+        assert plan.chunks(q0, rows) == needed
+    attends = sum(i.op.mnemonic == "A.ATTN" for i in emit_program(w, s, cfg).code)
+    assert attends == w.heads * sum(plan.chunk_count(q0, rows) for q0, rows, _, _ in plan.head_tiles())

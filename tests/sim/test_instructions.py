@@ -150,7 +150,7 @@ def test_f_select(cfg, alpha):
     raw = r.state.buf["index"].data[:SQ * 3].reshape(SQ, 3)
     got = np.unpackbits(raw, axis=1)[:, :SK].astype(bool)
     np.testing.assert_array_equal(got, expect)
-    assert r.stats["kept"] == [int(expect.sum())]
+    assert r.stats["kept_per_round"] == [int(expect.sum())]
     if alpha == -1024:
         np.testing.assert_array_equal(got, cand)
 

@@ -157,7 +157,7 @@ def test_mutated_programs_never_crash_or_hang(cfg):
         lo, hi = layout[i][3], layout[i][4]
         args[i] = int(rng.integers(lo, hi + 1))
         code[pc] = type(ins)(ins.op, tuple(args))
-        prog = type(base)(base.config_name, base.config_fingerprint, tuple(code), base.memory_map, base.meta)
+        prog = type(base)(base.config, tuple(code), base.memory_map, base.meta)
         try:
             Simulator(cfg).run(prog, dram)
             outcomes.add("ok")

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 from energon_tvm.isa.config import load_config
-from energon_tvm.schedules.tuner import profile_from_arrays
 from energon_tvm.schedules.workload import AttentionWorkload
 
+from energon_tvm.tuner import profile_from_arrays
 from energon_tvm.workloads import structured_qkv
 
 # every point of this grid simulates in ~10 ms, so a session of a few dozen trials takes ~1 s

@@ -3,7 +3,8 @@
 import socket
 
 import pytest
-from energon_tvm.schedules.tuner import ClusterError, tune
+
+from energon_tvm.tuner import ClusterError, tune
 
 distributed = pytest.importorskip("distributed")
 

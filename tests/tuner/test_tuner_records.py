@@ -5,7 +5,9 @@ import json
 import pytest
 from energon_tvm.isa.config import load_config
 from energon_tvm.schedules.schedule import Schedule
-from energon_tvm.schedules.tuner import (
+from energon_tvm.schedules.workload import AttentionWorkload
+
+from energon_tvm.tuner import (
     RecordsError,
     TuningRecord,
     append_records,
@@ -13,7 +15,6 @@ from energon_tvm.schedules.tuner import (
     best_schedule,
     read_records,
 )
-from energon_tvm.schedules.workload import AttentionWorkload
 
 
 def record(w, cfg, schedule, cycles, **extra):

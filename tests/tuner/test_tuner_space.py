@@ -8,7 +8,9 @@ from energon_tvm.isa.errors import ScheduleError
 from energon_tvm.isa.numerics import FilterRound, MPMRFParams
 from energon_tvm.schedules.emit import emit_program
 from energon_tvm.schedules.schedule import Schedule, check_fits
-from energon_tvm.schedules.tuner import (
+from energon_tvm.schedules.workload import AttentionWorkload
+
+from energon_tvm.tuner import (
     FEATURE_NAMES,
     KNOBS,
     SearchSpace,
@@ -17,7 +19,6 @@ from energon_tvm.schedules.tuner import (
     program_size,
     schedule_features,
 )
-from energon_tvm.schedules.workload import AttentionWorkload
 
 
 def test_default_knobs_follow_the_issue(workload):
@@ -88,3 +89,13 @@ def test_features_are_finite_and_distinguish_points(cfg, workload, small_knobs):
     assert np.isfinite(x).all()
     assert len({row.tobytes() for row in x}) == len(space)
     np.testing.assert_array_equal(x, schedule_features(space))
+
+
+def test_space_sizes_are_the_emitted_sizes_for_every_slot_count_and_mode(cfg):
+    # the space counts one program per tile class and shares the counts between schedules that differ in
+    # slots only: every point of this grid, slots and modes all varied, must still count exactly
+    w = AttentionWorkload(1, 2, 40, 72, 32, causal=True, bias_shape=(1, 1, 1, 72))
+    space = SearchSpace.build(w, cfg, knobs={"q_tile": [8, 40], "k_chunk": [16, 72]})
+    assert len(space) == 2 * 2 * 3 * 2 * 2 * 2 * 2
+    for s, size in zip(space, space.sizes):
+        assert size == program_size(w, s, cfg) == len(emit_program(w, s, cfg).code), s

@@ -5,7 +5,9 @@ import pytest
 from energon_tvm.runtime_sim import Simulator, SparsityProfile
 from energon_tvm.schedules.emit import emit_program
 from energon_tvm.schedules.schedule import Schedule, default_schedule
-from energon_tvm.schedules.tuner import (
+from energon_tvm.schedules.workload import AttentionWorkload
+
+from energon_tvm.tuner import (
     InlineRunner,
     LocalRunner,
     MeasureTask,
@@ -18,7 +20,6 @@ from energon_tvm.schedules.tuner import (
     read_records,
     tune,
 )
-from energon_tvm.schedules.workload import AttentionWorkload
 
 
 def session(workload, cfg, profile, knobs, **kw):

@@ -6,17 +6,14 @@ import sys
 from pathlib import Path
 
 from ..main import command
-from ..target import OPTIONS
+from ..target import add_target_arguments, target_options
 
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="ONNX model (.onnx) or torch.export program (.pt2)")
     p.add_argument("-o", "--output", required=True, help="package to write (.tar)")
     p.add_argument("--model-format", choices=["onnx", "pytorch"], help="default: from the file suffix")
-    p.add_argument("--target", default="energon, llvm", help='"energon, llvm" (default) or "llvm"')
-    for kind, options in OPTIONS.items():
-        for option, help_text in options.items():
-            p.add_argument(f"--target-{kind}-{option}", dest=f"target_{kind}_{option}", help=help_text)
+    add_target_arguments(p)
     p.add_argument("--input-shapes", help='fix input shapes: "name:[1,128],mask:[1,128]"')
     p.add_argument("--tuning-records", help="JSON-lines tuning records (tvmc tune); the best per workload is used")
     p.add_argument("--dump-code", help="comma list of isa,relax: write them next to the output")
@@ -32,9 +29,7 @@ def run(args) -> int:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr)
 
-    result = compile_model(args.model, model_format=args.model_format, target=args.target,
-                           config=args.target_energon_config, alpha=args.target_energon_alpha,
-                           rounds=args.target_energon_rounds, mcpu=args.target_llvm_mcpu,
+    result = compile_model(args.model, model_format=args.model_format, **target_options(args),
                            input_shapes=args.input_shapes, tuning_records=args.tuning_records,
                            log=say if verbose else None)
     written = write(result, args.output, args.dump_code)
@@ -50,6 +45,12 @@ def run(args) -> int:
     print(f"compiled {Path(args.model).name} for {result.target.describe()}: {len(result.calls)} of {n_sites} "
           f"attention site(s) offloaded; {sum(t.values()):.1f} s "
           f"({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})")
+    if args.tuning_records:
+        from ...executor import TUNED
+
+        tuned = sum(c.schedule_source == TUNED for c in result.calls)
+        print(f"  {tuned} of {len(result.calls)} offloaded call(s) scheduled from {args.tuning_records}, the "
+              f"rest by the heuristic")
     for path in written:
         print(f"  wrote {path}")
     return 0

@@ -10,23 +10,20 @@ from ..main import command
 
 def add_arguments(p) -> None:
     p.add_argument("path", help="a package (.tar) or one Energon program (.bin)")
-    p.add_argument("--config", help="hardware config of a .bin built for a config that is not built in")
     p.add_argument("--no-code", action="store_true", help="summaries only, no disassembly")
 
 
 @command("inspect", "show the generated Energon ISA, workloads, schedules, buffer use and cycle estimates")(
     add_arguments)
 def run(args) -> int:
-    from ...isa.config import load_config
     from ..inspect import describe_program
     from ..package import read_package
 
     path = Path(args.path)
     if not path.exists():
         raise TVMCError(f"{str(path)!r} does not exist")
-    cfg = load_config(args.config) if args.config else None
     if path.suffix == ".bin":
-        print(describe_program(path.read_bytes(), cfg, code=not args.no_code))
+        print(describe_program(path.read_bytes(), code=not args.no_code))
         return 0
     pkg = read_package(path)
     m = pkg.manifest
@@ -37,5 +34,5 @@ def run(args) -> int:
     print(f"{len(m['calls'])} offloaded call(s) of {len(m['offloads'])} attention site(s)")
     for i, call in enumerate(m["calls"]):
         print(f"\n=== call {i}: site {call['site']} ({call['schedule_source']} schedule) ===")
-        print(describe_program(pkg.program(call), cfg, code=not args.no_code))
+        print(describe_program(pkg.program(call), code=not args.no_code))
     return 0

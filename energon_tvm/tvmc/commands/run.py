@@ -29,17 +29,27 @@ def add_arguments(p) -> None:
 
 
 def _profile_lines(result) -> list[str]:
-    lines = [f"{'call':>4}  {'site':<28} {'cycles':>12} {'DRAM KB':>10} {'energy uJ':>10}  kept ratio per round"]
-    for i, call in enumerate(result.calls):
+    from ..report_html import bound_total, call_bounds
+
+    def against(bound, cycles) -> str:  # simulated cycles over the lower bound, and what binds it
+        return f"{'n/a':>8} {'':<9}" if bound is None else f"{bound.ratio(cycles):>7.2f}x {bound.binds:<9}"
+
+    bounds = call_bounds(result)
+    lines = [f"{'call':>4}  {'site':<28} {'cycles':>12} {'DRAM KB':>10} {'energy uJ':>10} {'x bound':>8} "
+             f"{'binds':<9}  kept ratio per round"]
+    for i, (call, bound) in enumerate(zip(result.calls, bounds)):
         s = call.stats
         dram = (s["dram_bytes"]["read_total"] + s["dram_bytes"]["write_total"]) / 1024
         kept = " / ".join(f"{r:.3f}" for r in s.get("kept_ratio", [])) or "dense"
         lines.append(f"{i:>4}  {call.site[:28]:<28} {s['cycles']:>12,} {dram:>10.1f} "
-                     f"{s['energy_pj']['total'] / 1e6:>10.3f}  {kept}")
+                     f"{s['energy_pj']['total'] / 1e6:>10.3f} {against(bound, s['cycles'])}  {kept}")
     t = result.totals()
     kept = " / ".join(f"{r:.3f}" for r in t["kept_ratio"]) or "dense"
     lines.append(f"{'all':>4}  {t['calls']} call(s){'':<19} {t['cycles']:>12,} {t['dram_bytes'] / 1024:>10.1f} "
-                 f"{t['energy_pj'] / 1e6:>10.3f}  {kept}")
+                 f"{t['energy_pj'] / 1e6:>10.3f} {against(bound_total(bounds), t['cycles'])}  {kept}")
+    if any(b is not None for b in bounds):
+        lines.append("x bound: simulated cycles over the fewest any schedule could take on this machine with the "
+                     "kept counts of the run (docs/scheduler.md, Lower bounds)")
     return lines
 
 

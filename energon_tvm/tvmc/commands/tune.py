@@ -1,23 +1,16 @@
-"""``tvmc tune``: search each offloaded workload's schedule on the sparsity real inputs produce."""
+"""``tvmc tune``."""
 
 from __future__ import annotations
 
-import sys
-import tempfile
-from pathlib import Path
-
 from ..main import command
-from ..target import OPTIONS
+from ..target import add_target_arguments, target_options
 
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="ONNX model (.onnx) or torch.export program (.pt2)")
     p.add_argument("-o", "--output", required=True, help="tuning records to append to (JSON lines)")
     p.add_argument("--model-format", choices=["onnx", "pytorch"])
-    p.add_argument("--target", default="energon, llvm")
-    for kind, options in OPTIONS.items():
-        for option, help_text in options.items():
-            p.add_argument(f"--target-{kind}-{option}", dest=f"target_{kind}_{option}", help=help_text)
+    add_target_arguments(p)
     p.add_argument("--input-shapes", help='"name:[1,128],..."')
     p.add_argument("--trials", type=int, default=64, help="measurements per workload (64)")
     p.add_argument("--tuner", default="xgb", choices=["xgb", "random", "grid"])
@@ -30,46 +23,13 @@ def add_arguments(p) -> None:
 
 @command("tune", "tune each offloaded attention workload's schedule; writes tuning records")(add_arguments)
 def run(args) -> int:
-    from ...schedules.tuner import make_runner, profile_from_arrays, tune
-    from ..compiler import compile_model, write
-    from ..errors import TVMCError
-    from ..runner import PackageSession, make_inputs
+    from ..tuning import tune_model
 
-    if "energon" not in args.target:
-        raise TVMCError("tvmc tune tunes Energon schedules: put energon in --target")
-    result = compile_model(args.model, model_format=args.model_format, target=args.target,
-                           config=args.target_energon_config, alpha=args.target_energon_alpha,
-                           rounds=args.target_energon_rounds, mcpu=args.target_llvm_mcpu,
-                           input_shapes=args.input_shapes)
-    if not result.calls:
-        print("no attention call was offloaded: nothing to tune", file=sys.stderr)
-        return 0
-    with tempfile.TemporaryDirectory(prefix="energon-tune-") as tmp:
-        pkg = Path(tmp) / "model.tar"
-        write(result, pkg)
-        with PackageSession(pkg) as session:
-            feeds = make_inputs(session.manifest, args.calibration, "random", args.seed)
-            _, calls = session.run(feeds, capture=True, backend="reference")
-    # one tuning session per distinct workload, on the sparsity of its first call
-    seen, jobs = set(), []
-    for call in calls:
-        if call.workload.key() not in seen:
-            seen.add(call.workload.key())
-            i = call.inputs
-            profile = profile_from_arrays(call.workload, i["q"], i["k"], i["v"], i["bias"])
-            jobs.append((call.site, call.workload, profile))
-    cfg = result.target.config
-    print(f"tuning {len(jobs)} workload(s) of {len(calls)} offloaded call(s) on {cfg.name} with {args.tuner}, "
-          f"{args.trials} trials each; records -> {args.output}")
-    runner = make_runner(dask_scheduler=args.dask_scheduler)  # one pool or Dask client for every workload
-    try:
-        results = [(site, tune(workload, cfg, profile, trials=args.trials, tuner=args.tuner,
-                               early_stopping=args.early_stopping, seed=args.seed, records=args.output,
-                               runner=runner))
-                   for site, workload, profile in jobs]
-    finally:
-        runner.close()
-    for site, res in results:
+    result = tune_model(args.model, args.output, model_format=args.model_format, **target_options(args),
+                        input_shapes=args.input_shapes, trials=args.trials, tuner=args.tuner,
+                        early_stopping=args.early_stopping, calibration=args.calibration,
+                        dask_scheduler=args.dask_scheduler, seed=args.seed, log=print)
+    for site, res in result.results:
         gain = f", {res.speedup:.3f}x over the heuristic" if res.speedup else ""
         print(f"  {site}: best {res.best_cycles:,} cycles after {len(res.records)} trial(s){gain}: "
               f"{res.best_schedule.to_json()}")

@@ -5,7 +5,7 @@
 .region k_planes offset=0x00004000 dtype=uint8 shape=1,1,16,128,8 layout=BHPSd
 .region kv offset=0x00008000 dtype=int16 shape=2,1,1,128,64 layout=TBHSD
 .region out offset=0x00010000 dtype=float32 shape=1,1,64,64 layout=BHSD
-.meta {"config":"edge","mpmrf":{"rounds":[[4,2,-0.25],[4,4,0.0]]},"workload":{"batch":1,"head_dim":64,"heads":1,"seq_k":128,"seq_q":64}}
+.meta {"mpmrf":{"rounds":[[4,2,-0.25],[4,4,0.0]]},"workload":{"batch":1,"head_dim":64,"heads":1,"seq_k":128,"seq_q":64}}
 
     setr      reg=HEAD_DIM value=64 @header                      ;    0 ctrl
     setr      reg=SEQ_Q value=64 @header                         ;    1 ctrl

@@ -21,10 +21,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...isa.config import HardwareConfig
-from ...isa.errors import ScheduleError
-from ..schedule import Schedule, fits
-from ..workload import AttentionWorkload
+from ..isa.config import HardwareConfig
+from ..isa.errors import ScheduleError
+from ..schedules.schedule import Schedule, fits
+from ..schedules.workload import AttentionWorkload
 from .errors import RecordsError
 
 RECORD_VERSION = 1
@@ -120,7 +120,8 @@ def append_records(path: str | Path, records: Iterable[TuningRecord]) -> None:
         raise RecordsError(f"cannot write tuning records to {str(path)!r}: {err.strerror or err}") from None
 
 
-def _as_records(records) -> list[TuningRecord]:
+def as_records(records) -> list[TuningRecord]:
+    """Records from a JSON-lines path, or from TuningRecords / record dicts (validated)."""
     if isinstance(records, (str, Path)):
         return read_records(records)
     out = []
@@ -144,7 +145,7 @@ def best_record(records, workload: AttentionWorkload, cfg: HardwareConfig) -> Tu
     """
     key, fp = workload.key(), cfg.fingerprint.hex()
     best = None
-    for r in _as_records(records):
+    for r in as_records(records):
         if r.ok and r.workload_key == key and r.config_fingerprint == fp and (best is None or r.cycles < best.cycles):
             if fits(workload, r.schedule, cfg):
                 best = r

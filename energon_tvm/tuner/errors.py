@@ -6,7 +6,7 @@ message and a non-zero exit status like every other user mistake.
 
 from __future__ import annotations
 
-from ...isa.errors import EnergonError
+from ..isa.errors import EnergonError
 
 
 class TuningError(EnergonError, ValueError):

@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...isa.config import HardwareConfig, load_config
-from ...runtime_sim.profile import SparsityProfile
-from ..schedule import Schedule
-from ..workload import AttentionWorkload
+from ..isa.config import HardwareConfig, load_config
+from ..runtime_sim.profile import SparsityProfile
+from ..schedules.schedule import Schedule
+from ..schedules.workload import AttentionWorkload
 from .errors import TuningError
 from .measure import MeasureResult, MeasureTask
 from .records import TuningRecord, append_records
@@ -87,7 +87,7 @@ def tune(workload: AttentionWorkload, cfg: HardwareConfig | str | Path,
     if own_runner:
         runner = make_runner(n_parallel=n_parallel, dask_scheduler=dask_scheduler, dask_timeout=dask_timeout)
 
-    from tqdm.auto import tqdm  # lazy: keeps `import energon_tvm.schedules` cheap
+    from tqdm.auto import tqdm  # lazy: keeps `import energon_tvm.tuner` cheap
 
     meta = {"workload_key": workload.key(), "workload": workload.to_dict(), "config": cfg.name,
             "config_fingerprint": cfg.fingerprint.hex(), "profile": task.profile_digest, "seed": seed}

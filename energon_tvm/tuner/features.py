@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from ...isa.config import BUFFERS
-from ..schedule import buffer_usage, chunk_keys
+from ..isa.config import BUFFERS
+from ..schedules.schedule import plan_tiling
 from .space import SearchSpace
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -29,11 +29,9 @@ def schedule_features(space: SearchSpace) -> np.ndarray:
     caps = [cfg.buffer(b) for b in BUFFERS]
     rows_out = []
     for s, size in zip(space.points, space.sizes):
-        rows = min(s.q_tile, w.seq_q)
-        keys = chunk_keys(w, s)
-        tiles = -(-w.seq_q // rows)
-        chunks = -(-w.seq_k // keys)
-        usage = buffer_usage(w, s, cfg)
+        plan = plan_tiling(w, s, cfg)
+        rows, keys, tiles, chunks = plan.rows, plan.keys, plan.tiles, plan.key_chunks
+        usage = plan.usage()
         rows_out.append([
             math.log2(s.q_tile), math.log2(s.k_chunk), s.tile_slots, s.kv_slots, s.out_slots,
             float(s.plane_mode == "chunk"), float(s.filter_mode == "recompute"),

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
-from ..schedule import Schedule
+from ..schedules.schedule import Schedule
 from .errors import ClusterError, TuningError
 from .measure import MeasureResult, MeasureTask, measure
 

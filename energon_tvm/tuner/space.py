@@ -17,19 +17,19 @@ import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from ...isa.config import HardwareConfig
-from ..schedule import (
-    CHUNK_PLANE_SLOTS,
+from ..isa.config import HardwareConfig
+from ..isa.errors import ScheduleError
+from ..schedules.emit import ProgramCounter, count_instructions
+from ..schedules.schedule import (
     FILTER_MODES,
     PLANE_MODES,
     Schedule,
+    check_plan,
     check_workload,
-    chunk_keys,
     default_schedule,
-    fits,
-    head_plane_slots,
+    plan_tiling,
 )
-from ..workload import AttentionWorkload
+from ..schedules.workload import AttentionWorkload
 from .errors import TuningError
 
 KNOBS = ("q_tile", "k_chunk", "tile_slots", "kv_slots", "out_slots", "plane_mode", "filter_mode")
@@ -54,57 +54,12 @@ def default_knobs(workload: AttentionWorkload) -> dict[str, tuple]:
     }
 
 
-def _tile_chunks(w: AttentionWorkload, rows: int, keys: int) -> list[tuple[int, bool, bool]]:
-    """(chunks, first_of_head, last_of_head) of each query tile of one head, as the emitter tiles it."""
-    starts = list(range(0, w.seq_q, rows))
-    out = []
-    for n, q0 in enumerate(starts):
-        last_q = q0 + min(rows, w.seq_q - q0) - 1
-        chunks = 0
-        for k0 in range(0, w.seq_k, keys):
-            if w.causal and k0 > last_q + w.causal_shift:
-                break  # chunks above the causal diagonal are never emitted
-            chunks += 1
-        out.append((chunks, n == 0, n == len(starts) - 1))
-    return out
-
-
 def program_size(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareConfig) -> int:
-    """Instructions :func:`~energon_tvm.schedules.emit.emit_program` produces, counted without emitting.
-
-    Mirrors the emitter's loops (``tests/tuner`` checks the two agree exactly) so that the budget can
-    be applied to thousands of points in milliseconds: emitting a 1M-instruction program takes ~10 s.
-    """
-    w, s = workload, schedule
-    rows, keys = min(s.q_tile, w.seq_q), chunk_keys(w, s)
-    rounds = len(w.params.rounds)
-    head_mode = rounds > 0 and s.plane_mode == "head"
-    chunk_mode = rounds > 0 and s.plane_mode == "chunk"
-    recompute = s.filter_mode == "recompute"  # pass 2 rescores: it streams the planes a second time
-    # resident planes and no bias tile: the filter takes a tile's whole key row per instruction
-    whole_row = head_mode and w.bias_shape is None
-    all_chunks = -(-w.seq_k // keys)
-    plane_fetches, lo = 0, 0
-    for r in w.params.rounds:  # each round fetches only the planes the previous ones did not
-        if r.k_bits > lo:
-            plane_fetches, lo = plane_fetches + 1, r.k_bits
-    bias_loads = w.bias_shape is not None
-    per_head = 0
-    for chunks, first, last in _tile_chunks(w, rows, keys):
-        prefetch = 3 + (chunks if bias_loads else 0)
-        prefetch += (2 + plane_fetches * (1 if whole_row else all_chunks)) if head_mode and first else 0
-        prefetch += 3 * rounds * chunks * (2 if recompute else 1) if chunk_mode else 0
-        fchunks = 1 if whole_row else chunks
-        score = rounds * fchunks * (3 if chunk_mode else 1)  # chunk mode: wait and free each chunk's planes
-        filt = 4 + fchunks + score + (score if recompute else rounds * fchunks)
-        filt += (1 if head_mode and first else 0) + (1 if head_mode and last else 0)
-        gather = 1 + 3 * chunks
-        attend = 7 + 3 * chunks
-        store = 3
-        per_head += prefetch + filt + gather + attend + store
-    plane_slots = (head_plane_slots(w, cfg) if s.plane_mode == "head" else CHUNK_PLANE_SLOTS) if rounds else 0
-    fixed = 5 + 1 + 2 * s.tile_slots + s.kv_slots + s.out_slots + plane_slots + 1  # header, credits, HALT
-    return fixed + w.batch * w.heads * per_head
+    """Instructions :func:`~energon_tvm.schedules.emit.emit_program` produces, counted by the emitter
+    itself without building the program (:func:`~energon_tvm.schedules.emit.count_instructions`), so
+    that the budget can be applied to thousands of points in seconds: emitting a 1M-instruction program
+    takes ~10 s."""
+    return count_instructions(plan_tiling(workload, schedule, cfg), cfg)
 
 
 @dataclass(frozen=True)
@@ -139,16 +94,19 @@ class SearchSpace:
             values = tuple(dict.fromkeys(values))  # dedupe, keeping the caller's order of names
             grid[name] = values if isinstance(values[0], str) else tuple(sorted(values))
         points, sizes, unfit, over = [], [], 0, 0
+        counter = ProgramCounter(workload, cfg)
         for combo in itertools.product(*(grid[k] for k in KNOBS)):
-            s = Schedule(**dict(zip(KNOBS, combo)))
-            if not fits(workload, s, cfg):
+            plan = plan_tiling(workload, Schedule(**dict(zip(KNOBS, combo))), cfg)
+            try:
+                check_plan(plan, cfg)
+            except ScheduleError:
                 unfit += 1
                 continue
-            size = program_size(workload, s, cfg)
+            size = counter.count(plan, limit=max_instructions)  # exact within the budget
             if size > max_instructions:
                 over += 1
             else:
-                points.append(s)
+                points.append(plan.schedule)
                 sizes.append(size)
         if not points:
             raise TuningError(f"no schedule of {workload.key()} fits {cfg.name} within "

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ...isa.config import HardwareConfig, load_config
-from ...isa.errors import EnergonError
-from ...runtime_sim.machine import Simulator
-from ...runtime_sim.profile import SparsityProfile
-from ..emit import emit_program
-from ..schedule import Schedule
-from ..workload import AttentionWorkload
+from ..isa.config import HardwareConfig, load_config
+from ..isa.errors import EnergonError
+from ..mpmrf import reference_attention
+from ..runtime_sim.machine import Simulator
+from ..runtime_sim.profile import SparsityProfile
+from ..schedules.emit import emit_program
+from ..schedules.schedule import Schedule
+from ..schedules.workload import AttentionWorkload
 from .errors import TuningError
 from .space import DEFAULT_MAX_INSTRUCTIONS
 
@@ -102,10 +103,9 @@ def profile_from_arrays(workload: AttentionWorkload, q, k, v, mask=None) -> Spar
     """Run the MP-MRF reference on calibration Q/K/V (and the model's additive ``mask``, if any) with
     the workload's parameters, and keep the candidate and kept sets it produced.
 
-    Causal masking is added here from ``workload.causal``, as the accelerator applies it.
+    Causal masking is added here from ``workload.causal``, as the accelerator applies it
+    (:func:`~energon_tvm.mpmrf.reference_attention`).
     """
-    from ...mpmrf import mpmrf_attention  # the reference lives in the top package; numpy only
-
     w = workload
     want_q = (w.batch, w.heads, w.seq_q, w.head_dim)
     want_kv = (w.batch, w.heads, w.seq_k, w.head_dim)
@@ -113,11 +113,7 @@ def profile_from_arrays(workload: AttentionWorkload, q, k, v, mask=None) -> Spar
         if tuple(np.shape(arr)) != want:
             raise TuningError(f"calibration {name} has shape {list(np.shape(arr))}; workload {w.key()} "
                               f"needs {list(want)}")
-    full = None if mask is None else np.asarray(mask, dtype=np.float32)
-    if w.causal:
-        causal = np.where(w.causal_keep(), 0.0, -np.inf).astype(np.float32)
-        full = causal if full is None else full + causal
-    return SparsityProfile.from_reference(mpmrf_attention(q, k, v, full, w.params, w.scale))
+    return SparsityProfile.from_reference(reference_attention(w, q, k, v, mask))
 
 
 # A worker keeps the last few tasks it has seen unpacked (a session measures one task many times).
