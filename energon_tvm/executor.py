@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from .isa.config import HardwareConfig, load_config
 from .isa.errors import BinaryFormatError, ConfigError, EnergonError, ScheduleError
 from .isa.numerics import MPMRFParams
 from .isa.program import Program
-from .schedules import AttentionWorkload, Schedule, default_schedule, emit_program, fits
+from .schedules import AttentionWorkload, Schedule, default_schedule, emit_program
 
 BACKENDS = ("simulator", "reference")
 HEURISTIC = "heuristic"
@@ -73,8 +73,8 @@ class ScheduleSource:
         if self.records:
             from .tuner.records import best_record
 
-            best = best_record(self.records, workload, cfg)
-            if best is not None and fits(workload, best.schedule, cfg):
+            best = best_record(self.records, workload, cfg)  # matching, measured, and fitting this machine
+            if best is not None:
                 return ScheduleChoice(best.schedule, TUNED, record_id(best))
         return ScheduleChoice(default_schedule(workload, cfg))
 
@@ -172,21 +172,22 @@ class CallStats:
     def final_kept_ratio(self) -> float:
         return self.kept / self.candidates if self.candidates else 0.0
 
-    _DERIVED = ("rounds", "kept", "kept_ratio", "final_kept_ratio")
+    #: what a read by key finds on the record itself (fields and derived figures); the rest is the machine's
+    _RECORD = ("executor", "pairs", "candidates", "kept_per_round", "trace", "rounds", "kept", "kept_ratio",
+               "final_kept_ratio")
 
     def __getitem__(self, key: str):
-        if key in self._DERIVED or key in {f.name for f in fields(self)}:
+        if key in self._RECORD:
             value = getattr(self, key)
-            if value is None and key == "trace":
-                raise KeyError(key)
-            return list(value) if isinstance(value, tuple) and key != "trace" else value
+            return list(value) if isinstance(value, tuple) else value
         return self.machine[key]
 
     def get(self, key: str, default=None):
         try:
-            return self[key]
+            value = self[key]
         except KeyError:
             return default
+        return default if value is None else value
 
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None
@@ -229,11 +230,15 @@ class Runner:
     """Executes offloaded calls with its own options and keeps what they did.
 
     ``runner.calls`` lists the :class:`CallRecord` of every call since the last :meth:`take`. Decoded
-    programs are kept per runner (a model's calls reuse a handful of programs).
+    programs are kept per runner (a model's calls reuse a handful of programs). ``allowed_programs``,
+    when given, is the set of SHA-256 digests of the only programs this runner executes (a package's
+    listed programs: a library carrying any other program fails at that call).
     """
 
-    def __init__(self, options: RunOptions | None = None, **kwargs):
+    def __init__(self, options: RunOptions | None = None, *, allowed_programs: frozenset[bytes] | None = None,
+                 **kwargs):
         self.options = options if options is not None else RunOptions(**kwargs)
+        self.allowed_programs = None if allowed_programs is None else frozenset(allowed_programs)
         self.calls: list[CallRecord] = []
         #: the project error a call raised inside a VM (which reaches the VM's caller as a RuntimeError)
         self.fault: EnergonError | None = None
@@ -270,19 +275,21 @@ class Runner:
                 "final_kept_ratio": kept / candidates if candidates else 0.0}
 
     def program(self, blob) -> tuple[Program, AttentionWorkload]:
-        """The decoded program of a call's bytes and the workload it was compiled for."""
+        """The decoded program of a call's bytes and the workload it was compiled for, its metadata, memory
+        map and header checked against that workload (:func:`~energon_tvm.schedules.check_program`)."""
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise BinaryFormatError(f"a call's program must be bytes, got {type(blob).__name__}")
         blob = bytes(blob)
         key = hashlib.sha256(blob).digest()
+        if self.allowed_programs is not None and key not in self.allowed_programs:
+            raise BinaryFormatError(f"the call's program (sha256 {key.hex()[:16]}..., {len(blob)} bytes) is not one "
+                                    f"the package lists: its library and its programs/*.bin disagree")
         hit = self._programs.get(key)
         if hit is None:
+            from .schedules import check_program  # what the program claims: workload, schedule, memory map
+
             prog = Program.from_bytes(blob)
-            try:
-                workload = AttentionWorkload.from_dict(prog.meta["workload"])
-            except (KeyError, TypeError, ScheduleError) as err:
-                raise BinaryFormatError(f"program carries no valid workload record: {err}") from None
-            hit = self._programs[key] = (prog, workload)
+            hit = self._programs[key] = (prog, check_program(prog))
         return hit
 
     def run_call(self, blob, q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray | None,

@@ -5,7 +5,7 @@ Both are derived from the declarations in :mod:`.instructions` (no per-instructi
 line::
 
     ; Energon ISA v1 program for config edge: 3 instructions, 1 region
-    .config edge a52a10da6b150c1f5b6a338575c36719
+    .config edge 4d4d6af1c117c83af3007f5151780bf6
     .region q offset=0x00000000 dtype=int16 shape=1,2,4,64 layout=BHSD
     .meta {}
 

@@ -5,6 +5,15 @@ TOML file with the same sections, or from the dict :meth:`HardwareConfig.to_dict
 binary carries its config so). The assembler, scheduler and simulator all take it explicitly; no part
 of energon-tvm reads hardware numbers from anywhere else. Every way of building one runs the same
 validation (``__post_init__``), so a config from a file, a dict or ``replace`` obeys the same rules.
+
+Beyond its type and sign, every rate, count and energy lies in a physically meaningful range, so that a
+well-typed but absurd value (a 1e-300 GHz clock, a 2^30-byte burst) is refused by name, with the value
+seen and the range, instead of turning into a 305-digit cycle count. The ranges are generous by orders
+of magnitude around any machine one could build; :data:`PHYSICAL_RANGES` and
+:data:`ENERGY_RANGES` hold them, each with its reason, and the list below is made from them.
+
+A config file is read with ``tomllib`` (never executed), at most :data:`MAX_TOML_BYTES` of it; arrays
+or tables nested past the parser's recursion limit are a ConfigError, not a RecursionError.
 """
 
 from __future__ import annotations
@@ -39,6 +48,30 @@ PARAM_BYTES_PER_HEAD = 16  # float64 qk_scale, float64 v_scale
 #: derived size a machine word and every derived rate a finite float, whatever a file or binary says.
 PARAM_MAX = (1 << 32) - 1
 
+#: Physically meaningful range of each rate and count: field -> (lowest, highest, unit, why). Checked
+#: after the field's type and sign, in ``HardwareConfig.__post_init__``.
+PHYSICAL_RANGES: dict[str, tuple[float, float, str, str]] = {
+    "clock_ghz": (0.01, 100, "GHz", "10 MHz is slower than a microcontroller, 100 GHz faster than any CMOS clock"),
+    "fu_macs_per_cycle": (1, 1 << 20, "MACs", "a million multipliers is 16x a TPU v1's 65,536"),
+    "fu_select_per_cycle": (1, 1 << 20, "compares", "no more comparators than the largest multiplier array"),
+    "au_macs_per_cycle": (1, 1 << 20, "MACs", "a million multipliers is 16x a TPU v1's 65,536"),
+    "au_exp_per_cycle": (1, 1 << 20, "exponentials", "no more exponential units than the largest multiplier array"),
+    "au_pipeline_cycles": (0, 10_000, "cycles", "a pipeline 10,000 stages deep would be nothing but registers"),
+    "max_head_dim": (8, 4096, "elements", "16x the widest attention head of published models, 256"),
+    "dram_bandwidth_gbps": (0.01, 100_000, "GB/s", "10 MB/s is a serial flash, 100 TB/s beyond any HBM stack"),
+    "dram_latency_ns": (0.1, 1e6, "ns", "0.1 ns is a few gate delays, 1 ms is a disk, not a memory"),
+    "dram_burst_bytes": (8, 4096, "bytes", "a DRAM burst is one bus word at least and a page at most"),
+    "dram_request_cycles": (0, 10_000, "cycles", "10,000 cycles per request is a network round trip, not DRAM"),
+}
+
+#: The same for every entry of an :class:`EnergyTable` (picojoules per action; ``leakage_mw`` milliwatts).
+ENERGY_RANGES: dict[str, tuple[float, float, str, str]] = {
+    "per action": (0, 1e6, "pJ", "a microjoule per action is 400x a whole 64-bit DRAM access"),
+    "leakage_mw": (0, 1e6, "mW", "a kilowatt of leakage is not one chip"),
+}
+
+MAX_TOML_BYTES = 1 << 20  # a config file is a few KiB; a larger one is not a config
+
 
 def _show(value: Any) -> str:
     """``repr(value)`` cut to a line: error messages quote values from hostile files and binaries."""
@@ -65,6 +98,28 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if x == int(x) and 1 <= x < 1e7 else f"{x:g}"
+
+
+def _outside(value: float, limits: tuple[float, float, str, str]) -> str | None:
+    """Why ``value`` is outside ``limits`` (a range of :data:`PHYSICAL_RANGES`), or None."""
+    lo, hi, unit, why = limits
+    if lo <= value <= hi:
+        return None
+    return f"is outside the physically meaningful range {_num(lo)} .. {_num(hi)} {unit} ({why})"
+
+
+def _ranges_doc() -> str:
+    lines = [f"* ``{name}``: {_num(lo)} .. {_num(hi)} {unit} ({why})"
+             for name, (lo, hi, unit, why) in {**PHYSICAL_RANGES, **{f"energy {k}": v for k, v in
+                                                                    ENERGY_RANGES.items()}}.items()]
+    return "\nThe physically meaningful ranges:\n\n" + "\n".join(lines) + "\n"
+
+
+__doc__ += _ranges_doc()
+
+
 def _check_fields(d: Any, names: tuple[str, ...], what: str) -> dict:
     """``d`` as a dict with exactly the keys ``names``, else a ConfigError naming what differs."""
     if not isinstance(d, dict):
@@ -81,7 +136,8 @@ def _check_fields(d: Any, names: tuple[str, ...], what: str) -> dict:
 
 @dataclass(frozen=True)
 class EnergyTable:
-    """Energy per action in picojoules (see ``configs/energy_45nm.toml`` for sources)."""
+    """Energy per action in picojoules (sources: ``configs/energy_45nm.toml``; ``dram_per_byte`` from the
+    machine's ``[dram] energy_pj_per_bit``, in ``configs/edge.toml`` and ``configs/server.toml``)."""
 
     name: str
     fu_mac_4b: float
@@ -106,6 +162,9 @@ class EnergyTable:
             if not (_is_number(value) and value >= 0):
                 raise ConfigError(f"energy table {_show(self.name)}: {f.name} = {_show(value)} must be a finite "
                                   f"number >= 0")
+            why = _outside(value, ENERGY_RANGES.get(f.name, ENERGY_RANGES["per action"]))
+            if why:
+                raise ConfigError(f"energy table {_show(self.name)}: {f.name} = {_show(value)} {why}")
 
     @classmethod
     def from_dict(cls, d: Any) -> EnergyTable:
@@ -187,6 +246,10 @@ class HardwareConfig:
                  "must be an integer between 64 bytes and 16 MiB")
         rule(self.buffer("param") >= PARAM_BYTES_PER_HEAD, "buffers.param", self.buffer("param"),
              f"must hold at least one head ({PARAM_BYTES_PER_HEAD} bytes)")
+        for name, limits in PHYSICAL_RANGES.items():  # the types are checked above: these compare
+            value = getattr(self, name)
+            why = _outside(value, limits)
+            rule(why is None, name, value, why)
         rule(isinstance(self.energy, EnergyTable), "energy", self.energy, "must be an EnergyTable")
 
     # -- derived sizes: the only place they are computed ---------------------------------------
@@ -312,14 +375,20 @@ def _no_extra(section: dict, where: str) -> None:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(section))}")
 
 
-def load_energy_table(name_or_path: str | Path) -> EnergyTable:
+def load_energy_table(name_or_path: str | Path, dram_pj_per_bit: float) -> EnergyTable:
+    """The energy table ``name_or_path`` (compute, SRAM and leakage of the core's process) completed with the
+    DRAM energy per bit of the machine it serves. That one is the machine's: its DRAM is another part, which
+    its config describes in ``[dram]`` (``energy_pj_per_bit`` beside the bandwidth), so one table serves
+    machines with different DRAMs."""
     path = _resolve(name_or_path)
     doc = _read_toml(path)
     where = str(path)
+    if "dram" in doc:
+        raise ConfigError(f"{where}: an energy table has no [dram] section; a machine's DRAM energy is "
+                          f"energy_pj_per_bit in its config's [dram] section")
     try:
         compute = dict(_section(doc, "compute", where))
         sram = dict(_section(doc, "sram", where))
-        dram = dict(_section(doc, "dram", where))
         static = dict(_section(doc, "static", where))
         table = EnergyTable(
             name=str(doc.get("name", path.stem)),
@@ -331,7 +400,7 @@ def load_energy_table(name_or_path: str | Path) -> EnergyTable:
             sram_small_8k=float(_take(sram, "small_8k", where)),
             sram_medium_32k=float(_take(sram, "medium_32k", where)),
             sram_large_256k=float(_take(sram, "large_256k", where)),
-            dram_per_byte=float(_take(dram, "per_byte", where)),
+            dram_per_byte=8 * float(dram_pj_per_bit),
             leakage_mw=float(_take(static, "leakage_mw", where)),
         )
     except (TypeError, ValueError) as err:  # ConfigError too: EnergyTable checks its values
@@ -359,9 +428,16 @@ def _resolve(name_or_path: str | Path) -> Path:
 
 def _read_toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TOML_BYTES + 1)
+        if len(raw) > MAX_TOML_BYTES:
+            raise ConfigError(f"{path}: more than {MAX_TOML_BYTES} bytes; a config file is a few KiB")
+        return tomllib.loads(raw.decode("utf-8"))  # TOML is UTF-8 whatever the locale
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"{path}: not a readable TOML file: {err}") from None
+    except RecursionError:  # tomllib is pure Python: [[[...]]] recurses once per level
+        raise ConfigError(f"{path}: not a readable TOML file: arrays or tables nested deeper than the parser's "
+                          f"limit (about {sys.getrecursionlimit()} levels); a config nests 2 deep") from None
 
 
 def load_config(name_or_path: str | Path = "edge") -> HardwareConfig:
@@ -377,6 +453,10 @@ def load_config(name_or_path: str | Path = "edge") -> HardwareConfig:
     dram = dict(_section(doc, "dram", where))
     energy = dict(_section(doc, "energy", where))
     table_ref = _take(energy, "table", where)
+    dram_pj_per_bit = _take(dram, "energy_pj_per_bit", where + " [dram]")
+    if not (_is_number(dram_pj_per_bit) and dram_pj_per_bit >= 0):
+        raise ConfigError(f"{where} [dram]: energy_pj_per_bit = {_show(dram_pj_per_bit)} must be a finite "
+                          f"number >= 0")
     table_path = path.parent / f"{table_ref}.toml"
     kwargs = dict(
         name=str(doc.get("name", path.stem)),
@@ -395,7 +475,7 @@ def load_config(name_or_path: str | Path = "edge") -> HardwareConfig:
         dram_burst_bytes=_take(dram, "burst_bytes", where + " [dram]"),
         dram_request_cycles=_take(dram, "request_cycles", where + " [dram]"),
         dram_size_mib=_take(dram, "size_mib", where + " [dram]"),
-        energy=load_energy_table(table_path if table_path.exists() else table_ref),
+        energy=load_energy_table(table_path if table_path.exists() else table_ref, dram_pj_per_bit),
     )
     doc.pop("name", None)
     for section, name in ((fu, "filter_unit"), (au, "attention_unit"), (buffers, "buffers"),

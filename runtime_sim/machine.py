@@ -166,7 +166,7 @@ class Simulator:
             raise ConfigError("a full run needs a DRAM image; pass profile=... for a timing-only run")
         if not isinstance(dram, Dram):
             dram = Dram(cfg, dram)
-        state = MachineState(cfg, dram)
+        state = MachineState(cfg, dram, program.memory_map)
         first = self._apply_header(program, state)
         heads = max((a["head"] for a in flat.args if "head" in a), default=0) + 1
         shape = (heads, state.regs[Reg.SEQ_Q], state.regs[Reg.SEQ_K]) if capture else None

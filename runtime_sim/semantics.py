@@ -22,11 +22,12 @@ import numpy as np
 
 from ..isa.instructions import BiasMode, Reg
 from ..isa.numerics import ALPHA_ONE, MASK_THRESHOLD, from_bitplanes
-from .traps import BufferOverflow, IllegalInstruction, UninitializedRead
+from .traps import BufferOverflow, IllegalInstruction, NumericFault, UninitializedRead
 from .work import Work
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 BIG = np.iinfo(np.int64).max
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 HANDLERS: dict[str, Callable] = {}
 
@@ -46,14 +47,15 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _dma_in(run, w: Work, buf: str, addr: int, dram: int, nbytes: int, pc) -> None:
+def _dma_in(run, w: Work, buf: str, addr: int, dram: int, nbytes: int, dtype: str, pc) -> None:
+    """One contiguous DMA segment of ``dtype`` elements from DRAM into a buffer (both ends checked)."""
     st = run.state
+    st.dram_map.check(dram, nbytes, dtype, pc)
     w.dram(dram, nbytes)
     w.wrote(buf, nbytes)
     if run.functional:
-        st.buf[buf].write(addr, st.dram.read(dram, nbytes, pc), pc)
+        st.buf[buf].write(addr, st.dram.data[dram:dram + nbytes], pc)
     else:
-        st.dram.check(dram, nbytes, pc)
         st.buf[buf].reserve(addr, nbytes, pc)
 
 
@@ -140,14 +142,22 @@ def _check_chunk(run, k0: int, keys: int, q0: int, rows: int, pc, ins) -> None:
 @executes("LD.PARAM")
 def ld_param(run, a, pc, ins) -> Work:
     w = Work()
-    _dma_in(run, w, "param", a["buf"], a["dram"], a["heads"] * 16, pc)
+    _dma_in(run, w, "param", a["buf"], a["dram"], a["heads"] * 16, "float64", pc)
+    if run.functional:  # a NaN or infinite scale would poison every score and output of its head
+        values = run.state.buf["param"].data[a["buf"]:a["buf"] + a["heads"] * 16].view(np.float64)
+        finite = np.isfinite(values)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            raise NumericFault(f"head {i // 2}'s {('qk_scale', 'sv')[i % 2]} loaded from DRAM "
+                               f"{a['dram'] + 8 * i:#x} is {float(values[i])!r}; head parameters must be finite",
+                               pc, ins)
     return w
 
 
 @executes("LD.Q")
 def ld_q(run, a, pc, ins) -> Work:
     w = Work()
-    _dma_in(run, w, "q", a["buf"], a["dram"], a["rows"] * run.state.head_dim * 2, pc)
+    _dma_in(run, w, "q", a["buf"], a["dram"], a["rows"] * run.state.head_dim * 2, "int16", pc)
     return w
 
 
@@ -160,7 +170,7 @@ def ld_kp(run, a, pc, ins) -> Work:
     plane_bytes = a["keys"] * st.head_dim // 8
     dram_stride = st.regs[Reg.SEQ_K] * st.head_dim // 8
     for p in range(lo, hi):  # one DMA segment per plane (at most 16)
-        _dma_in(run, w, "kplane", a["buf"] + p * plane_bytes, a["dram"] + p * dram_stride, plane_bytes, pc)
+        _dma_in(run, w, "kplane", a["buf"] + p * plane_bytes, a["dram"] + p * dram_stride, plane_bytes, "uint8", pc)
     return w
 
 
@@ -169,7 +179,7 @@ def ld_bias(run, a, pc, ins) -> Work:
     st, w = run.state, Work()
     rows, width = a["rows"], a["keys"] * 4
     stride = st.regs[Reg.SEQ_K] * 4
-    st.dram.check(a["dram"], (rows - 1) * stride + width, pc)
+    st.dram_map.check(a["dram"], (rows - 1) * stride + width, "float32", pc, "bias rows")
     if rows == 1 or stride == width:  # one contiguous segment
         w.dram(a["dram"], rows * width)
     else:
@@ -199,9 +209,12 @@ def ld_kv(run, a, pc, ins) -> Work:
     keys, row_bytes = a["keys"], st.head_dim * 2
     kv = st.buf["kv"]
     _kv_tile_fits(kv, a["buf"], keys, row_bytes, pc)
+    v_off = st.regs[Reg.V_OFFSET]
+    # the chunk's K rows and its V rows, each one span in one region, whichever rows are kept
+    st.dram_map.check(a["dram"], keys * row_bytes, "int16", pc, "K rows")
+    st.dram_map.check(a["dram"] + v_off, keys * row_bytes, "int16", pc, "V rows (V_OFFSET further)")
     _, sel = _gathered(run, w, a["idx"], a["rows"], keys, pc)
     starts, lengths = _runs(sel)
-    v_off = st.regs[Reg.V_OFFSET]
     for base in (a["dram"], a["dram"] + v_off):
         w.dram(base + starts * row_bytes, lengths * row_bytes)
     w.wrote("kv", 2 * sel.size * row_bytes)
@@ -209,7 +222,6 @@ def ld_kv(run, a, pc, ins) -> Work:
         tile = keys * row_bytes
         rows = slice(None) if sel.size == keys else sel  # every key kept by some row: one block copy
         for src, dst in ((a["dram"], a["buf"]), (a["dram"] + v_off, a["buf"] + tile)):
-            st.dram.check(src + int(sel[-1]) * row_bytes, row_bytes, pc)
             if run.functional:  # whole rows at a time: [keys, row_bytes] views of both sides
                 kv.data[dst:dst + tile].reshape(keys, row_bytes)[rows] = \
                     st.dram.data[src:src + tile].reshape(keys, row_bytes)[rows]
@@ -219,7 +231,8 @@ def ld_kv(run, a, pc, ins) -> Work:
 
 
 def _kv_tile_fits(kv, addr: int, keys: int, row_bytes: int, pc) -> None:
-    """K and V tiles of ``keys`` slots each must fit from ``addr`` on."""
+    """K and V tiles of ``keys`` slots each must fit from ``addr`` on (an INT16 address)."""
+    kv.check_aligned(addr, pc)
     nbytes = 2 * keys * row_bytes
     if addr + nbytes > kv.capacity:
         raise BufferOverflow(f"{kv.name} buffer K/V tiles of {nbytes} bytes at {addr:#x} end at {addr + nbytes:#x}; "
@@ -288,6 +301,9 @@ def _filter_scores(run, w: Work, a: dict, pc) -> np.ndarray | None:
         return cand, hit[3]
     scores = q @ k
     if bias is not None:
+        if qk_scale == 0:
+            raise NumericFault(f"head {a['head']}'s qk_scale is 0: the bias cannot be quantised into the round's "
+                               f"integer domain (bias / qk_scale); a head's scales are positive", pc)
         round_scale = qk_scale * float(2 ** (16 - qb)) * float(2 ** (16 - kb))
         b64 = np.where(bias > MASK_THRESHOLD, bias.astype(np.float64), 0.0)
         scores += np.clip(np.rint(b64 / round_scale), INT32_MIN, INT32_MAX)
@@ -302,6 +318,7 @@ def _filter_scores(run, w: Work, a: dict, pc) -> np.ndarray | None:
 def _select(run, w: Work, a: dict, cand: np.ndarray, scores: np.ndarray | None, pc, ins) -> None:
     """Threshold a round's scores against the latched per-row statistics; write the kept bits."""
     st, rows, keys = run.state, a["rows"], a["keys"]
+    _check_chunk(run, a["k0"], keys, a["q0"], rows, pc, ins)  # q0 and k0 place the tile's statistics
     w.compares += rows * keys
     if not st.f_valid[:rows].all():
         raise IllegalInstruction("selection without statistics: no F.SCORE with first=1 for these rows", pc, ins)
@@ -418,6 +435,9 @@ def a_attn(run, a, pc, ins) -> Work:
     lanes = slice(0, rows)
     m_old = st.a_m[lanes]
     m_new = np.maximum(m_old, np.where(kept, raw, -np.inf).max(axis=1))
+    if not (m_new < np.inf).all():  # a NaN or +inf logit (from its bias or scale): every later value is lost
+        r = int(np.argmin(m_new < np.inf))
+        raise NumericFault(f"row {r}'s largest kept logit is {float(m_new[r])!r}; logits must be finite", pc, ins)
     live = np.isfinite(m_new)  # rows that have seen at least one kept key
     m_safe = np.where(live, m_new, 0.0)
     rescale = np.where(live, np.exp(np.where(np.isfinite(m_old), m_old, -np.inf) - m_safe), 1.0)
@@ -443,6 +463,11 @@ def a_norm(run, a, pc, ins) -> Work:
         return w
     l = st.a_l[:rows, None]
     out = np.where(l > 0, st.a_acc[:rows, :d] * sv / np.where(l > 0, l, 1.0), 0.0)
+    ok = np.abs(out) <= FLOAT32_MAX  # False for NaN, infinities and what FP32 cannot hold
+    if not ok.all():
+        r, c = np.unravel_index(int(np.argmin(ok)), ok.shape)
+        raise NumericFault(f"output row {r}, element {c} would be {float(out[r, c])!r} (sv = {sv!r}); "
+                           f"outputs must be finite FP32", pc, ins)
     st.buf["out"].write(a["out"], out.astype(np.float32), pc)
     return w
 
@@ -455,9 +480,8 @@ def st_out(run, a, pc, ins) -> Work:
     nbytes = a["rows"] * st.head_dim * 4
     data = st.buf["out"].read(a["buf"], nbytes, pc)
     w.read("out", nbytes)
+    st.dram_map.check(a["dram"], nbytes, "float32", pc, "output rows")
     w.dram(a["dram"], nbytes, is_write=True)
     if run.functional:
         st.dram.write(a["dram"], data, pc)
-    else:
-        st.dram.check(a["dram"], nbytes, pc)
     return w

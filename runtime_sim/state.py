@@ -1,15 +1,25 @@
-"""Architectural state of the simulated machine: DRAM, the on-chip buffers, registers and the
-per-lane state of the threshold unit and the Attention Unit."""
+"""Architectural state of the simulated machine: DRAM and the map of what it holds, the on-chip
+buffers, registers and the per-lane state of the threshold unit and the Attention Unit."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import numpy as np
 
-from ..isa.config import BUFFERS, HardwareConfig
+from ..isa.config import BUFFERS, PARAM_BYTES_PER_HEAD, HardwareConfig
 from ..isa.instructions import Reg
-from .traps import BufferOverflow, DramOutOfRange, UninitializedRead
+from ..isa.program import MemoryMap
+from .traps import BufferOverflow, DramOutOfRange, MisalignedAccess, RegionViolation, UninitializedRead
 
 MEMO_ENTRIES = 64  # decoded values a buffer keeps (see Sram.decoded) before it starts over
+
+#: what each on-chip buffer holds, and so the alignment of every access to it: (bytes, element)
+BUFFER_ELEMENTS = {"q": (2, "int16"), "kplane": (1, "uint8"), "score": (4, "int32"), "index": (1, "uint8"),
+                   "kv": (2, "int16"), "out": (4, "float32"), "bias": (4, "float32"),
+                   # read a whole descriptor at a time (head h at h * 16): FP64 qk_scale and sv
+                   "param": (PARAM_BYTES_PER_HEAD, "head descriptor")}
+ELEMENT_BYTES = {"int16": 2, "uint8": 1, "float32": 4, "float64": 8}
 
 
 class Sram:
@@ -18,11 +28,19 @@ class Sram:
     def __init__(self, name: str, capacity: int):
         self.name = name
         self.capacity = capacity
+        self.align, self.element = BUFFER_ELEMENTS[name]
         self.data = np.zeros(capacity, np.uint8)
         self.written = np.zeros(capacity, bool)
         self._memo: dict = {}  # (addr, nbytes, how) -> value decoded from those bytes
 
+    def check_aligned(self, addr: int, pc) -> None:
+        if addr % self.align:
+            raise MisalignedAccess(f"{self.name} buffer address {addr:#x} is not a multiple of {self.align}: the "
+                                   f"{self.name} buffer holds {self.element} elements", pc)
+
     def _check(self, addr: int, nbytes: int, pc) -> None:
+        if addr % self.align:
+            self.check_aligned(addr, pc)
         if addr < 0 or addr + nbytes > self.capacity:
             raise BufferOverflow(f"{self.name} buffer access of {nbytes} bytes at {addr:#x} ends at "
                                  f"{addr + nbytes:#x}; the {self.name} buffer has {self.capacity} bytes", pc)
@@ -86,6 +104,8 @@ class Sram:
         return array[self._rows_index(addr, rows, width, stride, pc)]
 
     def read_rows(self, addr: int, rows: int, width: int, stride: int, pc) -> np.ndarray:
+        if addr % self.align:
+            self.check_aligned(addr, pc)
         written = self._rows(self.written, addr, rows, width, stride, pc)
         if not written.all():
             r, c = np.unravel_index(int(np.argmin(written)), written.shape)
@@ -94,6 +114,8 @@ class Sram:
 
     def write_rows(self, addr: int, payload: np.ndarray, stride: int, pc) -> None:
         rows, width = payload.shape
+        if addr % self.align:
+            self.check_aligned(addr, pc)
         if addr >= 0 and addr + rows * stride <= self.capacity and width <= stride:
             self.data[addr:addr + rows * stride].reshape(rows, stride)[:, :width] = payload
             self.written[addr:addr + rows * stride].reshape(rows, stride)[:, :width] = True
@@ -131,12 +153,55 @@ class Dram:
         self.data[addr:addr + payload.size] = payload
 
 
+class DramMap:
+    """Where a DMA transfer may go. It must start at a multiple of the size of the elements it moves,
+    lie inside the DRAM, and stay inside the one memory-map region it starts in, a region holding
+    those elements (so a transfer one byte past its region, or between two regions, traps). A program
+    without regions (a hand-written test) addresses the DRAM as one untyped region. Regions are
+    looked up by address (a bisection over at most a handful of starts): O(1) per transfer."""
+
+    def __init__(self, size: int, memory_map: MemoryMap | None = None):
+        self.size = size
+        self.regions = sorted(memory_map.regions, key=lambda r: r.offset) if memory_map is not None else []
+        self.starts = [r.offset for r in self.regions]
+
+    def check(self, addr: int, nbytes: int, dtype: str, pc, what: str = "transfer") -> None:
+        """``nbytes`` of ``dtype`` elements at ``addr``, as the transfer ``what`` moves them."""
+        elem = ELEMENT_BYTES[dtype]
+        if addr % elem:
+            raise MisalignedAccess(f"{what} of {dtype} elements at DRAM {addr:#x}: the address is not a multiple "
+                                   f"of {elem}", pc)
+        end = addr + nbytes
+        if addr < 0 or end > self.size:
+            raise DramOutOfRange(f"{nbytes} bytes at {addr:#x} end at {end:#x}, beyond DRAM size {self.size:#x}",
+                                 pc)
+        if not self.regions:
+            return
+        i = bisect_right(self.starts, addr) - 1
+        region = self.regions[i] if i >= 0 else None
+        if region is None or addr >= region.end:
+            raise RegionViolation(f"{what} at DRAM {addr:#x} lies in no memory-map region "
+                                  f"({self._around(i)})", pc)
+        if end > region.end:
+            raise RegionViolation(f"{what} of {nbytes} bytes at {addr:#x} ends at {end:#x}, {end - region.end} "
+                                  f"byte(s) past the end of region {region.name!r} "
+                                  f"({region.offset:#x}..{region.end:#x})", pc)
+        if region.dtype != dtype:
+            raise RegionViolation(f"{what} moves {dtype} elements at {addr:#x}; region {region.name!r} there "
+                                  f"holds {region.dtype}", pc)
+
+    def _around(self, i: int) -> str:
+        """The regions either side of a gap, for a message."""
+        return ", ".join(f"{r.name!r} is {r.offset:#x}..{r.end:#x}" for r in self.regions[max(i, 0):i + 2])
+
+
 class MachineState:
     """Everything a program can read or write."""
 
-    def __init__(self, cfg: HardwareConfig, dram: Dram):
+    def __init__(self, cfg: HardwareConfig, dram: Dram, memory_map: MemoryMap | None = None):
         self.cfg = cfg
         self.dram = dram
+        self.dram_map = DramMap(dram.size, memory_map)
         self.buf = {name: Sram(name, cfg.buffer(name)) for name in BUFFERS}
         self.regs = {r: 0 for r in Reg}
         lanes = cfg.max_query_tile

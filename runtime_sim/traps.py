@@ -38,12 +38,32 @@ class DramOutOfRange(SimulatorTrap):
     kind = "DRAM address out of range"
 
 
+class RegionViolation(DramOutOfRange):
+    """A DMA transfer outside the memory-map region it starts in, in no region at all, or in a region
+    that holds another element type than the instruction moves."""
+
+    kind = "DRAM access outside its memory-map region"
+
+
+class MisalignedAccess(SimulatorTrap):
+    """A DRAM or on-chip buffer address that is not a multiple of the element size it is accessed as."""
+
+    kind = "misaligned access"
+
+
 class BufferOverflow(SimulatorTrap):
     kind = "buffer overflow"
 
 
 class UninitializedRead(SimulatorTrap):
     kind = "read of never-written buffer data"
+
+
+class NumericFault(SimulatorTrap):
+    """A value no valid program computes with: non-finite head parameters, a zero scale used as a
+    divisor, a NaN or infinity produced on the way to the output."""
+
+    kind = "non-finite value"
 
 
 class Deadlock(SimulatorTrap):

@@ -15,6 +15,7 @@ from .schedule import (
     fits,
     plan_tiling,
 )
+from .validate import check_program
 from .workload import AttentionWorkload
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "call_bound_from_stats",
     "total_bound",
     "check_fits",
+    "check_program",
     "default_schedule",
     "dense_workload",
     "emit_program",

@@ -97,6 +97,19 @@ def plan_memory(w: AttentionWorkload) -> MemoryMap:
     return MemoryMap(tuple(regions))
 
 
+def program_header(w: AttentionWorkload, memory: MemoryMap) -> list[Instruction]:
+    """The ``SETR`` header of every program for ``w`` laid out as ``memory`` (see :func:`plan_memory`)."""
+    return [make("SETR", reg=Reg.HEAD_DIM, value=w.head_dim), make("SETR", reg=Reg.SEQ_Q, value=w.seq_q),
+            make("SETR", reg=Reg.SEQ_K, value=w.seq_k),
+            make("SETR", reg=Reg.V_OFFSET, value=memory["v"].offset - memory["k"].offset),
+            make("SETR", reg=Reg.CAUSAL_SHIFT, value=w.causal_shift & 0xFFFFFFFF)]
+
+
+def program_meta(w: AttentionWorkload, s: Schedule) -> dict:
+    """The metadata of a program for ``w`` tiled by ``s``, less its per-instruction labels."""
+    return {"workload": w.to_dict(), "schedule": s.to_dict(), "scale": w.effective_scale, "heads": w.batch * w.heads}
+
+
 class _Emitter:
     def __init__(self, plan: TilingPlan, cfg: HardwareConfig, memory: MemoryMap | None = None):
         self.plan, self.cfg = plan, cfg
@@ -305,11 +318,7 @@ class _Emitter:
         return [Tile(b * w.heads + h, b, h, *tile) for b in range(w.batch) for h in range(w.heads) for tile in head]
 
     def header(self) -> list[Instruction]:
-        w = self.w
-        return [make("SETR", reg=Reg.HEAD_DIM, value=self.d), make("SETR", reg=Reg.SEQ_Q, value=w.seq_q),
-                make("SETR", reg=Reg.SEQ_K, value=w.seq_k),
-                make("SETR", reg=Reg.V_OFFSET, value=self.mm["v"].offset - self.mm["k"].offset),
-                make("SETR", reg=Reg.CAUSAL_SHIFT, value=w.causal_shift & 0xFFFFFFFF)]
+        return program_header(self.w, self.mm)
 
     def trailer(self) -> list[Instruction]:
         return [make("HALT")]
@@ -368,9 +377,7 @@ class _Emitter:
                 labels.append(label)
         code += trailer
         labels += ["end"] * len(trailer)
-        meta = {"workload": w.to_dict(), "schedule": s.to_dict(), "scale": w.effective_scale,
-                "heads": w.batch * w.heads, "labels": labels}
-        return Program.build(self.cfg, code, self.mm, meta)
+        return Program.build(self.cfg, code, self.mm, {**program_meta(w, s), "labels": labels})
 
 
 class _Counter(_Emitter):

@@ -5,30 +5,67 @@ Each record is one measurement, replayable on its own (Allo's rule: the record i
     {"version": 1, "workload_key": "attn_b1_h12_...", "workload": {...AttentionWorkload.to_dict()},
      "config": "edge", "config_fingerprint": "<32 hex digits>", "profile": "<16 hex digits>",
      "schedule": {...Schedule.to_dict()}, "cycles": 43997, "instructions": 809, "error": null,
-     "tuner": "xgb", "seed": 0, "trial": 17}
+     "tuner": "xgb", "seed": 0, "trial": 17, "digest": "<64 hex digits>"}
 
 ``cycles`` is null (and ``error`` says why) for a schedule that could not be measured. Records hold
 nothing that depends on where or when they were measured, so the same session gives the same lines
 on any runner. :func:`best_schedule` is what ``tvmc compile --tuning-records`` applies: the fastest
 record whose workload key and config fingerprint match, else None (and the compiler falls back to
 the heuristic).
+
+A records file is untrusted input, so what is read is checked:
+
+* ``digest`` is the SHA-256 of the record's canonical JSON without the digest (:func:`record_digest`;
+  its first 12 hex digits are the record id the compiler reports). A line whose digest does not match
+  was edited or corrupted and is refused; a line without one (files written before digests) is read.
+  The digest catches accidents, not forgery: anyone who can edit the file can recompute it.
+* A record claiming fewer cycles than any schedule of its workload can take on its config
+  (:func:`cycles_floor`) is refused where records meet a config, in :func:`best_record`.
+* A torn final line (no newline and not JSON: what a writer killed mid-line leaves) is skipped with a
+  warning, and the next :func:`append_records` removes it; any other malformed line is an error.
+* A line longer than :data:`MAX_RECORD_BYTES` is refused unparsed (a file cannot take the reader's
+  memory), a record nested deeper than :data:`MAX_RECORD_DEPTH` once parsed (the C parser guards its
+  own recursion).
+
+Every refusal is a :class:`RecordsError` naming the record's origin (``file:line`` when read from a
+file; the line number travels on the record, :attr:`TuningRecord.origin`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
+import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..isa.config import HardwareConfig
+from ..isa.config import HardwareConfig, _show  # _show: the one way of quoting hostile values
 from ..isa.errors import ScheduleError
+from ..schedules.bounds import CallBound, call_bound_from_counts
 from ..schedules.schedule import Schedule, fits
 from ..schedules.workload import AttentionWorkload
 from .errors import RecordsError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: appenders are not serialised
+    fcntl = None
+
 RECORD_VERSION = 1
 _REQUIRED = ("workload_key", "config_fingerprint", "schedule", "cycles")
+
+#: Longest line read as a record. A record is well under 2 KiB; a longer line is not one, and parsing it
+#: whole would let a file take the reader's memory.
+MAX_RECORD_BYTES = 1 << 20
+#: Deepest nesting of JSON objects and arrays in a record (a record nests 5 deep: record, workload,
+#: params, rounds, round). Deeper values could reach the recursion limit of whatever walks them later.
+MAX_RECORD_DEPTH = 32
+#: Most cycles a record may claim: the simulator's counters are 64-bit.
+MAX_RECORD_CYCLES = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -45,6 +82,8 @@ class TuningRecord:
     tuner: str = ""
     seed: int | None = None
     trial: int | None = None
+    # where the record was read ("records.jsonl:17"), for refusals; not part of the record itself
+    origin: str = field(default="", compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -57,12 +96,20 @@ class TuningRecord:
                 "error": self.error, "tuner": self.tuner, "seed": self.seed, "trial": self.trial}
 
     def to_json(self) -> str:
+        """The record's canonical JSON (keys sorted, no spaces), without its digest."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def to_line(self) -> str:
+        """The line :func:`append_records` writes: the canonical JSON with its ``digest`` (no newline)."""
+        d = self.to_dict()
+        d["digest"] = hashlib.sha256(self.to_json().encode()).hexdigest()
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, d: dict) -> TuningRecord:
-        """Raises ``ValueError``/``KeyError``/``TypeError``/``ScheduleError`` for a malformed record
-        (:func:`read_records` turns them into a :class:`RecordsError` naming the line)."""
+        """Raises ``ValueError``/``KeyError``/``TypeError``/``ScheduleError`` for a malformed record, a
+        digest that does not match (:func:`read_records` turns them into a :class:`RecordsError` naming
+        the line)."""
         if not isinstance(d, dict):
             raise TypeError(f"a record is a JSON object, got {type(d).__name__}")
         missing = [k for k in _REQUIRED if k not in d]
@@ -70,11 +117,15 @@ class TuningRecord:
             raise KeyError(f"missing field(s) {', '.join(missing)}")
         version = d.get("version", RECORD_VERSION)
         if not isinstance(version, int) or not 1 <= version <= RECORD_VERSION:
-            raise ValueError(f"record version {version!r} is not one this energon-tvm reads "
+            raise ValueError(f"record version {_show(version)} is not one this energon-tvm reads "
                              f"(1..{RECORD_VERSION})")
+        if "digest" in d:
+            _check_digest(d)
         cycles = d["cycles"]
-        if cycles is not None and (not isinstance(cycles, int) or isinstance(cycles, bool) or cycles < 0):
-            raise ValueError(f"cycles = {cycles!r} must be a non-negative integer or null")
+        if cycles is not None and (not isinstance(cycles, int) or isinstance(cycles, bool)
+                                   or not 0 <= cycles <= MAX_RECORD_CYCLES):
+            raise ValueError(f"cycles = {_show(cycles)} must be a non-negative integer (at most "
+                             f"{MAX_RECORD_CYCLES}) or null")
         if not isinstance(d["workload_key"], str) or not isinstance(d["config_fingerprint"], str):
             raise TypeError("workload_key and config_fingerprint must be strings")
         if not isinstance(d["schedule"], dict):
@@ -86,36 +137,140 @@ class TuningRecord:
                    seed=d.get("seed"), trial=d.get("trial"))
 
 
-def read_records(path: str | Path) -> list[TuningRecord]:
-    """Every record of a JSON-lines file (blank lines skipped); parsed with ``json``, never unpickled."""
-    path = Path(path)
+def record_digest(d: dict) -> str:
+    """SHA-256 (hex) of a record dict's canonical JSON, its own ``digest`` left out."""
+    body = {k: v for k, v in d.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_digest(d: dict) -> None:
+    got = d["digest"]
+    if not isinstance(got, str) or not re.fullmatch(r"[0-9a-f]{64}", got):
+        raise ValueError(f"digest = {_show(got)} must be 64 lowercase hex digits")
+    want = record_digest(d)
+    if got != want:
+        raise _DigestMismatch(f"digest {got[:16]}... does not match the record's content (SHA-256 {want[:16]}...): "
+                         f"the line was edited or corrupted")
+
+
+def _depth(value) -> int:
+    """Deepest nesting of objects/arrays in a parsed JSON value (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+class _DigestMismatch(ValueError):
+    """A record whose digest is not that of its content."""
+
+
+_MALFORMED = (KeyError, TypeError, ValueError, OverflowError, ScheduleError)
+
+
+def _parse_line(raw: bytes, where: str) -> TuningRecord:
+    """One record from one line's bytes; ``json.JSONDecodeError``/``UnicodeDecodeError`` propagate (the
+    caller tells a torn final line from a malformed one), everything else is a :class:`RecordsError`."""
+    text = raw.decode("utf-8")
     try:
-        text = path.read_text(encoding="utf-8")
+        d = json.loads(text)  # the C parser: recursion-guarded, a RecursionError past ~1000 levels
+    except RecursionError:
+        raise RecordsError(f"{where}: tuning record nested too deeply to parse; a record nests at most "
+                           f"{MAX_RECORD_DEPTH} levels") from None
+    # a real record has a dozen brackets: only a line with more is walked
+    if text.count("[") + text.count("{") > MAX_RECORD_DEPTH and (depth := _depth(d)) > MAX_RECORD_DEPTH:
+        raise RecordsError(f"{where}: tuning record nested {depth} levels deep; a record nests at most "
+                           f"{MAX_RECORD_DEPTH}")
+    try:
+        return dataclasses.replace(TuningRecord.from_dict(d), origin=where)
+    except _MALFORMED as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        what = "tuning record refused" if isinstance(err, _DigestMismatch) else "malformed tuning record"
+        raise RecordsError(f"{where}: {what}: {msg}") from None
+
+
+def read_records(path: str | Path) -> list[TuningRecord]:
+    """Every record of a JSON-lines file (blank lines skipped); parsed with ``json``, never unpickled.
+
+    Each record's :attr:`~TuningRecord.origin` is ``path:line``. A torn final line is skipped with a
+    warning; any other bad line is a :class:`RecordsError` naming the file and the 1-based line.
+    """
+    path = Path(path)
+    out = []
+    try:
+        with open(path, "rb") as f:
+            for n, raw in enumerate(iter(lambda: f.readline(MAX_RECORD_BYTES + 1), b""), 1):
+                terminated = raw.endswith(b"\n")
+                body = raw[:-1] if terminated else raw
+                if len(body) > MAX_RECORD_BYTES:
+                    raise RecordsError(f"{path}:{n}: line longer than {MAX_RECORD_BYTES} bytes; a tuning record "
+                                       f"is one short JSON line")
+                if not body.strip():
+                    continue
+                try:
+                    out.append(_parse_line(body, f"{path}:{n}"))
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                    if not terminated:  # the last line, cut short: what a killed writer leaves
+                        warnings.warn(f"{path}:{n}: skipped a torn final line ({len(body)} bytes, no newline, "
+                                      f"not JSON); the {len(out)} record(s) before it are used", stacklevel=2)
+                        break
+                    if isinstance(err, UnicodeDecodeError):
+                        raise RecordsError(f"{path}:{n}: not a JSON record (not UTF-8 at byte {err.start})") \
+                            from None
+                    raise RecordsError(f"{path}:{n}: not a JSON record ({err.msg} at column {err.colno})") from None
     except FileNotFoundError:
         raise RecordsError(f"tuning records file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecordsError(f"{path}: cannot read tuning records: {err}") from None
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(TuningRecord.from_dict(json.loads(line)))
-        except json.JSONDecodeError as err:
-            raise RecordsError(f"{path}:{n}: not a JSON record ({err.msg} at column {err.colno})") from None
-        except (KeyError, TypeError, ValueError, ScheduleError) as err:
-            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-            raise RecordsError(f"{path}:{n}: malformed tuning record: {msg}") from None
+    except OSError as err:
+        raise RecordsError(f"{path}: cannot read tuning records: {err.strerror or err}") from None
     return out
 
 
-def append_records(path: str | Path, records: Iterable[TuningRecord]) -> None:
-    """Append records as JSON lines (a session appends after every batch, so a killed session keeps
-    what it measured)."""
+def _end_at_a_line(f, path) -> None:
+    """Make the file ``f`` (opened ``a+b``) end with a newline before an append: a torn final line (no
+    newline, not JSON) left by a killed writer is cut off, so it cannot run into the new records and
+    turn into a malformed line mid-file; a complete final line without a newline gets one."""
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return
+    start = max(0, size - MAX_RECORD_BYTES - 1)
+    f.seek(start)
+    tail = f.read(size - start)
+    cut = tail.rfind(b"\n")
+    if cut < 0 and start > 0:
+        raise RecordsError(f"{path}: final line is longer than {MAX_RECORD_BYTES} bytes and has no newline; "
+                           f"not a tuning records file")
+    start += cut + 1
+    tail = tail[cut + 1:]
     try:
-        with open(path, "a", encoding="utf-8") as f:
-            for r in records:
-                f.write(r.to_json() + "\n")
+        json.loads(tail)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        f.truncate(start)
+        warnings.warn(f"{path}: removed a torn final line ({len(tail)} bytes, no newline, not JSON) before "
+                      f"appending", stacklevel=3)
+        return
+    f.write(b"\n")
+
+
+def append_records(path: str | Path, records: Iterable[TuningRecord]) -> None:
+    """Append records as JSON lines, each with its digest. A session appends after every batch, so a killed
+    session keeps what it measured; the batch is one ``write`` of complete lines, flushed, so a writer
+    killed mid-batch leaves at most a torn final line, which :func:`read_records` skips and the next
+    append removes. Appenders on one machine are serialised by a lock on the file."""
+    data = "".join(r.to_line() + "\n" for r in records).encode()
+    try:
+        with open(path, "a+b", buffering=0) as f:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            _end_at_a_line(f, path)
+            view = memoryview(data)
+            while view:
+                view = view[f.write(view):]
     except OSError as err:
         raise RecordsError(f"cannot write tuning records to {str(path)!r}: {err.strerror or err}") from None
 
@@ -125,15 +280,38 @@ def as_records(records) -> list[TuningRecord]:
     if isinstance(records, (str, Path)):
         return read_records(records)
     out = []
-    for r in records:
+    for n, r in enumerate(records):
         if isinstance(r, TuningRecord):
             out.append(r)
         else:
+            if (depth := _depth(r)) > MAX_RECORD_DEPTH:
+                raise RecordsError(f"tuning record {n} nested {depth} levels deep; a record nests at most "
+                                   f"{MAX_RECORD_DEPTH}")
             try:
-                out.append(TuningRecord.from_dict(r))
-            except (KeyError, TypeError, ValueError, ScheduleError) as err:
-                raise RecordsError(f"malformed tuning record {r!r}: {err}") from None
+                out.append(dataclasses.replace(TuningRecord.from_dict(r), origin=f"tuning record {n}"))
+            except (*_MALFORMED, RecursionError) as err:
+                msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+                raise RecordsError(f"malformed tuning record {n} {_show(r)}: {msg}") from None
     return out
+
+
+def cycles_floor(workload: AttentionWorkload, cfg: HardwareConfig) -> CallBound | None:
+    """The fewest cycles any schedule of ``workload`` can take on ``cfg``, whatever its data: the count
+    form of :mod:`~energon_tvm.schedules.bounds` with no pair a candidate or kept (its weakest form: the
+    bound only grows with the counts). None when no schedule fits (records for it are skipped anyway)."""
+    try:
+        return call_bound_from_counts(workload, cfg, 0, [0] * len(workload.params.rounds))
+    except ScheduleError:
+        return None
+
+
+def check_cycles(record: TuningRecord, floor: CallBound | None, cfg: HardwareConfig, where: str = "") -> None:
+    """Refuse a record claiming fewer cycles than ``floor`` (:func:`cycles_floor` of its workload on
+    ``cfg``) with a :class:`RecordsError` naming its origin."""
+    if floor is not None and record.ok and record.cycles < floor.cycles:
+        raise RecordsError(f"{record.origin or where or 'tuning record'}: claims {record.cycles:,} cycles for "
+                           f"{record.workload_key} on config {cfg.name!r}, but no schedule of it can take fewer "
+                           f"than {floor.cycles:,} ({floor.binds} bound with no pair kept); refused")
 
 
 def best_record(records, workload: AttentionWorkload, cfg: HardwareConfig) -> TuningRecord | None:
@@ -141,14 +319,21 @@ def best_record(records, workload: AttentionWorkload, cfg: HardwareConfig) -> Tu
 
     ``records``: a records file path, or a list of :class:`TuningRecord` or record dicts. A record
     matches on the workload key and the config fingerprint; one whose schedule no longer fits (records
-    from an older scheduler) is skipped.
+    from an older scheduler) is skipped. A matching record that claims fewer cycles than
+    :func:`cycles_floor` is a :class:`RecordsError` naming its origin.
     """
     key, fp = workload.key(), cfg.fingerprint.hex()
     best = None
-    for r in as_records(records):
-        if r.ok and r.workload_key == key and r.config_fingerprint == fp and (best is None or r.cycles < best.cycles):
-            if fits(workload, r.schedule, cfg):
-                best = r
+    floor: CallBound | None = None
+    checked = False
+    for n, r in enumerate(as_records(records)):
+        if not (r.ok and r.workload_key == key and r.config_fingerprint == fp):
+            continue
+        if not checked:  # once per call: the bound takes a millisecond
+            floor, checked = cycles_floor(workload, cfg), True
+        check_cycles(r, floor, cfg, f"tuning record {n}")
+        if (best is None or r.cycles < best.cycles) and fits(workload, r.schedule, cfg):
+            best = r
     return best
 
 

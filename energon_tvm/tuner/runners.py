@@ -7,12 +7,21 @@ so a session's outcome depends only on its inputs and seed, never on which worke
 
 A runner may serve several sessions (one per workload of a model); use it as a context manager or
 call :meth:`close`. ``dask.distributed`` is imported only when a :class:`DaskRunner` is made.
+
+A :class:`LocalRunner`'s workers die with the process that started them, even when it is killed with
+SIGKILL and runs no clean-up (``kill -9`` of ``tvmc tune``): on Linux the kernel signals them
+(``prctl(PR_SET_PDEATHSIG, SIGKILL)``), elsewhere a watchdog thread in each worker polls its parent.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -48,11 +57,42 @@ class InlineRunner(Runner):
         return [measure(task, s.to_dict()) for s in schedules]
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+#: seconds between a watchdog's looks at its parent (where prctl is not available)
+WATCHDOG_PERIOD = 0.5
+
+
+def _parent_death_signal() -> bool:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux); False where it cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # no libc or no prctl symbol (another C library)
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(WATCHDOG_PERIOD)
+    os._exit(1)  # orphaned: nobody reads our results, and the pool's clean-up will never come
+
+
+def _die_with_parent(parent: int, use_prctl: bool) -> None:
+    """Process-pool initializer: end this worker when ``parent`` (the pid that made the pool) ends."""
+    if not (use_prctl and _parent_death_signal()):
+        threading.Thread(target=_watch_parent, args=(parent,), name="energon-parent-watchdog", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
 class LocalRunner(Runner):
     """A pool of ``n_parallel`` processes (default: the CPU count), started on first use.
 
     Workers are spawned, not forked: the tuning process holds XGBoost's OpenMP threads and the
-    progress bar's monitor thread, which a forked child would inherit in an undefined state.
+    progress bar's monitor thread, which a forked child would inherit in an undefined state. They die
+    with this process (see the module docstring).
     """
 
     name = "local"
@@ -66,7 +106,16 @@ class LocalRunner(Runner):
 
     def run(self, task: MeasureTask, schedules: Sequence[Schedule]) -> list[MeasureResult]:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.n_parallel, mp_context=multiprocessing.get_context("spawn"))
+            # PR_SET_PDEATHSIG fires when the *thread* that started a worker ends, and the pool starts a
+            # worker from whichever thread submits when none is idle. Only the main thread lives as long
+            # as the process, so prctl is used from it alone, and every worker is started now (n no-ops
+            # submitted at once, before any worker is up to take one), not later from another thread.
+            on_main = threading.current_thread() is threading.main_thread()
+            self._pool = ProcessPoolExecutor(self.n_parallel, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_die_with_parent, initargs=(os.getpid(), on_main))
+            if on_main:
+                for _ in range(self.n_parallel):
+                    self._pool.submit(os.getpid)
         futures = [self._pool.submit(measure, task, s.to_dict()) for s in schedules]
         return [f.result() for f in futures]
 

@@ -6,6 +6,7 @@ arguments, so the command line only parses, loops over the model's workloads and
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from ..schedules.schedule import Schedule
 from ..schedules.workload import AttentionWorkload
 from .errors import TuningError
 from .measure import MeasureResult, MeasureTask
-from .records import TuningRecord, append_records
+from .records import TuningRecord, append_records, cycles_floor
 from .runners import Runner, make_runner
 from .space import DEFAULT_MAX_INSTRUCTIONS, SearchSpace
 from .tuners import TUNERS, make_tuner
@@ -83,6 +84,7 @@ def tune(workload: AttentionWorkload, cfg: HardwareConfig | str | Path,
     space = SearchSpace.build(workload, cfg, knobs=knobs, max_instructions=max_instructions)
     task = MeasureTask.create(workload, cfg, profile, max_instructions=max_instructions)
     search = make_tuner(tuner, space, seed, **(tuner_options or {}))
+    floor = cycles_floor(workload, cfg)
     own_runner = runner is None
     if own_runner:
         runner = make_runner(n_parallel=n_parallel, dask_scheduler=dask_scheduler, dask_timeout=dask_timeout)
@@ -122,7 +124,7 @@ def tune(workload: AttentionWorkload, cfg: HardwareConfig | str | Path,
     try:
         if include_heuristic:
             h = space.heuristic()
-            (result,) = runner.run(task, [h])
+            (result,) = _within_floor([h], runner.run(task, [h]), floor)
             log([h], [result], "heuristic")
             at = space.index(h)
             if at is not None:  # the tuner learns from it and never proposes it again
@@ -130,7 +132,7 @@ def tune(workload: AttentionWorkload, cfg: HardwareConfig | str | Path,
         while len(kept) < trials and search.has_next():
             picks = search.next_batch(min(batch_size, trials - len(kept)))
             schedules = [space[i] for i in picks]
-            results = runner.run(task, schedules)
+            results = _within_floor(schedules, runner.run(task, schedules), floor)
             search.update(picks, results)
             log(schedules, results, tuner)
             if early_stopping is not None and len(kept) - 1 - best_trial >= early_stopping:
@@ -141,6 +143,21 @@ def tune(workload: AttentionWorkload, cfg: HardwareConfig | str | Path,
         if own_runner:
             runner.close()
     return TuneResult(tuple(kept), best, heuristic, len(space), stopped_early)
+
+
+def _within_floor(schedules: Sequence[Schedule], results: Sequence[MeasureResult], floor) -> list[MeasureResult]:
+    """Results with any below ``floor`` (:func:`~.records.cycles_floor`) turned into unmeasurable points.
+    Such a figure means the simulator or the bound is wrong; recorded as measured, it would make every
+    later read of the records refuse the file, and it would mislead the cost model."""
+    out = []
+    for s, r in zip(schedules, results):
+        if floor is not None and r.ok and r.cycles < floor.cycles:
+            why = (f"measured {r.cycles:,} cycles, below the {floor.cycles:,}-cycle lower bound of any schedule "
+                   f"of the workload (the simulator or schedules/bounds.py is wrong)")
+            warnings.warn(f"schedule {s.to_json()}: {why}; recorded as not measurable", stacklevel=3)
+            r = MeasureResult(None, r.instructions, f"BoundViolation: {why}")
+        out.append(r)
+    return out
 
 
 def _short(w: AttentionWorkload) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import __version__
 from .errors import TVMCError
 from .frontends import LoadedModel, TensorSpec, load_model
-from .package import sha256, write_package
+from .package import atomic_write, sha256, write_package
 from .target import Target, parse_target
 
 
@@ -133,26 +133,31 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
                          timings, str(model_path), sha256(Path(model_path).read_bytes()))
 
 
-def write(result: CompileResult, output, dump_code: str | None = None) -> list[Path]:
-    """Write the package to ``output`` and the requested dumps next to it; returns the files written."""
+def write(result: CompileResult, output, dump_code: str | None = None, *, key: bytes | None = None) -> list[Path]:
+    """Write the package to ``output`` (signed when ``key`` is given, see
+    :func:`~energon_tvm.tvmc.package.package_key`) and the requested dumps next to it; returns the files
+    written. Everything is rendered and checked first, so a failure leaves any existing output as it
+    was; each file is written to a temporary name and renamed."""
     from ..isa.asm import disassemble
 
     output = Path(output)
-    write_package(output, result.manifest(), result.library, {c.member: c.program for c in result.calls})
-    written = [output]
     kinds = {k.strip() for k in (dump_code or "").split(",") if k.strip()}
     unknown = kinds - {"isa", "relax"}
     if unknown:
         raise TVMCError(f"unknown --dump-code kind(s) {', '.join(sorted(unknown))}; known: isa, relax")
+    dumps: dict[Path, str] = {}
     if "relax" in kinds:
-        path = output.with_name(output.name + ".relax.py")
-        path.write_text(result.relax_text)
-        written.append(path)
+        dumps[output.with_name(output.name + ".relax.py")] = result.relax_text
+    folder = output.with_name(output.name + ".isa")
     if "isa" in kinds:
-        folder = output.with_name(output.name + ".isa")
-        folder.mkdir(exist_ok=True)
+        if folder.exists() and not folder.is_dir():
+            raise TVMCError(f"--dump-code isa writes into {str(folder)!r}, which is a file")
         for call in result.calls:
-            path = folder / f"call_{call.index:03d}.asm"
-            path.write_text(f"; site {call.site}\n" + disassemble(call.program))
-            written.append(path)
-    return written
+            dumps[folder / f"call_{call.index:03d}.asm"] = f"; site {call.site}\n" + disassemble(call.program)
+    manifest = result.manifest()
+    write_package(output, manifest, result.library, {c.member: c.program for c in result.calls}, key=key)
+    if "isa" in kinds:
+        folder.mkdir(exist_ok=True)
+    for path, text in dumps.items():
+        atomic_write(path, text.encode())
+    return [output, *dumps]

@@ -123,6 +123,64 @@ def load_onnx(path: Path, shapes: dict[str, tuple[int, ...]]):
     return mod, inputs, outputs
 
 
+#: a member torch.export.load would hand to AOTInductor, which extracts it and dlopens (or compiles) it
+_AOTI_DIR = re.compile(r"(^|/)data/aotinductor/", re.IGNORECASE)
+_NATIVE_SUFFIX = re.compile(r"\.(so(\.\d+)*|dll|dylib|pyd)$", re.IGNORECASE)
+#: the first bytes of an executable or shared library: ELF, Mach-O (32/64-bit, either byte order, fat)
+_NATIVE_MAGIC = {b"\x7fELF": "ELF", b"\xfe\xed\xfa\xce": "Mach-O", b"\xfe\xed\xfa\xcf": "Mach-O",
+                 b"\xce\xfa\xed\xfe": "Mach-O", b"\xcf\xfa\xed\xfe": "Mach-O", b"\xca\xfe\xba\xbe": "Mach-O fat",
+                 b"\xbe\xba\xfe\xca": "Mach-O fat"}
+#: a PE file starts "MZ" and names its "PE\0\0" header's offset at byte 0x3c; two bytes alone are too
+#: common in tensor data to refuse on, so the header is looked for within this many bytes
+_PE_SEARCH_BYTES = 64 << 10
+
+
+def _native_kind(member) -> tuple[str, bytes] | None:
+    """(the kind of native code, its first bytes) when a zip member starts like an executable."""
+    head = member.read(0x40)
+    kind = _NATIVE_MAGIC.get(head[:4])
+    if kind is None and head[:2] == b"MZ" and len(head) == 0x40:
+        offset = int.from_bytes(head[0x3C:0x40], "little")
+        if offset + 4 <= _PE_SEARCH_BYTES:
+            head += member.read(max(0, offset + 4 - len(head)))
+            if head[offset:offset + 4] == b"PE\0\0":
+                kind = "PE"
+    return None if kind is None else (kind, head[:4])
+
+
+def refuse_native_code(path: Path) -> None:
+    """Refuse a .pt2 archive that carries native code, before torch opens it: ``torch.export.load``
+    loads every ``data/aotinductor/<model>/`` entry as an AOTInductor model (a shared library it
+    dlopens), and a library runs code as it loads. Refused: any entry under ``data/aotinductor/``, any
+    ``.so``/``.dll``/``.dylib``/``.pyd`` entry, and any entry whose first bytes are an ELF, Mach-O or
+    PE header. The entries' names come from the zip's directory; only each entry's first bytes are
+    read."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename.replace("\\", "/")
+                if _AOTI_DIR.search(name):
+                    raise TVMCError(f"{path} carries an AOTInductor entry {info.filename!r}: torch.export.load "
+                                    f"would load native code from it; energon-tvm reads exported programs only")
+                if _NATIVE_SUFFIX.search(name):
+                    raise TVMCError(f"{path} carries a native library {info.filename!r}; energon-tvm refuses "
+                                    f"model archives with native code")
+                if info.is_dir() or info.file_size == 0:
+                    continue
+                with archive.open(info) as member:
+                    native = _native_kind(member)
+                if native is not None:
+                    raise TVMCError(f"{path} member {info.filename!r} is native code ({native[0]} header "
+                                    f"{native[1].hex()}); energon-tvm refuses model archives with native code")
+    except TVMCError:
+        raise
+    except Exception as err:  # BadZipFile, an encrypted or unsupported member, a truncated file...
+        raise TVMCError(f"{path} is not a torch.export program (.pt2): {type(err).__name__}: "
+                        f"{(str(err).splitlines() or [''])[0]}") from None
+
+
 class _Unpickling(Exception):
     """Raised inside torch.export.load when the archive asks for a pickled Python object."""
 
@@ -158,7 +216,9 @@ def _tensors_only(torch):
 
 def load_pytorch(path: Path, shapes: dict[str, tuple[int, ...]]):
     """An ``torch.export`` program saved with ``torch.export.save`` (a .pt2 archive). Its tensors are
-    read; nothing in it is unpickled (:func:`_tensors_only`)."""
+    read; nothing in it is unpickled (:func:`_tensors_only`) and no native code in it is loaded
+    (:func:`refuse_native_code`, before torch sees the file)."""
+    refuse_native_code(path)
     try:
         import torch
     except ImportError:

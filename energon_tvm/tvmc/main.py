@@ -3,7 +3,12 @@
 Subcommands live in :mod:`energon_tvm.tvmc.commands`, one module each; a module registers itself with
 :func:`command`, so adding a subcommand is adding one file. A user's mistake (an
 :class:`~energon_tvm.isa.errors.EnergonError`) prints one line on stderr and exits 1; ``-v`` shows the
-traceback too.
+traceback too. So does input nested too deeply for a parser that has no guard of its own (a
+``RecursionError``: the parsers of records and configs raise typed errors first).
+
+A reader that goes away (``tvmc inspect pkg.tar | head -1``) ends the command quietly with exit status
+141 (:data:`EXIT_BROKEN_PIPE`, 128 + SIGPIPE): what a shell reports for a tool SIGPIPE killed, so a
+``set -o pipefail`` script sees tvmc as it sees ``cat``, and no traceback is printed.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import re
 import sys
@@ -69,7 +75,28 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+#: exit status when stdout's reader has gone away: 128 + SIGPIPE, as for a tool the signal killed
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away shows at the latest here, inside the handler below
+    except BrokenPipeError:
+        # the Python docs' recipe (signal module, "Note on SIGPIPE"): point stdout at devnull, so the
+        # interpreter's own flush at exit does not fail again and print "Exception ignored ..."
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file descriptor (an embedding, a test's capture)
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(_attach_negative_values(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
@@ -88,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print("tvmc: error: " + " ".join(str(err).split()), file=sys.stderr)  # one line, whatever the message
+        return 1
+    except RecursionError:
+        if args.verbose:
+            raise
+        print("tvmc: error: input nested too deeply to read (RecursionError); -v shows where", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tvmc: interrupted", file=sys.stderr)

@@ -8,6 +8,9 @@ hardware config, so nothing about the machine is looked up anywhere else.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import struct
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -65,28 +68,154 @@ def per_inference(runs) -> dict:
         "calls": per_run[0]["calls"] if per_run else 0, "kept_ratio": pooled["kept_ratio"]}
 
 
+#: Limits for an inputs .npz, checked before zipfile reads its directory: real ones hold a few arrays.
+NPZ_MAX_MEMBERS = 1024
+NPZ_MAX_DIRECTORY_BYTES = 1 << 20
+_EOCD = struct.Struct("<4s4H2LH")  # the zip's end-of-central-directory record
+_CHUNK = 1 << 20
+
+
+def _check_zip_directory(f, path) -> None:
+    """Refuse a zip whose central directory is large before :mod:`zipfile` reads it all into memory
+    (a few hundred bytes of Python objects per entry)."""
+    size = f.seek(0, 2)
+    tail_len = min(size, _EOCD.size + 0xFFFF)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + _EOCD.size > len(tail):
+        return  # not a zip: zipfile says so
+    _sig, _disk, _cd_disk, _here, entries, cd_bytes, cd_offset, _comment = _EOCD.unpack_from(tail, at)
+    if entries == 0xFFFF or cd_bytes == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:
+        raise TVMCError(f"{path}: a zip64 .npz (over 65535 members or 4 GiB) is not read as inputs; the limits "
+                        f"are {NPZ_MAX_MEMBERS} members and a {NPZ_MAX_DIRECTORY_BYTES}-byte directory")
+    if entries > NPZ_MAX_MEMBERS or cd_bytes > NPZ_MAX_DIRECTORY_BYTES:
+        raise TVMCError(f"{path}: the .npz declares {entries} members in a {cd_bytes}-byte directory; the limits "
+                        f"are {NPZ_MAX_MEMBERS} members and {NPZ_MAX_DIRECTORY_BYTES} bytes")
+
+
+def _npy_header(stream, member: str, path) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) from a .npy stream's header, leaving the stream at the data."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    raise TVMCError(f"{path}: member {member!r} is .npy format version {version[0]}.{version[1]}; inputs are "
+                    f"read in versions 1.0 and 2.0")
+
+
+def _check_values(name: str, arr: np.ndarray, target: np.dtype) -> None:
+    """The rules an input's values follow: finite floats, and a dtype that converts to the package's
+    without loss (numpy's "safe" casting, or integers whose values fit)."""
+    src = arr.dtype
+    if src.kind == "f" and arr.size:
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise TVMCError(f"input {name!r} holds {int(bad.sum())} NaN or infinite value(s), the first {arr[where]} "
+                            f"at {list(where)}; inputs must be finite")
+    if np.can_cast(src, target, "safe"):
+        return
+    if src.kind in "biu" and target.kind in "biuf":
+        if target.kind == "f":
+            bits = np.finfo(target).nmant + 1
+            lo, hi, rule = -(2 ** bits), 2 ** bits, f"integers in [-2**{bits}, 2**{bits}] are exact in {target}"
+        else:
+            info = np.iinfo(target) if target.kind != "b" else None
+            lo, hi = (0, 1) if info is None else (info.min, info.max)
+            rule = f"{target} holds [{lo}, {hi}]"
+        if not arr.size:
+            return
+        for value in (arr.min(), arr.max()):
+            if not lo <= int(value) <= hi:
+                where = tuple(int(i) for i in np.argwhere(arr == value)[0])
+                raise TVMCError(f"input {name!r} holds {int(value)} at {list(where)}, which the package's dtype "
+                                f"{target} cannot hold ({rule})")
+        return
+    raise TVMCError(f"input {name!r} is {src}; the package takes {target}, and {src} -> {target} can lose values "
+                    f"(numpy 'safe' casting); convert the array to {target} first")
+
+
+def _read_npz(path, specs: list[dict]) -> dict[str, np.ndarray]:
+    """The arrays for ``specs`` from an .npz, never unpickled and bounded by what the specs need: only
+    their members are read, each member's .npy header is checked (shape, dtype, data size) before its
+    data is decompressed, and members the model does not take are never decompressed."""
+    import zipfile
+
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise TVMCError(f"inputs file {str(path)!r} does not exist") from None
+    except OSError as err:
+        raise TVMCError(f"cannot open inputs file {str(path)!r}: {err.strerror or err}") from None
+    wanted = {s["name"] for s in specs}
+    with f, contextlib.ExitStack() as streams:
+        try:
+            _check_zip_directory(f, path)
+            archive = streams.enter_context(zipfile.ZipFile(f))
+            members: dict[str, zipfile.ZipInfo] = {}
+            for info in archive.infolist():
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename  # as np.load names them
+                if key in wanted:
+                    if key in members:
+                        raise TVMCError(f"{path}: input {key!r} appears twice ({members[key].filename!r} and "
+                                        f"{info.filename!r})")
+                    members[key] = info
+            headers = {}
+            for s in specs:  # every present member's header first, then what is missing
+                info = members.get(s["name"])
+                if info is None:
+                    continue
+                stream = streams.enter_context(archive.open(info))
+                shape, fortran, dtype = _npy_header(stream, info.filename, path)
+                if dtype.hasobject or dtype.kind not in "biuf":
+                    raise TVMCError(f"{path} is not a readable .npz of plain arrays: input {s['name']!r} has dtype "
+                                    f"{dtype}; inputs are bool, integer or float arrays (no object, string, complex "
+                                    f"or structured ones)")
+                if list(shape) != list(s["shape"]):
+                    raise TVMCError(f"input {s['name']!r} has shape {list(shape)}; the package was compiled for "
+                                    f"{s['shape']}")
+                need = math.prod(shape) * dtype.itemsize
+                declared = info.file_size - stream.tell()
+                if declared != need:
+                    raise TVMCError(f"{path}: input {s['name']!r} ({info.filename}) declares {declared} bytes of "
+                                    f"data; its header's shape {list(shape)} of {dtype} needs {need}")
+                headers[s["name"]] = (stream, shape, fortran, dtype, need)
+            missing = [s["name"] for s in specs if s["name"] not in headers]
+            if missing:
+                raise TVMCError(f"{path} lacks input(s) {', '.join(missing)}; the model takes "
+                                f"{', '.join(s['name'] for s in specs)}")
+            out = {}
+            for name, (stream, shape, fortran, dtype, need) in headers.items():
+                flat = np.empty(math.prod(shape), dtype)
+                raw, got = flat.view(np.uint8), 0
+                while got < need:
+                    chunk = stream.read(min(_CHUNK, need - got))
+                    if not chunk:
+                        raise TVMCError(f"{path}: input {name!r} is truncated: {got} of {need} bytes")
+                    raw[got:got + len(chunk)] = np.frombuffer(chunk, np.uint8)
+                    got += len(chunk)
+                out[name] = flat.reshape(shape, order="F" if fortran else "C")
+            return out
+        except TVMCError:
+            raise
+        except Exception as err:  # BadZipFile, zlib.error, a bad .npy header (ValueError), OSError, EOFError...
+            raise TVMCError(f"{path} is not a readable .npz of plain arrays: {type(err).__name__}: "
+                            f"{(str(err).splitlines() or [''])[0]}") from None
+
+
 def make_inputs(manifest: dict, inputs_path=None, fill_mode: str = "random", seed: int = 0) -> dict[str, np.ndarray]:
-    """The model's inputs, from an .npz (never unpickled) or filled; checked against the manifest."""
+    """The model's inputs, from an .npz (see :func:`_read_npz`; never unpickled) or filled; checked
+    against the manifest: shape, a dtype that converts without loss, finite values."""
     specs = manifest["inputs"]
     if inputs_path is not None:
-        try:
-            with np.load(inputs_path, allow_pickle=False) as z:
-                given = {k: z[k] for k in z.files}
-        except FileNotFoundError:
-            raise TVMCError(f"inputs file {str(inputs_path)!r} does not exist") from None
-        except (OSError, ValueError) as err:
-            raise TVMCError(f"{inputs_path} is not a readable .npz of plain arrays: {err}") from None
-        missing = [s["name"] for s in specs if s["name"] not in given]
-        if missing:
-            raise TVMCError(f"{inputs_path} lacks input(s) {', '.join(missing)}; the model takes "
-                            f"{', '.join(s['name'] for s in specs)}")
+        given = _read_npz(inputs_path, specs)
         out = {}
         for s in specs:
-            arr = given[s["name"]]
-            if list(arr.shape) != list(s["shape"]):
-                raise TVMCError(f"input {s['name']!r} has shape {list(arr.shape)}; the package was compiled for "
-                                f"{s['shape']}")
-            out[s["name"]] = arr.astype(s["dtype"], copy=False)
+            arr, target = given[s["name"]], np.dtype(s["dtype"])
+            _check_values(s["name"], arr, target)
+            out[s["name"]] = arr.astype(target, copy=False)
         return out
     if fill_mode not in FILL_MODES:
         raise TVMCError(f"unknown --fill-mode {fill_mode!r}; known: {', '.join(FILL_MODES)}")
@@ -116,15 +245,20 @@ class PackageSession:
     """A loaded package, ready to run many inputs (the library is loaded once, its VM bound to this
     session's runner)."""
 
-    def __init__(self, path):
+    def __init__(self, path, *, key: bytes | None = None):
         import tvm
 
         from ..executor import Runner
         from ..relax import bridge
 
         self._tmp = tempfile.TemporaryDirectory(prefix="energon-pkg-")
-        self.package = read_package(path, library_dir=Path(self._tmp.name))
-        self.runner = Runner()
+        try:
+            self.package = read_package(path, library_dir=Path(self._tmp.name), key=key)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+        # the library runs only the programs the package lists (the ones tvmc inspect shows)
+        self.runner = Runner(allowed_programs=self.package.program_digests())
         try:
             lib = tvm.runtime.load_module(str(self.package.library_path))
             self._vm = bridge.virtual_machine(lib, self.runner)
@@ -169,11 +303,12 @@ class PackageSession:
 
 
 def run_package(path, *, inputs=None, fill_mode: str = "random", repeat: int = 1, trace: bool = False,
-                capture: bool = False, seed: int = 0) -> RunResult:
-    """Run a compiled package once per ``repeat``; statistics come from the first run."""
+                capture: bool = False, seed: int = 0, key: bytes | None = None) -> RunResult:
+    """Run a compiled package once per ``repeat``; statistics come from the first run. With ``key``
+    (:func:`~energon_tvm.tvmc.package.package_key`) the package must be signed with it."""
     if repeat < 1:
         raise TVMCError(f"--repeat {repeat}: must be at least 1")
-    with PackageSession(path) as session:
+    with PackageSession(path, key=key) as session:
         feeds = make_inputs(session.manifest, inputs, fill_mode, seed)
         result = RunResult(session.package, {})
         for i in range(repeat):

@@ -122,7 +122,7 @@ def test_energy_values_are_checked_once_for_files_and_dicts(tmp_path):
     path.write_text(text)
     rule = "energy table 'energy_45nm': leakage_mw = -2.0 must be a finite number >= 0"
     with pytest.raises(ConfigError) as from_file:
-        load_energy_table(path)
+        load_energy_table(path, 8.0)  # the DRAM energy per bit is the machine config's, passed in
     assert str(from_file.value) == f"{path}: {rule}"
     with pytest.raises(ConfigError) as from_dict:
         HardwareConfig.from_dict(_with("energy.leakage_mw", -2.0))

@@ -18,13 +18,17 @@ def add_arguments(p) -> None:
     p.add_argument("--tuning-records", help="JSON-lines tuning records (tvmc tune); the best per workload is used")
     p.add_argument("--dump-code", help="comma list of isa,relax: write them next to the output")
     p.add_argument("--dump-offloads", metavar="-|FILE", help="list every attention site, offloaded or not and why")
+    p.add_argument("--package-key", metavar="FILE", help="sign the package with this key (hex, in FILE); default: "
+                   "$ENERGON_PACKAGE_KEY_FILE or $ENERGON_PACKAGE_KEY, unsigned when neither is set")
 
 
 @command("compile", "compile a model; attention goes to Energon, the rest to the host CPU")(add_arguments)
 def run(args) -> int:
     from ..compiler import compile_model, write
+    from ..package import atomic_write, package_key
 
     verbose = args.verbose
+    key = package_key(args.package_key)  # a bad key fails before the compile, not after it
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr)
@@ -32,13 +36,15 @@ def run(args) -> int:
     result = compile_model(args.model, model_format=args.model_format, **target_options(args),
                            input_shapes=args.input_shapes, tuning_records=args.tuning_records,
                            log=say if verbose else None)
-    written = write(result, args.output, args.dump_code)
+    text = None
     if args.dump_offloads:
         text = result.offloads.format() if result.offloads is not None else "energon is not in the target\n"
+    written = write(result, args.output, args.dump_code, key=key)
+    if text is not None:
         if args.dump_offloads == "-":
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
         else:
-            Path(args.dump_offloads).write_text(text)
+            atomic_write(args.dump_offloads, text.encode())
             written.append(Path(args.dump_offloads))
     n_sites = 0 if result.offloads is None else len(result.offloads)
     t = result.timings

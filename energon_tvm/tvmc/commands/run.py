@@ -26,6 +26,9 @@ def add_arguments(p) -> None:
     p.add_argument("--reference", help=".npz of reference outputs (e.g. a dense run) to compare against")
     p.add_argument("--repeat", type=int, default=1, help="run N times (statistics from the first)")
     p.add_argument("--seed", type=int, default=0, help="seed of --fill-mode random")
+    p.add_argument("--package-key", metavar="FILE", help="run only packages signed with this key (hex, in FILE); "
+                   "default: $ENERGON_PACKAGE_KEY_FILE or $ENERGON_PACKAGE_KEY. A package is native code: "
+                   "run only packages you trust (docs/packages.md)")
 
 
 def _profile_lines(result) -> list[str]:
@@ -76,10 +79,11 @@ def compare(outputs: dict, reference_path) -> dict:
 
 @command("run", "run a compiled package with its attention on the simulated accelerator")(add_arguments)
 def run(args) -> int:
+    from ..package import package_key
     from ..runner import run_package
 
     result = run_package(args.package, inputs=args.inputs, fill_mode=args.fill_mode, repeat=args.repeat,
-                         trace=bool(args.trace or args.report), seed=args.seed)
+                         trace=bool(args.trace or args.report), seed=args.seed, key=package_key(args.package_key))
     if args.outputs:
         np.savez(args.outputs, **result.outputs)
         print(f"wrote {args.outputs}", file=sys.stderr)
