@@ -133,6 +133,18 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
                          timings, str(model_path), sha256(Path(model_path).read_bytes()))
 
 
+DUMP_KINDS = ("isa", "relax")
+
+
+def dump_kinds(dump_code: str | None) -> set[str]:
+    """The kinds a ``--dump-code`` list names (checked: the command line calls this before compiling)."""
+    kinds = {k.strip() for k in (dump_code or "").split(",") if k.strip()}
+    unknown = kinds - set(DUMP_KINDS)
+    if unknown:
+        raise TVMCError(f"unknown --dump-code kind(s) {', '.join(sorted(unknown))}; known: {', '.join(DUMP_KINDS)}")
+    return kinds
+
+
 def write(result: CompileResult, output, dump_code: str | None = None, *, key: bytes | None = None) -> list[Path]:
     """Write the package to ``output`` (signed when ``key`` is given, see
     :func:`~energon_tvm.tvmc.package.package_key`) and the requested dumps next to it; returns the files
@@ -141,10 +153,7 @@ def write(result: CompileResult, output, dump_code: str | None = None, *, key: b
     from ..isa.asm import disassemble
 
     output = Path(output)
-    kinds = {k.strip() for k in (dump_code or "").split(",") if k.strip()}
-    unknown = kinds - {"isa", "relax"}
-    if unknown:
-        raise TVMCError(f"unknown --dump-code kind(s) {', '.join(sorted(unknown))}; known: isa, relax")
+    kinds = dump_kinds(dump_code)
     dumps: dict[Path, str] = {}
     if "relax" in kinds:
         dumps[output.with_name(output.name + ".relax.py")] = result.relax_text

@@ -150,6 +150,17 @@ def _partial_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.{secrets.token_hex(4)}.partial")
 
 
+def check_output(path, option: str) -> Path:
+    """``path`` as an output of ``option``: its folder must exist and it must not be a folder (checked
+    before any work, so a command never fails on its last step)."""
+    path = Path(path)
+    if path.is_dir():
+        raise PackageError(f"{option} {str(path)!r} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise PackageError(f"{option} {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    return path
+
+
 def atomic_write(path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory, renamed over it: a
     reader sees the old file or the new one, and the temporary file is gone on every way out."""

@@ -48,3 +48,31 @@ def test_input_nested_past_a_parser_without_a_guard_is_one_line(capsys):
         cli._COMMANDS.pop("nested-input")
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["tvmc: error: input nested too deeply to read (RecursionError); -v shows where"]
+
+
+def test_what_would_fail_last_fails_first(model_files, tmp_path, monkeypatch, capsys):
+    """Bad dump kinds, missing output folders and a negative seed are refused before any compile or run."""
+    from energon_tvm.tvmc import compiler, runner
+    from energon_tvm.tvmc.main import main
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the command did work before checking its options")
+
+    monkeypatch.setattr(compiler, "compile_model", no_work)
+    monkeypatch.setattr(runner, "run_package", no_work)
+    model, missing = model_files / "model.onnx", tmp_path / "nope"
+    cases = [
+        (["compile", model, "-o", tmp_path / "m.tar", "--dump-code", "asm"], "unknown --dump-code kind(s) asm"),
+        (["compile", model, "-o", missing / "m.tar"], f"folder {str(missing)!r} does not exist"),
+        (["compile", model, "-o", tmp_path / "m.tar", "--dump-offloads", missing / "o.txt"], "does not exist"),
+        (["compile", model, "-o", tmp_path], "is a folder"),
+        (["run", tmp_path / "m.tar", "--outputs", missing / "out.npz"], "--outputs"),
+        (["run", tmp_path / "m.tar", "--trace", missing / "t.json"], "--trace"),
+        (["run", tmp_path / "m.tar", "--report", missing / "r.html"], "--report"),
+        (["run", tmp_path / "m.tar", "--seed", "-1"], "--seed -1: must be a non-negative integer"),
+    ]
+    for argv, message in cases:
+        assert main([str(a) for a in argv]) == 1, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("tvmc: error:") and message in err[0], (argv, err)
+    assert not (tmp_path / "m.tar").exists()

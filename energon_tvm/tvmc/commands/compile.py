@@ -24,11 +24,16 @@ def add_arguments(p) -> None:
 
 @command("compile", "compile a model; attention goes to Energon, the rest to the host CPU")(add_arguments)
 def run(args) -> int:
-    from ..compiler import compile_model, write
-    from ..package import atomic_write, package_key
+    from ..compiler import compile_model, dump_kinds, write
+    from ..package import atomic_write, check_output, package_key
 
     verbose = args.verbose
-    key = package_key(args.package_key)  # a bad key fails before the compile, not after it
+    # what would fail after the compile fails before it: the key, the dump kinds, the output folders
+    key = package_key(args.package_key)
+    dump_kinds(args.dump_code)
+    check_output(args.output, "-o")
+    if args.dump_offloads and args.dump_offloads != "-":
+        check_output(args.dump_offloads, "--dump-offloads")
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr)

@@ -79,13 +79,23 @@ def compare(outputs: dict, reference_path) -> dict:
 
 @command("run", "run a compiled package with its attention on the simulated accelerator")(add_arguments)
 def run(args) -> int:
-    from ..package import package_key
+    import io
+
+    from ..package import atomic_write, check_output, package_key
     from ..runner import run_package
 
+    # what would fail after the run fails before it
+    if args.seed < 0:
+        raise TVMCError(f"--seed {args.seed}: must be a non-negative integer")
+    for option in ("outputs", "trace", "report"):
+        if getattr(args, option):
+            check_output(getattr(args, option), f"--{option}")
     result = run_package(args.package, inputs=args.inputs, fill_mode=args.fill_mode, repeat=args.repeat,
                          trace=bool(args.trace or args.report), seed=args.seed, key=package_key(args.package_key))
     if args.outputs:
-        np.savez(args.outputs, **result.outputs)
+        buffer = io.BytesIO()
+        np.savez(buffer, **result.outputs)
+        atomic_write(args.outputs, buffer.getvalue())
         print(f"wrote {args.outputs}", file=sys.stderr)
     if args.print_time:
         for i, t in enumerate(result.wall_seconds):
@@ -99,12 +109,12 @@ def run(args) -> int:
     if args.trace:
         from ..trace import merged_trace
 
-        Path(args.trace).write_text(json.dumps(merged_trace(result)))
+        atomic_write(args.trace, json.dumps(merged_trace(result)).encode())
         print(f"wrote {args.trace}", file=sys.stderr)
     if args.report:
         from ..report_html import html_report
 
-        Path(args.report).write_text(html_report(result, accuracy))
+        atomic_write(args.report, html_report(result, accuracy).encode())
         print(f"wrote {args.report}", file=sys.stderr)
     if not (args.profile or args.print_time or args.outputs):
         t = result.totals()
