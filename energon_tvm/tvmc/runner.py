@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import struct
 import tempfile
 import time
@@ -241,11 +242,45 @@ def _to_numpy(value) -> list[np.ndarray]:
     return [x for item in value for x in _to_numpy(item)]
 
 
+DEFAULT_MEMORY_BUDGET = 8 << 30
+
+
+def parse_bytes(text: str, option: str = "--memory-budget") -> int:
+    """``"8GiB"``, ``"512MiB"``, ``"64KiB"`` or a number of bytes -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB)?\s*", str(text))
+    if m is None:
+        raise TVMCError(f"{option} {text!r}: give a size such as 8GiB, 512MiB or a number of bytes")
+    scale = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}[m.group(2)]
+    value = int(float(m.group(1)) * scale)
+    if value < 1:
+        raise TVMCError(f"{option} {text!r}: must be at least one byte")
+    return value
+
+
+def _tensor_bytes(specs) -> int:
+    return sum(int(np.prod(s["shape"], dtype=object)) * np.dtype(s["dtype"]).itemsize for s in specs)
+
+
+def check_memory(package: Package, budget: int) -> None:
+    """Refuse, before anything is allocated, a package whose run needs more than ``budget`` bytes: at
+    least its inputs and outputs plus the simulated DRAM image of its largest call (what the programs'
+    memory maps declare; the host's intermediates come on top)."""
+    from ..isa.program import Program
+
+    io_bytes = _tensor_bytes(package.manifest["inputs"]) + _tensor_bytes(package.manifest["outputs"])
+    image = max((Program.from_bytes(blob).memory_map.extent for blob in package.programs.values()), default=0)
+    need = io_bytes + image
+    if need > budget:
+        raise TVMCError(f"the package needs at least {need / 2**20:,.1f} MiB to run ({io_bytes / 2**20:,.1f} MiB of "
+                        f"inputs and outputs, {image / 2**20:,.1f} MiB of simulated DRAM for its largest call); "
+                        f"the memory budget is {budget / 2**20:,.1f} MiB (--memory-budget)")
+
+
 class PackageSession:
     """A loaded package, ready to run many inputs (the library is loaded once, its VM bound to this
     session's runner)."""
 
-    def __init__(self, path, *, key: bytes | None = None):
+    def __init__(self, path, *, key: bytes | None = None, memory_budget: int | None = DEFAULT_MEMORY_BUDGET):
         import tvm
 
         from ..executor import Runner
@@ -254,6 +289,8 @@ class PackageSession:
         self._tmp = tempfile.TemporaryDirectory(prefix="energon-pkg-")
         try:
             self.package = read_package(path, library_dir=Path(self._tmp.name), key=key)
+            if memory_budget is not None:
+                check_memory(self.package, memory_budget)
         except BaseException:
             self._tmp.cleanup()
             raise
@@ -303,12 +340,13 @@ class PackageSession:
 
 
 def run_package(path, *, inputs=None, fill_mode: str = "random", repeat: int = 1, trace: bool = False,
-                capture: bool = False, seed: int = 0, key: bytes | None = None) -> RunResult:
+                capture: bool = False, seed: int = 0, key: bytes | None = None,
+                memory_budget: int | None = DEFAULT_MEMORY_BUDGET) -> RunResult:
     """Run a compiled package once per ``repeat``; statistics come from the first run. With ``key``
     (:func:`~energon_tvm.tvmc.package.package_key`) the package must be signed with it."""
     if repeat < 1:
         raise TVMCError(f"--repeat {repeat}: must be at least 1")
-    with PackageSession(path, key=key) as session:
+    with PackageSession(path, key=key, memory_budget=memory_budget) as session:
         feeds = make_inputs(session.manifest, inputs, fill_mode, seed)
         result = RunResult(session.package, {})
         for i in range(repeat):

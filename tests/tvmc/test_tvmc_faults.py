@@ -1,4 +1,4 @@
-"""tvmc under faults: a reader that goes away mid-output."""
+"""tvmc under faults: a reader that goes away mid-output, options that would fail last, memory budgets."""
 
 import subprocess
 import sys

@@ -26,6 +26,8 @@ def add_arguments(p) -> None:
     p.add_argument("--reference", help=".npz of reference outputs (e.g. a dense run) to compare against")
     p.add_argument("--repeat", type=int, default=1, help="run N times (statistics from the first)")
     p.add_argument("--seed", type=int, default=0, help="seed of --fill-mode random")
+    p.add_argument("--memory-budget", default="8GiB", help="refuse, before running, a package that needs more "
+                   "memory than this (inputs, outputs and the largest call's simulated DRAM; default 8GiB)")
     p.add_argument("--package-key", metavar="FILE", help="run only packages signed with this key (hex, in FILE); "
                    "default: $ENERGON_PACKAGE_KEY_FILE or $ENERGON_PACKAGE_KEY. A package is native code: "
                    "run only packages you trust (docs/packages.md)")
@@ -82,16 +84,18 @@ def run(args) -> int:
     import io
 
     from ..package import atomic_write, check_output, package_key
-    from ..runner import run_package
+    from ..runner import parse_bytes, run_package
 
     # what would fail after the run fails before it
+    budget = parse_bytes(args.memory_budget)
     if args.seed < 0:
         raise TVMCError(f"--seed {args.seed}: must be a non-negative integer")
     for option in ("outputs", "trace", "report"):
         if getattr(args, option):
             check_output(getattr(args, option), f"--{option}")
     result = run_package(args.package, inputs=args.inputs, fill_mode=args.fill_mode, repeat=args.repeat,
-                         trace=bool(args.trace or args.report), seed=args.seed, key=package_key(args.package_key))
+                         trace=bool(args.trace or args.report), seed=args.seed, key=package_key(args.package_key),
+                         memory_budget=budget)
     if args.outputs:
         buffer = io.BytesIO()
         np.savez(buffer, **result.outputs)
