@@ -51,6 +51,7 @@ class CompileResult:
     timings: dict = field(default_factory=dict)
     model_path: str = ""
     model_sha256: str = ""
+    attention_sites: int = 0  # attention-shaped sites found, offloaded or not (also with --target llvm)
 
     def manifest(self) -> dict:
         import tvm
@@ -119,6 +120,13 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
                     f"schedule")
         say(f"offloaded {len(report.offloaded)} of {len(report)} attention site(s) to Energon "
             f"({tgt.config.name})")
+        sites = len(report)
+    else:
+        from tvm import relax
+
+        from ..relax.discovery import discover
+
+        sites = len(discover(relax.transform.ConvertToDataflow()(mod)))
     t0 = time.perf_counter()
     try:
         ex = host.build(mod, tgt.mcpu)
@@ -130,7 +138,7 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
         library = lib.read_bytes()
     timings["build"] = time.perf_counter() - t0
     return CompileResult(model, tgt, library, calls, report, mod.script(), _output_specs(mod, model.outputs),
-                         timings, str(model_path), sha256(Path(model_path).read_bytes()))
+                         timings, str(model_path), sha256(Path(model_path).read_bytes()), sites)
 
 
 DUMP_KINDS = ("isa", "relax")

@@ -107,3 +107,22 @@ def test_an_offloaded_calls_error_comes_out_as_itself(package, model_files, caps
     assert main(["run", str(package), "--inputs", str(model_files / "nan.npz")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tvmc: error: input 'x' holds 1 NaN or infinite value(s)")
+
+
+def test_host_only_compile_still_counts_the_sites_and_inspect_reads_dumped_asm(model_files, tmp_path, capsys):
+    from energon_tvm.tvmc.main import main
+
+    host = compile_model(model_files / "model.onnx", target="llvm")
+    assert host.calls == [] and host.attention_sites == 2  # found, kept on the host
+
+    out = tmp_path / "m.tar"
+    assert main(["compile", str(model_files / "model.onnx"), "-o", str(out), "--dump-code", "isa"]) == 0
+    capsys.readouterr()
+    asm = tmp_path / "m.tar.isa" / "call_000.asm"
+    assert main(["inspect", str(asm), "--no-code"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("program: ") and "lower bound for that work" in shown
+    asm.write_text(asm.read_text().replace("ld.q ", "ld.qq ", 1))
+    assert main(["inspect", str(asm)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tvmc: error:") and "line" in err[0]

@@ -51,7 +51,7 @@ def run(args) -> int:
         else:
             atomic_write(args.dump_offloads, text.encode())
             written.append(Path(args.dump_offloads))
-    n_sites = 0 if result.offloads is None else len(result.offloads)
+    n_sites = result.attention_sites
     t = result.timings
     print(f"compiled {Path(args.model).name} for {result.target.describe()}: {len(result.calls)} of {n_sites} "
           f"attention site(s) offloaded; {sum(t.values()):.1f} s "

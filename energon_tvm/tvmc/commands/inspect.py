@@ -9,7 +9,8 @@ from ..main import command
 
 
 def add_arguments(p) -> None:
-    p.add_argument("path", help="a package (.tar) or one Energon program (.bin)")
+    p.add_argument("path", help="a package (.tar), one Energon program (.bin), or its assembly text (.asm, as "
+                                "tvmc compile --dump-code isa writes it)")
     p.add_argument("--no-code", action="store_true", help="summaries only, no disassembly")
 
 
@@ -24,6 +25,15 @@ def run(args) -> int:
         raise TVMCError(f"{str(path)!r} does not exist")
     if path.suffix == ".bin":
         print(describe_program(path.read_bytes(), code=not args.no_code))
+        return 0
+    if path.suffix == ".asm":
+        from ...isa.asm import assemble_bytes
+
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise TVMCError(f"{path}: not readable assembly text: {err}") from None
+        print(describe_program(assemble_bytes(text), code=not args.no_code))  # assembler errors name the line
         return 0
     pkg = read_package(path)
     m = pkg.manifest
