@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .errors import PackageError
+from .errors import PackageError, open_user_file
 
 FORMAT = "energon-tvm-package"
 FORMAT_VERSION = 1
@@ -398,13 +398,7 @@ def read_package(path, *, library_dir: Path | None = None, key: bytes | None = N
     only file written, at a name chosen here) so it can be loaded. With ``key``, the package must carry
     a ``manifest.sig`` that matches its manifest under that key."""
     path = Path(path)
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise PackageError(f"package {str(path)!r} does not exist") from None
-    except OSError as err:
-        raise PackageError(f"cannot open package {str(path)!r}: {err.strerror or err}") from None
-    with f:
+    with open_user_file(path, "package", PackageError) as f:
         file_size = os.fstat(f.fileno()).st_size
         source = _HeaderReads(f, path)
         try:

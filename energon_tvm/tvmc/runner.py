@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TVMCError
+from .errors import TVMCError, open_user_file
 from .package import Package, read_package
 
 FILL_MODES = ("zeros", "ones", "random")
@@ -144,12 +144,7 @@ def _read_npz(path, specs: list[dict]) -> dict[str, np.ndarray]:
     data is decompressed, and members the model does not take are never decompressed."""
     import zipfile
 
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise TVMCError(f"inputs file {str(path)!r} does not exist") from None
-    except OSError as err:
-        raise TVMCError(f"cannot open inputs file {str(path)!r}: {err.strerror or err}") from None
+    f = open_user_file(path, "inputs file")
     wanted = {s["name"] for s in specs}
     with f, contextlib.ExitStack() as streams:
         try:
