@@ -27,7 +27,7 @@ from .isa.config import HardwareConfig, load_config
 from .isa.errors import BinaryFormatError, ConfigError, EnergonError, ScheduleError
 from .isa.numerics import MPMRFParams
 from .isa.program import Program
-from .schedules import AttentionWorkload, Schedule, default_schedule, emit_program
+from .schedules import AttentionWorkload, Schedule, check_program, default_schedule, emit_program
 
 BACKENDS = ("simulator", "reference")
 HEURISTIC = "heuristic"
@@ -286,10 +286,8 @@ class Runner:
                                     f"the package lists: its library and its programs/*.bin disagree")
         hit = self._programs.get(key)
         if hit is None:
-            from .schedules import check_program  # what the program claims: workload, schedule, memory map
-
             prog = Program.from_bytes(blob)
-            hit = self._programs[key] = (prog, check_program(prog))
+            hit = self._programs[key] = (prog, check_program(prog))  # its workload, schedule and memory map checked
         return hit
 
     def run_call(self, blob, q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray | None,
@@ -314,7 +312,7 @@ class Runner:
             machine = dict(sim.stats)
             trace = tuple(chrome_trace(sim, prog.config.clock_ghz)["traceEvents"]) if opts.trace else None
             stats = CallStats("simulator", _pairs(w), int(machine["candidates"]),
-                              tuple(int(k) for k in machine["kept_per_round"]), machine, trace)
+                              tuple(int(n) for n in machine["kept_per_round"]), machine, trace)
         inputs = {"q": q, "k": k, "v": v, "bias": bias} if opts.capture else None
         self.calls.append(CallRecord(site, w, stats, inputs, out.copy() if opts.capture else None))
         return out, stats

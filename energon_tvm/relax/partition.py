@@ -36,6 +36,8 @@ class PartitionError(EnergonError, TypeError):
 
 
 def _resolve_target(target, params) -> EnergonTarget:
+    if target is None:
+        target = "edge"
     if isinstance(target, EnergonTarget):
         if params is not None:
             raise PartitionError("give the MP-MRF parameters in the EnergonTarget, not also as params=")
@@ -107,24 +109,22 @@ def _group(mod: tvm.IRModule, session: PartitionSession) -> tvm.IRModule:
                                                 annotate_codegen=True)(mod)
 
 
-def partition_for_energon(mod: tvm.IRModule, target: EnergonTarget | HardwareConfig | str | Path = "edge",
+def partition_for_energon(mod: tvm.IRModule, target: EnergonTarget | HardwareConfig | str | Path | None = None,
                           params: MPMRFParams | None = None, *, config=None) -> tuple[tvm.IRModule, OffloadReport]:
     """Offload every attention block of ``mod`` that Energon can take.
 
     ``target``: an :class:`~energon_tvm.executor.EnergonTarget` (hardware config, MP-MRF parameters per
     site, schedule source), or for short a config name (``edge``, ``server``), a .toml path or a
     HardwareConfig, with ``params`` the MP-MRF parameters every call runs with (default
-    ``MPMRFParams()``) and the heuristic schedules. ``config=`` is the same as ``target=``.
+    ``MPMRFParams()``) and the heuristic schedules; default ``edge``. ``config=`` is the same as ``target=``.
     Returns the rewritten module (host ops + bridge calls) and the report of every attention site, each
     offloaded one with its program and schedule.
     """
     if not isinstance(mod, tvm.IRModule):
         raise PartitionError(f"partition_for_energon takes a tvm.IRModule; got {type(mod).__name__}")
-    if config is not None:
-        if target != "edge":
-            raise PartitionError("give the target once: positionally or as config=, not both")
-        target = config
-    target = _resolve_target(target, params)
+    if config is not None and target is not None:
+        raise PartitionError("give the target once: positionally or as config=, not both")
+    target = _resolve_target(config if target is None else target, params)
     if any(isinstance(f, relax.Function) and is_energon_function(f) for f in mod.functions.values()):
         raise PartitionError("the module is already partitioned for energon")
 

@@ -256,14 +256,12 @@ def _tensor_bytes(specs) -> int:
     return sum(int(np.prod(s["shape"], dtype=object)) * np.dtype(s["dtype"]).itemsize for s in specs)
 
 
-def check_memory(package: Package, budget: int) -> None:
+def check_memory(package: Package, programs, budget: int) -> None:
     """Refuse, before anything is allocated, a package whose run needs more than ``budget`` bytes: at
-    least its inputs and outputs plus the simulated DRAM image of its largest call (what the programs'
-    memory maps declare; the host's intermediates come on top)."""
-    from ..isa.program import Program
-
+    least its inputs and outputs plus the simulated DRAM image of its largest call (what the decoded
+    ``programs``' memory maps declare; the host's intermediates come on top)."""
     io_bytes = _tensor_bytes(package.manifest["inputs"]) + _tensor_bytes(package.manifest["outputs"])
-    image = max((Program.from_bytes(blob).memory_map.extent for blob in package.programs.values()), default=0)
+    image = max((prog.memory_map.extent for prog in programs), default=0)
     need = io_bytes + image
     if need > budget:
         raise TVMCError(f"the package needs at least {need / 2**20:,.1f} MiB to run ({io_bytes / 2**20:,.1f} MiB of "
@@ -284,13 +282,15 @@ class PackageSession:
         self._tmp = tempfile.TemporaryDirectory(prefix="energon-pkg-")
         try:
             self.package = read_package(path, library_dir=Path(self._tmp.name), key=key)
+            # the library runs only the programs the package lists (the ones tvmc inspect shows); they are
+            # decoded and checked once, here, into the runner's cache
+            self.runner = Runner(allowed_programs=self.package.program_digests())
+            programs = [self.runner.program(blob)[0] for blob in self.package.programs.values()]
             if memory_budget is not None:
-                check_memory(self.package, memory_budget)
+                check_memory(self.package, programs, memory_budget)
         except BaseException:
             self._tmp.cleanup()
             raise
-        # the library runs only the programs the package lists (the ones tvmc inspect shows)
-        self.runner = Runner(allowed_programs=self.package.program_digests())
         try:
             lib = tvm.runtime.load_module(str(self.package.library_path))
             self._vm = bridge.virtual_machine(lib, self.runner)
