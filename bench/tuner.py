@@ -1,7 +1,7 @@
 """Autotuner: tuned cycles against the heuristic, and trials to reach the exhaustive best.
 
     python bench/tuner.py [--trials 64] [--tuned-seeds 3] [--seeds 10] [--configs edge,server]
-                          [--workers 2] [--exhaustive-records FILE]
+                          [--workers 2] [--exhaustive-records FILE] [--skip-tuned | --skip-exhaustive]
 
 Workloads: MiniLM (B=1, H=12, S=128, D=32, padding mask bias_shape=(1,1,1,128); calibration: a
 96-token sentence padded to 128) and BERT-base S=512 (B=1, H=12, S=512, D=64, no mask), structured
@@ -71,7 +71,7 @@ def table(headers, rows, title):
 
 def fmt_schedule(s) -> str:
     return (f"q{s.q_tile} k{s.k_chunk} t{s.tile_slots} kv{s.kv_slots} o{s.out_slots} "
-            f"{s.plane_mode}/{s.filter_mode}")
+            f"{s.plane_mode}/{s.filter_mode}/kv-{s.kv_mode}")
 
 
 def note(msg: str) -> None:
@@ -200,13 +200,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--progress", action="store_true", help="show the tuners' progress bars")
     ap.add_argument("--skip-tuned", action="store_true", help="part 2 only")
+    ap.add_argument("--skip-exhaustive", action="store_true", help="part 1 only")
     ap.add_argument("--exhaustive-records", help="JSON-lines file caching part 2's exhaustive measurement")
     args = ap.parse_args()
     t0 = time.perf_counter()
     with LocalRunner(args.workers) as runner:
         if not args.skip_tuned:
             tuned_vs_heuristic(args, runner)
-        exhaustive_study(args, runner)
+        if not args.skip_exhaustive:
+            exhaustive_study(args, runner)
     print(f"\n(total {time.perf_counter() - t0:.0f} s on {args.workers} worker processes)")
 
 

@@ -55,8 +55,8 @@ def record_id(record) -> str:
 
 @dataclass(frozen=True)
 class ScheduleSource:
-    """Where schedules come from: the greedy heuristic, or the fastest matching tuning record (the
-    heuristic for a workload no record matches)."""
+    """Where schedules come from: the heuristic (:func:`default_schedule`), or the best matching tuning
+    record in the objective the records state (the heuristic for a workload no record matches)."""
 
     records: tuple = ()  # TuningRecord, as read by energon_tvm.tuner.records
 

@@ -25,8 +25,11 @@ Conventions the fields rely on (registers are set by ``SETR`` in the program hea
 * The K plane buffer holds a key chunk's bit-planes plane-major: plane ``p`` of a ``keys``-key chunk
   at ``kp + p * keys * D / 8``. In DRAM plane ``p`` of a head lies ``p * SEQ_K * D / 8`` bytes after
   plane 0.
-* Scores are INT32 row-major [rows, keys]; bias tiles FP32 [rows, keys]; K/V tiles INT16
+* Scores are INT32 (INT16 with ``narrow``) row-major [rows, keys]; bias tiles FP32 [rows, keys]; K/V tiles INT16
   [keys, D] with V ``keys * D * 2`` bytes after K (a gathered row sits at its slot in the chunk).
+* A head's K/V held across its query tiles is its chunks' K and V tiles one after another; LD.KVR keeps
+  one resident bit per key of the chunk (an index-buffer row of ``ceil(keys / 8)`` bytes at ``res``),
+  so a key kept by later tiles is not fetched again.
 * A head's slot in the param buffer holds two FP64 values: ``qk_scale = sq * sk * scale`` and ``sv``.
 """
 
@@ -170,6 +173,8 @@ _DRAM = Field("dram", 32, "DRAM byte address")
 _FLAG_BIAS = Field("biasmode", 2, "none | tile ([rows, keys] at `bias`) | row ([1, keys], shared by all rows)",
                    enum=BiasMode, default=0)
 _TOKEN = Field("token", 4, "dependency token (counting semaphore) 0..15")
+_NARROW = Field("narrow", 1, "1: scores stored as INT16, for a round whose range fits (no bias, and "
+                "D * 2**(qb-1) * 2**(kb-1) <= 32767); 0: INT32", default=0)
 
 
 OPS: tuple[OpSpec, ...] = (
@@ -214,6 +219,19 @@ OPS: tuple[OpSpec, ...] = (
            "Gather, for every key of the chunk kept by at least one of the tile's rows, its INT16 K row "
            "(at dram + j * D * 2) and V row (V_OFFSET further) into slot j of the K and V tiles. Runs "
            "of adjacent keys are one DRAM segment each; scattered keys cost a request each."),
+    OpSpec("LD.KVR", 13, Unit.LOAD,
+           (_DRAM, _keys(), _rows("query rows whose kept bits select the keys"),
+            _addr("index", "idx", "kept bitmask of the tile's row 0 at the chunk's first key"),
+            _addr("index", "res", "the chunk's resident bitmask: one bit per key, set once its K/V rows are "
+                  "in the kv buffer"),
+            _addr("kv", "buf"),
+            Field("first", 1, "1: the chunk's K/V region holds no key of this head yet (clear the "
+                  "resident bits first)", default=0)),
+           ("dram", "index"), ("kv", "index"),
+           "Gather into a head's resident K/V: for every key of the chunk kept by at least one of the "
+           "tile's rows and not yet marked in the resident bitmask at `res`, its INT16 K row and V row "
+           "into slot j of the chunk's K and V tiles at `buf` (as LD.KV), then mark every key the tile "
+           "keeps as resident. A key kept by several query tiles of a head is fetched from DRAM once."),
     # FILTER ---------------------------------------------------------------------------------------
     OpSpec("F.CAND", 16, Unit.FILTER,
            (_rows(), Field("q0", 16, "absolute index of the tile's first query"),
@@ -231,7 +249,8 @@ OPS: tuple[OpSpec, ...] = (
             Field("first", 1, "1: first chunk of the round: reset the per-row statistics", default=0),
             _FLAG_BIAS,
             Field("store", 1, "1: write the scores to `sc` for F.SELECT; 0: statistics only (a later "
-                  "F.RESELECT recomputes them)", default=1)),
+                  "F.RESELECT recomputes them)", default=1),
+            _NARROW),
            ("q", "kplane", "index", "bias", "param"), ("score",),
            "Low-bit scores (q16 >> (16 - qb)) . (K view from the top kb planes) for the candidate "
            "pairs of a tile x chunk, plus the bias quantised into the round's integer domain, "
@@ -243,7 +262,7 @@ OPS: tuple[OpSpec, ...] = (
                   signed=True),
             _rows(), Field("q0", 16, "absolute index of the tile's first query (for statistics)"),
             Field("k0", 16, "absolute index of the chunk's first key (for statistics)"), _keys(),
-            _addr("score", "sc"), _addr("index", "idx"), _head()),
+            _addr("score", "sc"), _addr("index", "idx"), _head(), _NARROW),
            ("score", "index"), ("index",),
            "Per-row threshold from the latched statistics and alpha; clear the kept bit of every "
            "candidate scoring below it. `head`, `q0` and `k0` place the tile for statistics and for "

@@ -26,6 +26,7 @@ from .traps import BufferOverflow, IllegalInstruction, NumericFault, Uninitializ
 from .work import Work
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT16_MAX = 2**15 - 1
 BIG = np.iinfo(np.int64).max
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -203,30 +204,61 @@ def _runs(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sel[starts], ends - starts
 
 
-@executes("LD.KV")
-def ld_kv(run, a, pc, ins) -> Work:
-    st, w = run.state, Work()
+def _kv_chunk(run, a, pc) -> tuple[int, int]:
+    """Check a K/V gather's operands (the kv tiles, the chunk's K and V rows in DRAM); its row bytes and
+    V offset."""
+    st = run.state
     keys, row_bytes = a["keys"], st.head_dim * 2
-    kv = st.buf["kv"]
-    _kv_tile_fits(kv, a["buf"], keys, row_bytes, pc)
+    _kv_tile_fits(st.buf["kv"], a["buf"], keys, row_bytes, pc)
     v_off = st.regs[Reg.V_OFFSET]
     # the chunk's K rows and its V rows, each one span in one region, whichever rows are kept
     st.dram_map.check(a["dram"], keys * row_bytes, "int16", pc, "K rows")
     st.dram_map.check(a["dram"] + v_off, keys * row_bytes, "int16", pc, "V rows (V_OFFSET further)")
-    _, sel = _gathered(run, w, a["idx"], a["rows"], keys, pc)
+    return row_bytes, v_off
+
+
+def _gather_rows(run, w: Work, a: dict, sel: np.ndarray, row_bytes: int, v_off: int) -> None:
+    """Move the K and V rows of the chunk's keys ``sel`` (sorted) into their slots of the kv tiles at
+    ``a["buf"]``: a run of adjacent keys is one DRAM segment for K and one for V."""
+    st, keys, kv = run.state, a["keys"], run.state.buf["kv"]
     starts, lengths = _runs(sel)
     for base in (a["dram"], a["dram"] + v_off):
         w.dram(base + starts * row_bytes, lengths * row_bytes)
     w.wrote("kv", 2 * sel.size * row_bytes)
     if sel.size:
         tile = keys * row_bytes
-        rows = slice(None) if sel.size == keys else sel  # every key kept by some row: one block copy
+        rows = slice(None) if sel.size == keys else sel  # every key of the chunk: one block copy
         for src, dst in ((a["dram"], a["buf"]), (a["dram"] + v_off, a["buf"] + tile)):
             if run.functional:  # whole rows at a time: [keys, row_bytes] views of both sides
                 kv.data[dst:dst + tile].reshape(keys, row_bytes)[rows] = \
                     st.dram.data[src:src + tile].reshape(keys, row_bytes)[rows]
             kv.written[dst:dst + tile].reshape(keys, row_bytes)[rows] = True
             kv.touched(dst, tile)
+
+
+@executes("LD.KV")
+def ld_kv(run, a, pc, ins) -> Work:
+    w = Work()
+    row_bytes, v_off = _kv_chunk(run, a, pc)
+    _, sel = _gathered(run, w, a["idx"], a["rows"], a["keys"], pc)
+    _gather_rows(run, w, a, sel, row_bytes, v_off)
+    return w
+
+
+@executes("LD.KVR")
+def ld_kvr(run, a, pc, ins) -> Work:
+    w = Work()
+    keys = a["keys"]
+    row_bytes, v_off = _kv_chunk(run, a, pc)
+    _, sel = _gathered(run, w, a["idx"], a["rows"], keys, pc)
+    if a["first"]:
+        resident = np.zeros(keys, bool)
+    else:
+        resident = _read_bits(run, w, a["res"], 1, keys, pc)[0]
+    _gather_rows(run, w, a, sel[~resident[sel]], row_bytes, v_off)
+    marked = resident.copy()
+    marked[sel] = True
+    _write_bits(run, w, a["res"], marked[None, :], pc)
     return w
 
 
@@ -340,6 +372,11 @@ def _select(run, w: Work, a: dict, cand: np.ndarray, scores: np.ndarray | None, 
     run.record_bits(a["round"], a["head"], a["q0"], a["k0"], kept)
 
 
+def _score_bytes(a: dict) -> int:
+    """Bytes of one stored score: INT16 with ``narrow``, else INT32."""
+    return 2 if a["narrow"] else 4
+
+
 @executes("F.SCORE")
 def f_score(run, a, pc, ins) -> Work:
     st, w = run.state, Work()
@@ -353,9 +390,16 @@ def f_score(run, a, pc, ins) -> Work:
     elif not st.f_valid[lanes].all():
         raise IllegalInstruction("F.SCORE continues a round whose first chunk (first=1) never ran", pc, ins)
     if a["store"]:
-        w.wrote("score", rows * keys * 4)
+        nbytes = rows * keys * _score_bytes(a)
+        w.wrote("score", nbytes)
         if scores is None:
-            st.buf["score"].reserve(a["sc"], rows * keys * 4, pc)
+            st.buf["score"].reserve(a["sc"], nbytes, pc)
+        elif a["narrow"]:
+            if np.abs(scores).max(initial=0) > INT16_MAX:
+                r, c = np.unravel_index(int(np.argmax(np.abs(scores))), scores.shape)
+                raise NumericFault(f"score {float(scores[r, c]):.0f} (row {r}, key {c}) does not fit the INT16 of a "
+                                   f"narrow store (|score| <= {INT16_MAX})", pc, ins)
+            st.buf["score"].write(a["sc"], scores.astype(np.int16), pc)
         else:
             st.buf["score"].write(a["sc"], scores.astype(np.int32), pc)
     if scores is not None:  # exact: |score| < 2**31 and at most 65535 keys keep every sum below 2**53
@@ -380,9 +424,11 @@ def f_select(run, a, pc, ins) -> Work:
     w = Work()
     rows, keys = a["rows"], a["keys"]
     cand = _read_bits(run, w, a["idx"], rows, keys, pc)
-    raw = run.state.buf["score"].read(a["sc"], rows * keys * 4, pc)
-    w.read("score", rows * keys * 4)
-    scores = raw.view(np.int32).reshape(rows, keys).astype(np.int64) if run.functional else None
+    nbytes = rows * keys * _score_bytes(a)
+    raw = run.state.buf["score"].read(a["sc"], nbytes, pc)
+    w.read("score", nbytes)
+    dtype = np.int16 if a["narrow"] else np.int32
+    scores = raw.view(dtype).reshape(rows, keys).astype(np.int64) if run.functional else None
     _select(run, w, a, cand, scores, pc, ins)
     return w
 

@@ -3,9 +3,10 @@
 The four units get one instruction stream each, synchronised only by dependency tokens:
 
 * LOAD: per query tile, ``prefetch`` (Q, bias, K bit-planes) and, once the filter has selected,
-  ``gather`` (only the kept K/V rows, chunk by chunk). Prefetches run ``tile_slots - 1`` tiles ahead
-  of gathers, which is what lets the Filtering Unit work on tile i+1 while the Attention Unit works on
-  tile i.
+  ``gather`` (only the kept K/V rows, chunk by chunk: into K/V chunk slots with LD.KV, or, with K/V
+  resident per head, only the kept rows not yet resident with LD.KVR). Prefetches run
+  ``tile_slots - 1`` tiles ahead of gathers, which is what lets the Filtering Unit work on tile i+1
+  while the Attention Unit works on tile i.
 * FILTER: initial candidates (mask, causal), then every round: scores over all chunks, then the
   threshold and selector over all chunks.
 * ATTEND: online softmax over the gathered chunks, then normalisation.
@@ -160,8 +161,9 @@ class _Emitter:
     def bias_addr(self, i: int, k0: int) -> int:
         return self.buf["bias"].addr(i, k0 * self.plan.bias_rows * 4)  # chunk-major: [chunk][row][key]
 
-    def score_addr(self, k0: int) -> int:
-        return self.buf["score"].addr(0, k0 * self.plan.rows * 4)  # chunk-major: [chunk][row][key]
+    def score_addr(self, k0: int, n: int) -> int:
+        """Round n's score tile of the chunk at k0: chunk-major, [chunk][row][key]."""
+        return self.buf["score"].addr(0, k0 * self.plan.rows * self.plan.score_bytes[n - 1])
 
     def head_planes_addr(self, t: Tile, k0: int) -> int:
         return self.buf["kplane"].addr(t.slot, k0 * self.d * self.plan.plane_bits // 8)
@@ -170,8 +172,8 @@ class _Emitter:
         """The slot of the n-th streamed chunk of planes ("chunk" mode)."""
         return self.buf["kplane"].addr(n)
 
-    def kv_addr(self, j: int) -> int:
-        return self.buf["kv"].addr(j)
+    def kv_addr(self, j: int, k0: int = 0) -> int:
+        return self.plan.kv_chunk_addr(j, k0)
 
     def out_addr(self, i: int) -> int:
         return self.buf["out"].addr(i)
@@ -232,12 +234,29 @@ class _Emitter:
     def gather(self, i: int, t: Tile) -> None:
         lab = t.label
         self.sync(Unit.LOAD, "WAIT", GATHER_READY, lab)
+        if self.plan.kv_resident:
+            self.gather_resident(i, t)
+            return
         for k0, keys in self.chunks(t):
             self.sync(Unit.LOAD, "WAIT", KV_FREE, lab)
             self.put(Unit.LOAD, t.chunk_label(k0, keys), "LD.KV", dram=self.dram_kv(t, k0), keys=keys,
                      rows=t.rows, idx=self.idx_addr(i, k0), buf=self.kv_addr(self.kv_counter))
             self.kv_counter += 1
             self.sync(Unit.LOAD, "SIGNAL", KV_LOADED, lab)
+
+    def gather_resident(self, i: int, t: Tile) -> None:
+        """The tile's kept K/V rows that no earlier tile of its head gathered, into the head's resident
+        K/V; the head's region is waited for by its first tile and freed after its last."""
+        lab, plan = t.label, self.plan
+        if t.first_of_head:
+            self.sync(Unit.LOAD, "WAIT", KV_FREE, lab)
+        # chunks an earlier tile of the head reached hold resident keys; the others start empty
+        seen = 0 if t.first_of_head else plan.chunk_count(t.q0 - plan.rows, plan.rows)
+        for c, (k0, keys) in enumerate(self.chunks(t)):
+            self.put(Unit.LOAD, t.chunk_label(k0, keys), "LD.KVR", dram=self.dram_kv(t, k0), keys=keys,
+                     rows=t.rows, idx=self.idx_addr(i, k0), res=plan.resident_addr(t.slot, k0),
+                     buf=self.kv_addr(t.slot, k0), first=int(c >= seen))
+        self.sync(Unit.LOAD, "SIGNAL", KV_LOADED, lab)
 
     def filter(self, i: int, t: Tile) -> None:
         lab = t.label
@@ -256,15 +275,16 @@ class _Emitter:
                 clab = t.chunk_label(k0, keys, n)
                 kp = self.planes_in(t, k0, clab)
                 self.put(Unit.FILTER, clab, "F.SCORE", qb=r.q_bits, kb=r.k_bits, rows=t.rows, q=self.q_addr(i),
-                         kp=kp, keys=keys, sc=self.score_addr(k0) if store else 0, idx=self.idx_addr(i, k0),
+                         kp=kp, keys=keys, sc=self.score_addr(k0, n) if store else 0, idx=self.idx_addr(i, k0),
                          bias=self.bias_addr(i, k0), head=t.slot, first=int(c == 0), biasmode=int(self.bias_mode),
-                         store=int(store))
+                         store=int(store), narrow=int(store and self.plan.score_bytes[n - 1] == 2))
                 self.planes_out(clab)
             for k0, keys in chunks:  # pass 2: threshold and selector
                 clab = t.chunk_label(k0, keys, n)
                 if store:
                     self.put(Unit.FILTER, clab, "F.SELECT", round=n, alpha=r.alpha_fixed, rows=t.rows, q0=t.q0,
-                             k0=k0, keys=keys, sc=self.score_addr(k0), idx=self.idx_addr(i, k0), head=t.slot)
+                             k0=k0, keys=keys, sc=self.score_addr(k0, n), idx=self.idx_addr(i, k0), head=t.slot,
+                             narrow=int(self.plan.score_bytes[n - 1] == 2))
                     continue
                 kp = self.planes_in(t, k0, clab)
                 self.put(Unit.FILTER, clab, "F.RESELECT", qb=r.q_bits, kb=r.k_bits, round=n, alpha=r.alpha_fixed,
@@ -294,14 +314,22 @@ class _Emitter:
         self.sync(Unit.ATTEND, "WAIT", INDEX_READY, lab)
         self.sync(Unit.ATTEND, "WAIT", OUT_FREE, lab)
         self.put(Unit.ATTEND, lab, "A.INIT", rows=t.rows)
-        for k0, keys in self.chunks(t):
+        resident = self.plan.kv_resident
+        if resident:  # one signal per tile: all its chunks are in the head's K/V
             self.sync(Unit.ATTEND, "WAIT", KV_LOADED, lab)
+        for k0, keys in self.chunks(t):
+            if not resident:
+                self.sync(Unit.ATTEND, "WAIT", KV_LOADED, lab)
+            kv = self.kv_addr(t.slot, k0) if resident else self.kv_addr(self.kv_counter_a)
             self.put(Unit.ATTEND, t.chunk_label(k0, keys), "A.ATTN", rows=t.rows, q=self.q_addr(i), keys=keys,
-                     kv=self.kv_addr(self.kv_counter_a), idx=self.idx_addr(i, k0), bias=self.bias_addr(i, k0),
+                     kv=kv, idx=self.idx_addr(i, k0), bias=self.bias_addr(i, k0),
                      head=t.slot, biasmode=int(self.bias_mode))
-            self.kv_counter_a += 1
-            self.sync(Unit.ATTEND, "SIGNAL", KV_FREE, lab)
+            if not resident:
+                self.kv_counter_a += 1
+                self.sync(Unit.ATTEND, "SIGNAL", KV_FREE, lab)
         self.put(Unit.ATTEND, lab, "A.NORM", rows=t.rows, out=self.out_addr(i), head=t.slot)
+        if resident and t.last_of_head:
+            self.sync(Unit.ATTEND, "SIGNAL", KV_FREE, lab)
         self.sync(Unit.ATTEND, "SIGNAL", TILE_FREE, lab)
         self.sync(Unit.ATTEND, "SIGNAL", INDEX_FREE, lab)
         self.sync(Unit.ATTEND, "SIGNAL", OUT_READY, lab)
@@ -350,13 +378,23 @@ class _Emitter:
         """A tile's blocks that follow the Attention Unit."""
         return (Unit.LOAD, self.gather), (Unit.ATTEND, self.attend), (Unit.STORE, self.store)
 
+    def lead(self) -> int:
+        """Tiles prefetched before tile i's gather: up to tile ``i + lead - 1``. Chunk slots are refilled
+        as the Attention Unit drains them, so a tile's gather ends only as its attention does: every
+        free tile slot is prefetched first (``tile_slots``), or the Filtering Unit would wait on the
+        gather. A resident tile's gather is one burst as soon as its filter is done, and the next tile's
+        attention waits on it, so it goes before the prefetch that needs a tile slot back
+        (``tile_slots - 1``)."""
+        s = self.s
+        return s.tile_slots - 1 if self.plan.kv_resident and s.tile_slots > 1 else s.tile_slots
+
     def tile_blocks(self, tiles: list[Tile]) -> Iterator[tuple[Unit, Callable[[int, Tile], None], int, Tile]]:
         """(unit, work, i, tile) of every tile's blocks, in program order."""
         ahead, behind = self.run_ahead(), self.in_order()
-        prefetched = 0
+        prefetched, lead = 0, self.lead()
         for i, t in enumerate(tiles):
-            # the loader runs tile_slots - 1 tiles ahead: prefetch(j) follows gather(j - tile_slots)
-            while prefetched < min(i + self.s.tile_slots, len(tiles)):
+            # the loader runs ahead: prefetch(j) follows gather(j - lead)
+            while prefetched < min(i + lead, len(tiles)):
                 for unit, work in ahead:
                     yield unit, work, prefetched, tiles[prefetched]
                 prefetched += 1

@@ -10,12 +10,13 @@ where tile and chunk sizes and every buffer's slots are computed: the fit check,
 addresses and the tuner's features all read it. A schedule that does not fit is rejected with the
 buffer, the bytes needed and the capacity.
 
-:func:`default_schedule` is the heuristic: start from the smallest safe tiling, then grow the query
-tile and the key chunk greedily while everything still fits (as Gemmini's ``tiled_matmul_auto``).
+:func:`default_schedule` is the heuristic: of the schedules that fit, the one an analytic cost
+(:mod:`.cost`: the units' work and the DRAM bytes the plan moves) ranks first.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,9 @@ from .workload import AttentionWorkload
 
 PLANE_MODES = ("head", "chunk")
 FILTER_MODES = ("store", "recompute")
+KV_MODES = ("chunk", "head")
+#: knobs a record may leave out, and the meaning it then has (records older than the knob)
+KNOB_DEFAULTS = {"kv_mode": "chunk"}
 CHUNK_PLANE_SLOTS = 2  # streamed K planes: chunks in flight
 
 
@@ -36,10 +40,11 @@ class Schedule:
     q_tile: int            # query rows per tile
     k_chunk: int           # keys per chunk (a multiple of 8)
     tile_slots: int = 2    # query tiles in flight: 1 = no run-ahead, 2 = double-buffered, 3 = ...
-    kv_slots: int = 2      # gathered K/V chunks in flight
+    kv_slots: int = 2      # gathered K/V chunks in flight ("chunk" kv_mode), or heads resident at once ("head")
     out_slots: int = 2     # output tiles in flight
     plane_mode: str = "head"  # K bit-planes: "head" resident per head, or "chunk" streamed
     filter_mode: str = "store"  # "store" scores for F.SELECT, or "recompute" them (F.RESELECT)
+    kv_mode: str = "chunk"  # gathered K/V: "chunk" slots refilled per query tile, or "head" resident per head
 
     def __post_init__(self) -> None:
         for name in ("q_tile", "k_chunk", "tile_slots", "kv_slots", "out_slots"):
@@ -53,9 +58,13 @@ class Schedule:
             raise ScheduleError(f"schedule plane_mode = {self.plane_mode!r}; one of {', '.join(PLANE_MODES)}")
         if self.filter_mode not in FILTER_MODES:
             raise ScheduleError(f"schedule filter_mode = {self.filter_mode!r}; one of {', '.join(FILTER_MODES)}")
+        if self.kv_mode not in KV_MODES:
+            raise ScheduleError(f"schedule kv_mode = {self.kv_mode!r}; one of {', '.join(KV_MODES)}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The record; a knob at the meaning records had before it existed is left out, so those
+        records, programs and their digests stay what they were."""
+        return {k: v for k, v in asdict(self).items() if KNOB_DEFAULTS.get(k, ...) != v}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -64,7 +73,7 @@ class Schedule:
     def from_dict(cls, d: dict) -> Schedule:
         try:
             return cls(**{k: d[k] for k in ("q_tile", "k_chunk", "tile_slots", "kv_slots", "out_slots",
-                                            "plane_mode", "filter_mode") if k in d})
+                                            "plane_mode", "filter_mode", "kv_mode") if k in d})
         except (KeyError, TypeError) as err:
             raise ScheduleError(f"malformed schedule record {d!r}: {err}") from None
 
@@ -79,11 +88,12 @@ class BufferPlan:
 
     slot_bytes: int
     slots: int
+    tail_bytes: int = 0  # after the slots: the resident bitmasks of K/V held per head (index buffer)
 
     @property
     def bytes(self) -> int:
-        """Bytes the buffer must hold, every slot included."""
-        return self.slot_bytes * self.slots
+        """Bytes the buffer must hold, every slot (and the tail) included."""
+        return self.slot_bytes * self.slots + self.tail_bytes
 
     def addr(self, n: int, offset: int = 0) -> int:
         """Buffer address of byte ``offset`` of the slot the ``n``-th user of the buffer takes (users
@@ -112,7 +122,26 @@ class TilingPlan:
     whole_row: bool       # the Filtering Unit takes a tile's whole key row in one instruction
     bias_mode: BiasMode
     bias_rows: int        # bias rows a tile slot holds: 0 (no bias), 1 (a padding row shared by all rows), rows
+    score_bytes: tuple[int, ...]  # bytes of a stored score per round: 2 where INT16 holds the round's range
     buffers: Mapping[str, BufferPlan] = field(hash=False)
+
+    @property
+    def kv_resident(self) -> bool:
+        """K/V held per head across its query tiles (``kv_mode`` "head"), each key gathered once."""
+        return self.schedule.kv_mode == "head"
+
+    def kv_chunk_addr(self, n: int, k0: int) -> int:
+        """kv buffer address of the K/V tiles of the chunk at key ``k0``: in the ``n``-th chunk slot
+        ("chunk" mode), or in the resident K/V of the ``n``-th head ("head" mode), whose chunks lie one
+        after another, each its K tile then its V tile."""
+        if not self.kv_resident:
+            return self.buffers["kv"].addr(n)
+        return self.buffers["kv"].addr(n, (k0 // self.keys) * 2 * self.keys * self.workload.head_dim * 2)
+
+    def resident_addr(self, n: int, k0: int) -> int:
+        """index buffer address of the resident bitmask of the ``n``-th head's K/V, at key ``k0``."""
+        index, row_bytes = self.buffers["index"], _ceil8(self.workload.seq_k)
+        return index.slot_bytes * index.slots + (n % self.schedule.kv_slots) * row_bytes + k0 // 8
 
     @property
     def plane_slots(self) -> int:
@@ -148,6 +177,13 @@ class TilingPlan:
         return [(k0, min(self.keys, sk - k0)) for k0 in range(0, sk, self.keys)]
 
 
+def narrow_scores(workload: AttentionWorkload, round_) -> bool:
+    """Whether a filter round's scores fit INT16, so that stored scores take half the score buffer: no
+    bias is added to them, and the largest low-bit product sum, D * 2**(qb-1) * 2**(kb-1), fits."""
+    return (workload.bias_shape is None
+            and workload.head_dim << (round_.q_bits + round_.k_bits - 2) <= 32767)
+
+
 def plan_tiling(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareConfig) -> TilingPlan:
     """The :class:`TilingPlan` of ``schedule`` for ``workload`` on ``cfg``, whether or not it fits."""
     w, s = workload, schedule
@@ -161,6 +197,8 @@ def plan_tiling(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareCo
     bias = w.bias_shape4
     bias_mode = BiasMode.NONE if bias is None else (BiasMode.ROW if bias[2] == 1 else BiasMode.TILE)
     bias_rows = {BiasMode.NONE: 0, BiasMode.ROW: 1, BiasMode.TILE: rows}[bias_mode]
+    kv_head = s.kv_mode == "head"
+    score_bytes = tuple(2 if narrow_scores(w, r) else 4 for r in w.params.rounds)
     if s.plane_mode == "head":
         per_head = sk_pad * d * planes // 8
         # two heads resident when they fit: the next head's planes load while this head is filtered
@@ -171,9 +209,11 @@ def plan_tiling(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareCo
         "q": BufferPlan(rows * d * 2, s.tile_slots),
         "kplane": kplane,
         # one tile's scores of one round, chunk after chunk; recomputed scores need none
-        "score": BufferPlan(rows * sk_pad * 4 if filtering and s.filter_mode == "store" else 0, 1),
-        "index": BufferPlan(rows * row_bytes, s.tile_slots),
-        "kv": BufferPlan(2 * keys * d * 2, s.kv_slots),
+        "score": BufferPlan(rows * sk_pad * max(score_bytes) if filtering and s.filter_mode == "store" else 0, 1),
+        # resident K/V: a bit per key of each resident head after the tiles' kept bits
+        "index": BufferPlan(rows * row_bytes, s.tile_slots, row_bytes * s.kv_slots if kv_head else 0),
+        # a head's resident K/V is every chunk's K and V tiles, the last chunk padded to a full one
+        "kv": BufferPlan(2 * keys * d * 2 * (-(-w.seq_k // keys) if kv_head else 1), s.kv_slots),
         "out": BufferPlan(rows * d * 4, s.out_slots),
         "bias": BufferPlan(bias_rows * sk_pad * 4, s.tile_slots),
         "param": BufferPlan(PARAM_BYTES_PER_HEAD, w.batch * w.heads),
@@ -185,7 +225,7 @@ def plan_tiling(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareCo
         # row in one instruction: its work is the same, the instruction count (and simulation time) is not.
         # Bias tiles are laid out chunk by chunk for the Attention Unit, so biased workloads filter by chunk.
         whole_row=filtering and s.plane_mode == "head" and bias_mode == BiasMode.NONE,
-        bias_mode=bias_mode, bias_rows=bias_rows,
+        bias_mode=bias_mode, bias_rows=bias_rows, score_bytes=score_bytes,
         buffers=MappingProxyType({name: buffers[name] for name in BUFFERS}),
     )
 
@@ -229,8 +269,8 @@ def check_plan(plan: TilingPlan, cfg: HardwareConfig) -> None:
             for buf, need in plan.usage().items() if need > cfg.buffer(buf)]
     if over:
         raise ScheduleError(f"tile of {plan.rows} queries x {plan.keys} keys "
-                            f"({s.tile_slots} tile slot(s), {s.kv_slots} K/V slot(s), planes per "
-                            f"{s.plane_mode}, {s.filter_mode} scores) does not fit: " + "; ".join(over))
+                            f"({s.tile_slots} tile slot(s), {s.kv_slots} K/V slot(s) per {s.kv_mode}, planes "
+                            f"per {s.plane_mode}, {s.filter_mode} scores) does not fit: " + "; ".join(over))
 
 
 def fits(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareConfig) -> bool:
@@ -242,39 +282,57 @@ def fits(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareConfig) -
 
 
 def default_schedule(workload: AttentionWorkload, cfg: HardwareConfig) -> Schedule:
-    """Greedy heuristic: the safest tiling that fits, then grow query tile and key chunk while they fit.
-
-    Both filter modes are grown; storing scores wins unless recomputing them allows a larger query tile
-    (fewer tiles means fewer K/V gathers, and DRAM is what bounds a sparse schedule, not the FU).
-    """
+    """The heuristic: of the fitting schedules of :func:`candidate_schedules`, the one the analytic cost
+    of :mod:`.cost` ranks first (estimated cycles, then DRAM bytes; the first in candidate order of
+    equals)."""
     check_workload(workload, cfg)
-    candidates = [_grow(workload, cfg, mode) for mode in FILTER_MODES]
-    fitting = [s for s in candidates if s is not None]
-    if not fitting:
-        check_fits(workload, Schedule(1, 8, 1, 1, 1, "chunk", "recompute"), cfg)  # raises, naming the buffers
-    return max(fitting, key=lambda s: (s.q_tile, s.filter_mode == "store"))
+    return _ranked_first(workload, cfg)
 
 
-def _grow(w: AttentionWorkload, cfg: HardwareConfig, filter_mode: str) -> Schedule | None:
-    # most buffering first; give it up step by step until the smallest tiling fits
-    for slots, kv_slots, out_slots, plane_mode in [(2, 2, 2, "head"), (2, 2, 2, "chunk"), (1, 2, 2, "chunk"),
-                                                    (1, 1, 1, "chunk")]:
-        s = Schedule(1, 8, slots, kv_slots, out_slots, plane_mode, filter_mode)
-        if fits(w, s, cfg):
-            break
-    else:
-        return None
+@functools.lru_cache(maxsize=256)
+def _ranked_first(workload: AttentionWorkload, cfg: HardwareConfig) -> Schedule:
+    from .cost import cost_key
 
-    def grow(s: Schedule, field: str, limit: int) -> Schedule:
-        while getattr(s, field) < limit:
-            bigger = Schedule(**{**s.to_dict(), field: min(2 * getattr(s, field), limit)})
-            if not fits(w, bigger, cfg):
+    best = None
+    for tiling in _tilings(workload, cfg):
+        if not fits(workload, Schedule(*tiling[:2], 1, 1, 1, *tiling[2:]), cfg):
+            continue  # with one slot of everything it overflows: with more it does too
+        for slots in (3, 2, 1):
+            # the cost does not fall with fewer K/V or output slots: the most that fit stand for the rest
+            for kv, out in ((2, 2), (2, 1), (1, 2), (1, 1)):
+                plan = plan_tiling(workload, Schedule(*tiling[:2], slots, kv, out, *tiling[2:]), cfg)
+                try:
+                    check_plan(plan, cfg)
+                except ScheduleError:
+                    continue
+                key = cost_key(plan, cfg)
+                if best is None or key < best[0]:
+                    best = (key, plan.schedule)
                 break
-            s = bigger
-        return s
+    if best is None:
+        check_fits(workload, Schedule(1, 8, 1, 1, 1, "chunk", "recompute"), cfg)  # raises, naming the buffers
+        raise ScheduleError(f"no schedule of workload {workload.key()} fits {cfg.name}")
+    return best[1]
 
-    s = grow(s, "q_tile", min(w.seq_q, cfg.max_query_tile))
-    return grow(s, "k_chunk", _ceil8(w.seq_k) * 8)
+
+def _tilings(w: AttentionWorkload, cfg: HardwareConfig) -> list[tuple]:
+    """(q_tile, k_chunk, plane_mode, filter_mode, kv_mode) of every tiling the heuristic weighs: query
+    tiles of powers of two up to what the threshold unit takes and the whole Sq, key chunks of 8 times a
+    power of two and the whole key row, every mode."""
+    top_q, sk8 = min(w.seq_q, cfg.max_query_tile), _ceil8(w.seq_k) * 8
+    q_tiles = sorted({1 << i for i in range(top_q.bit_length()) if 1 << i <= top_q} | {top_q})
+    k_chunks = sorted({8 << i for i in range(sk8.bit_length()) if 8 << i <= sk8} | {sk8})
+    # resident K/V first: where the cost ties (a head in one tile), its gather goes ahead of the next prefetch
+    return [(q, k, plane, filt, kv_mode) for q in q_tiles for k in k_chunks for plane in PLANE_MODES
+            for filt in FILTER_MODES for kv_mode in ("head", "chunk")]
+
+
+def candidate_schedules(workload: AttentionWorkload, cfg: HardwareConfig) -> list[Schedule]:
+    """The schedules the heuristic weighs, fitting or not: every tiling of :func:`_tilings` with 1-3 tile
+    slots and 1-2 K/V and output slots."""
+    return [Schedule(q, k, slots, kv, out, plane, filt, kv_mode)
+            for q, k, plane, filt, kv_mode in _tilings(workload, cfg)
+            for slots in (3, 2, 1) for kv in (2, 1) for out in (2, 1)]
 
 
 def dense_workload(workload: AttentionWorkload) -> AttentionWorkload:

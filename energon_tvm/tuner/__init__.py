@@ -10,6 +10,7 @@ are imported only when a session needs them.
 from .errors import ClusterError, RecordsError, TuningError
 from .features import FEATURE_NAMES, schedule_features
 from .measure import MeasureResult, MeasureTask, measure, profile_from_arrays
+from .objectives import OBJECTIVES, objective_value
 from .records import TuningRecord, append_records, best_record, best_schedule, read_records
 from .runners import DaskRunner, InlineRunner, LocalRunner, Runner, make_runner
 from .session import TuneResult, tune
@@ -17,6 +18,7 @@ from .space import DEFAULT_MAX_INSTRUCTIONS, KNOBS, SearchSpace, default_knobs, 
 from .tuners import TUNERS, GridTuner, RandomTuner, Tuner, XGBTuner, make_tuner
 
 __all__ = [
+    "OBJECTIVES", "objective_value",
     "DEFAULT_MAX_INSTRUCTIONS",
     "FEATURE_NAMES",
     "KNOBS",

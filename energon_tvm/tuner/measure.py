@@ -1,4 +1,4 @@
-"""Measurement: one schedule's cycles, from the simulator's timing-only mode and a sparsity profile.
+"""Measurement: one schedule's cycles and energy, from the simulator's timing-only mode and a sparsity profile.
 
 :class:`MeasureTask` is everything the measurements of one tuning session share (workload, machine,
 the sparsity profile recorded from calibration data, the instruction budget); it is plain picklable
@@ -26,20 +26,29 @@ from ..schedules.emit import emit_program
 from ..schedules.schedule import Schedule
 from ..schedules.workload import AttentionWorkload
 from .errors import TuningError
+from .objectives import objective_value
 from .space import DEFAULT_MAX_INSTRUCTIONS
 
 
 @dataclass(frozen=True)
 class MeasureResult:
-    """Cycles of one schedule (None when it could not be measured, with the reason in ``error``)."""
+    """Cycles and energy of one schedule (cycles None when it could not be measured, with the reason in
+    ``error``), and the objective its :attr:`score` is read in."""
 
     cycles: int | None
     instructions: int = 0
     error: str | None = None
+    energy_pj: float | None = None
+    objective: str = "cycles"
 
     @property
     def ok(self) -> bool:
-        return self.cycles is not None
+        return self.score is not None
+
+    @property
+    def score(self) -> float | None:
+        """The objective's value (lower is better), None when not measured."""
+        return objective_value(self.objective, self.cycles, self.energy_pj)
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,4 +155,5 @@ def measure(task: MeasureTask, schedule: dict) -> MeasureResult:
         result = sim.run(program, profile=profile)
     except EnergonError as err:
         return MeasureResult(None, 0, f"{type(err).__name__}: {err}")
-    return MeasureResult(int(result.stats["cycles"]), len(program.code))
+    return MeasureResult(int(result.stats["cycles"]), len(program.code),
+                         energy_pj=float(result.stats["energy_pj"]["total"]))

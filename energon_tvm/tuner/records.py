@@ -5,13 +5,16 @@ Each record is one measurement, replayable on its own (Allo's rule: the record i
     {"version": 1, "workload_key": "attn_b1_h12_...", "workload": {...AttentionWorkload.to_dict()},
      "config": "edge", "config_fingerprint": "<32 hex digits>", "profile": "<16 hex digits>",
      "schedule": {...Schedule.to_dict()}, "cycles": 43997, "instructions": 809, "error": null,
-     "tuner": "xgb", "seed": 0, "trial": 17, "digest": "<64 hex digits>"}
+     "tuner": "xgb", "seed": 0, "trial": 17, "energy_pj": 2.1e7, "objective": "cycles",
+     "digest": "<64 hex digits>"}
 
-``cycles`` is null (and ``error`` says why) for a schedule that could not be measured. Records hold
-nothing that depends on where or when they were measured, so the same session gives the same lines
-on any runner. :func:`best_schedule` is what ``tvmc compile --tuning-records`` applies: the fastest
-record whose workload key and config fingerprint match, else None (and the compiler falls back to
-the heuristic).
+``cycles`` is null (and ``error`` says why) for a schedule that could not be measured; ``objective``
+is what the session minimised (``cycles``, ``energy`` or ``edp``; ``cycles`` for records that do not
+say) and ``energy_pj`` the run's energy (absent from older records). Records hold nothing that depends
+on where or when they were measured, so the same session gives the same lines on any runner.
+:func:`best_schedule` is what ``tvmc compile --tuning-records`` applies: the best record, in the
+objective the records state, whose workload key and config fingerprint match, else None (and the
+compiler falls back to the heuristic).
 
 A records file is untrusted input, so what is read is checked:
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import warnings
@@ -49,6 +53,7 @@ from ..schedules.bounds import CallBound, call_bound_from_counts
 from ..schedules.schedule import Schedule, fits
 from ..schedules.workload import AttentionWorkload
 from .errors import RecordsError
+from .objectives import OBJECTIVES, objective_value
 
 try:
     import fcntl
@@ -82,6 +87,8 @@ class TuningRecord:
     tuner: str = ""
     seed: int | None = None
     trial: int | None = None
+    energy_pj: float | None = None   # the run's energy (records older than it have none)
+    objective: str = "cycles"        # what the session minimised (records older than it: cycles)
     # where the record was read ("records.jsonl:17"), for refusals; not part of the record itself
     origin: str = field(default="", compare=False, repr=False)
 
@@ -93,7 +100,13 @@ class TuningRecord:
         return {"version": RECORD_VERSION, "workload_key": self.workload_key, "workload": self.workload,
                 "config": self.config, "config_fingerprint": self.config_fingerprint, "profile": self.profile,
                 "schedule": self.schedule.to_dict(), "cycles": self.cycles, "instructions": self.instructions,
-                "error": self.error, "tuner": self.tuner, "seed": self.seed, "trial": self.trial}
+                "error": self.error, "tuner": self.tuner, "seed": self.seed, "trial": self.trial,
+                "energy_pj": self.energy_pj, "objective": self.objective}
+
+    @property
+    def score(self) -> float | None:
+        """The value of the record's objective (lower is better), None when it was not measured."""
+        return objective_value(self.objective, self.cycles, self.energy_pj)
 
     def to_json(self) -> str:
         """The record's canonical JSON (keys sorted, no spaces), without its digest."""
@@ -130,11 +143,19 @@ class TuningRecord:
             raise TypeError("workload_key and config_fingerprint must be strings")
         if not isinstance(d["schedule"], dict):
             raise TypeError(f"schedule must be an object, got {type(d['schedule']).__name__}")
+        objective = d.get("objective", "cycles")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective = {_show(objective)} must be one of {', '.join(OBJECTIVES)}")
+        energy = d.get("energy_pj")
+        if energy is not None and (not isinstance(energy, (int, float)) or isinstance(energy, bool)
+                                   or not 0 <= energy < math.inf):
+            raise ValueError(f"energy_pj = {_show(energy)} must be a non-negative finite number or null")
         return cls(workload_key=d["workload_key"], config_fingerprint=d["config_fingerprint"],
                    schedule=Schedule.from_dict(d["schedule"]), cycles=cycles, error=d.get("error"),
                    instructions=int(d.get("instructions") or 0), config=str(d.get("config", "")),
                    workload=d.get("workload"), profile=str(d.get("profile", "")), tuner=str(d.get("tuner", "")),
-                   seed=d.get("seed"), trial=d.get("trial"))
+                   seed=d.get("seed"), trial=d.get("trial"),
+                   energy_pj=None if energy is None else float(energy), objective=objective)
 
 
 def record_digest(d: dict) -> str:
@@ -315,15 +336,18 @@ def check_cycles(record: TuningRecord, floor: CallBound | None, cfg: HardwareCon
 
 
 def best_record(records, workload: AttentionWorkload, cfg: HardwareConfig) -> TuningRecord | None:
-    """The fastest measured record for ``workload`` on ``cfg`` (first of equals), or None.
+    """The best measured record for ``workload`` on ``cfg`` in the objective the records state (first of
+    equals), or None.
 
     ``records``: a records file path, or a list of :class:`TuningRecord` or record dicts. A record
     matches on the workload key and the config fingerprint; one whose schedule no longer fits (records
-    from an older scheduler) is skipped. A matching record that claims fewer cycles than
-    :func:`cycles_floor` is a :class:`RecordsError` naming its origin.
+    from an older scheduler) is skipped. Each record states the objective its session minimised
+    (``cycles`` when it does not say): the last matching record's objective decides, and the record
+    with the lowest value of it among those of that objective wins. A matching record that claims fewer
+    cycles than :func:`cycles_floor` is a :class:`RecordsError` naming its origin.
     """
     key, fp = workload.key(), cfg.fingerprint.hex()
-    best = None
+    matching = []
     floor: CallBound | None = None
     checked = False
     for n, r in enumerate(as_records(records)):
@@ -332,7 +356,14 @@ def best_record(records, workload: AttentionWorkload, cfg: HardwareConfig) -> Tu
         if not checked:  # once per call: the bound takes a millisecond
             floor, checked = cycles_floor(workload, cfg), True
         check_cycles(r, floor, cfg, f"tuning record {n}")
-        if (best is None or r.cycles < best.cycles) and fits(workload, r.schedule, cfg):
+        matching.append(r)
+    if not matching:
+        return None
+    objective = matching[-1].objective
+    best = None
+    for r in matching:
+        score = r.score if r.objective == objective else None
+        if score is not None and (best is None or score < best.score) and fits(workload, r.schedule, cfg):
             best = r
     return best
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..isa.config import HardwareConfig, load_config
@@ -17,6 +17,7 @@ from ..schedules.schedule import Schedule
 from ..schedules.workload import AttentionWorkload
 from .errors import TuningError
 from .measure import MeasureResult, MeasureTask
+from .objectives import check_objective
 from .records import TuningRecord, append_records, cycles_floor
 from .runners import Runner, make_runner
 from .space import DEFAULT_MAX_INSTRUCTIONS, SearchSpace
@@ -28,10 +29,11 @@ class TuneResult:
     """What a session measured, in trial order, and the best of it."""
 
     records: tuple[TuningRecord, ...]
-    best: TuningRecord | None        # fastest measured record (first of equals)
+    best: TuningRecord | None        # best measured record in the objective (first of equals)
     heuristic: TuningRecord | None   # the heuristic's record, when it was measured
     space_size: int
     stopped_early: bool
+    objective: str = "cycles"
 
     @property
     def best_schedule(self) -> Schedule | None:
@@ -42,11 +44,17 @@ class TuneResult:
         return None if self.best is None else self.best.cycles
 
     @property
+    def best_score(self) -> float | None:
+        """The best record's value of the objective."""
+        return None if self.best is None else self.best.score
+
+    @property
     def speedup(self) -> float | None:
-        """Heuristic cycles over tuned cycles (>= 1 when the heuristic was measured)."""
+        """The heuristic's value of the objective over the best one (>= 1 when the heuristic was
+        measured): a speedup for ``cycles``, an energy or EDP saving factor otherwise."""
         if self.best is None or self.heuristic is None or not self.heuristic.ok:
             return None
-        return self.heuristic.cycles / self.best.cycles
+        return self.heuristic.score / self.best.score
 
 
 def _positive(name: str, value, allow_none: bool = False) -> None:
@@ -63,7 +71,7 @@ def tune(workload: AttentionWorkload, cfg: HardwareConfig | str | Path,
          dask_scheduler=None, dask_timeout: float = 10.0, runner: Runner | None = None,
          knobs: Mapping[str, Sequence] | None = None, max_instructions: int = DEFAULT_MAX_INSTRUCTIONS,
          include_heuristic: bool = True, tuner_options: Mapping | None = None,
-         progress: bool = True) -> TuneResult:
+         progress: bool = True, objective: str = "cycles") -> TuneResult:
     """Tune the schedule of ``workload`` on ``cfg``, timing each candidate on ``profile``.
 
     ``trials``: measurements at most (the heuristic's, when ``include_heuristic``, is the first).
@@ -73,8 +81,11 @@ def tune(workload: AttentionWorkload, cfg: HardwareConfig | str | Path,
     Measurements run on ``runner`` if given (not closed here), else on a Dask cluster when
     ``dask_scheduler`` (``tcp://HOST:PORT`` or a ``distributed.Client``) is given, else in a local
     pool of ``n_parallel`` processes. ``knobs`` overrides knob values of the search space (see
-    :class:`SearchSpace`). The same arguments and seed give the same records on every runner.
+    :class:`SearchSpace`). ``objective``: what is minimised, ``cycles``, ``energy`` (pJ) or ``edp``
+    (cycles x pJ); every record states it. The same arguments and seed give the same records on every
+    runner.
     """
+    check_objective(objective)
     _positive("trials", trials)
     _positive("early_stopping", early_stopping, allow_none=True)
     _positive("batch_size", batch_size)
@@ -92,7 +103,8 @@ def tune(workload: AttentionWorkload, cfg: HardwareConfig | str | Path,
     from tqdm.auto import tqdm  # lazy: keeps `import energon_tvm.tuner` cheap
 
     meta = {"workload_key": workload.key(), "workload": workload.to_dict(), "config": cfg.name,
-            "config_fingerprint": cfg.fingerprint.hex(), "profile": task.profile_digest, "seed": seed}
+            "config_fingerprint": cfg.fingerprint.hex(), "profile": task.profile_digest, "seed": seed,
+            "objective": objective}
     kept: list[TuningRecord] = []
     best: TuningRecord | None = None
     best_trial = 0
@@ -104,27 +116,27 @@ def tune(workload: AttentionWorkload, cfg: HardwareConfig | str | Path,
     def log(schedules: Sequence[Schedule], results: Sequence[MeasureResult], source: str) -> None:
         nonlocal best, best_trial, heuristic
         batch = [TuningRecord(schedule=s, cycles=r.cycles, error=r.error, instructions=r.instructions,
-                              tuner=source, trial=len(kept) + n, **meta)
+                              energy_pj=r.energy_pj, tuner=source, trial=len(kept) + n, **meta)
                  for n, (s, r) in enumerate(zip(schedules, results))]
         if source == "heuristic":
             heuristic = batch[0]
         for rec in batch:
-            if rec.ok and (best is None or rec.cycles < best.cycles):
+            if rec.ok and (best is None or rec.score < best.score):
                 best, best_trial = rec, rec.trial
         kept.extend(batch)
         if records is not None:
             append_records(records, batch)
         bar.update(len(batch))
         if best is not None:
-            postfix = {"best": f"{best.cycles:,}"}
+            postfix = {"best": f"{best.score:,.0f}" + ("" if objective == "cycles" else f" {_UNIT[objective]}")}
             if heuristic is not None and heuristic.ok:
-                postfix["vs heuristic"] = f"{heuristic.cycles / best.cycles:.3f}x"
+                postfix["vs heuristic"] = f"{heuristic.score / best.score:.3f}x"
             bar.set_postfix(postfix, refresh=False)
 
     try:
         if include_heuristic:
             h = space.heuristic()
-            (result,) = _within_floor([h], runner.run(task, [h]), floor)
+            (result,) = _scored(_within_floor([h], runner.run(task, [h]), floor), objective)
             log([h], [result], "heuristic")
             at = space.index(h)
             if at is not None:  # the tuner learns from it and never proposes it again
@@ -132,7 +144,7 @@ def tune(workload: AttentionWorkload, cfg: HardwareConfig | str | Path,
         while len(kept) < trials and search.has_next():
             picks = search.next_batch(min(batch_size, trials - len(kept)))
             schedules = [space[i] for i in picks]
-            results = _within_floor(schedules, runner.run(task, schedules), floor)
+            results = _scored(_within_floor(schedules, runner.run(task, schedules), floor), objective)
             search.update(picks, results)
             log(schedules, results, tuner)
             if early_stopping is not None and len(kept) - 1 - best_trial >= early_stopping:
@@ -142,7 +154,15 @@ def tune(workload: AttentionWorkload, cfg: HardwareConfig | str | Path,
         bar.close()
         if own_runner:
             runner.close()
-    return TuneResult(tuple(kept), best, heuristic, len(space), stopped_early)
+    return TuneResult(tuple(kept), best, heuristic, len(space), stopped_early, objective)
+
+
+_UNIT = {"energy": "pJ", "edp": "cycle-pJ"}
+
+
+def _scored(results: Sequence[MeasureResult], objective: str) -> list[MeasureResult]:
+    """Results read in ``objective``: what the tuner learns from and the session keeps the best of."""
+    return [replace(r, objective=objective) for r in results]
 
 
 def _within_floor(schedules: Sequence[Schedule], results: Sequence[MeasureResult], floor) -> list[MeasureResult]:
@@ -155,7 +175,7 @@ def _within_floor(schedules: Sequence[Schedule], results: Sequence[MeasureResult
             why = (f"measured {r.cycles:,} cycles, below the {floor.cycles:,}-cycle lower bound of any schedule "
                    f"of the workload (the simulator or schedules/bounds.py is wrong)")
             warnings.warn(f"schedule {s.to_json()}: {why}; recorded as not measurable", stacklevel=3)
-            r = MeasureResult(None, r.instructions, f"BoundViolation: {why}")
+            r = MeasureResult(None, r.instructions, f"BoundViolation: {why}", r.energy_pj)
         out.append(r)
     return out
 

@@ -4,7 +4,8 @@ The knobs are the scheduler's own (:class:`~energon_tvm.schedules.schedule.Sched
 (powers of two below Sq, and Sq itself), the key chunk (multiples of 8 up to Sk), the run-ahead depth
 ``tile_slots`` (query tiles in flight), K/V and output buffering, where K's bit-planes live
 (``plane_mode``: resident per head or streamed per chunk, i.e. the loop order of plane fetches), and
-whether the filter keeps its scores or recomputes them (``filter_mode``). A
+whether the filter keeps its scores or recomputes them (``filter_mode``), and whether gathered K/V
+stay resident across a head's query tiles (``kv_mode``). A
 point is in the space only if :func:`~energon_tvm.schedules.schedule.fits` accepts it, so every point
 is valid by construction, and only if its program stays under a measurement budget (see
 :func:`program_size`): those left out are tiny-tile schedules whose instruction overhead makes them
@@ -22,6 +23,7 @@ from ..isa.errors import ScheduleError
 from ..schedules.emit import ProgramCounter, count_instructions
 from ..schedules.schedule import (
     FILTER_MODES,
+    KV_MODES,
     PLANE_MODES,
     Schedule,
     check_plan,
@@ -32,7 +34,7 @@ from ..schedules.schedule import (
 from ..schedules.workload import AttentionWorkload
 from .errors import TuningError
 
-KNOBS = ("q_tile", "k_chunk", "tile_slots", "kv_slots", "out_slots", "plane_mode", "filter_mode")
+KNOBS = ("q_tile", "k_chunk", "tile_slots", "kv_slots", "out_slots", "plane_mode", "filter_mode", "kv_mode")
 
 #: Default measurement budget, in instructions. The timing-only simulator takes ~40 us per
 #: instruction on one core, so this caps one measurement at roughly 8 s.
@@ -51,6 +53,7 @@ def default_knobs(workload: AttentionWorkload) -> dict[str, tuple]:
         "out_slots": (1, 2),
         "plane_mode": PLANE_MODES,
         "filter_mode": FILTER_MODES,
+        "kv_mode": KV_MODES,
     }
 
 
@@ -136,5 +139,5 @@ class SearchSpace:
         return cache
 
     def heuristic(self) -> Schedule:
-        """The greedy heuristic's schedule (:func:`default_schedule`); it may lie outside the space."""
+        """The heuristic's schedule (:func:`default_schedule`); it may lie outside the space."""
         return default_schedule(self.workload, self.cfg)

@@ -7,8 +7,8 @@ function of (space, seed, measurements).
 
 * :class:`GridTuner` walks the space in grid order.
 * :class:`RandomTuner` walks a seeded permutation of it.
-* :class:`XGBTuner` fits an XGBoost regressor of log2(cycles) on the schedule features of every
-  measured point, and each batch takes the best-predicted unmeasured points plus a share of random
+* :class:`XGBTuner` fits an XGBoost regressor of log2(objective: cycles, energy or EDP) on the schedule
+  features of every measured point, and each batch takes the best-predicted unmeasured points plus a share of random
   ones (epsilon-greedy exploration) and a diversity filter, then refits: AutoTVM's ``XGBTuner`` with
   exhaustive prediction in place of simulated annealing, which our spaces (at most a few ten
   thousand points) make affordable.
@@ -130,17 +130,17 @@ class XGBTuner(Tuner):
             return
         import xgboost as xgb  # lazy: importing xgboost costs ~0.5 s
 
-        good = [math.log2(r.cycles) for _, r in self.measured if r.ok]
+        good = [math.log2(max(r.score, 1e-300)) for _, r in self.measured if r.ok]
         if not good:
             return
         # an unmeasurable point teaches the model "bad": twice the worst cycles seen
         worst = max(good) + 1.0
         x = self.features[[i for i, _ in self.measured]]
-        y = np.array([math.log2(r.cycles) if r.ok else worst for _, r in self.measured])
+        y = np.array([math.log2(max(r.score, 1e-300)) if r.ok else worst for _, r in self.measured])
         self.model = xgb.train(self.params, xgb.DMatrix(x, label=y), num_boost_round=self.boost_rounds)
 
     def predict(self) -> np.ndarray:
-        """Predicted log2(cycles) of every point of the space (requires a fitted model)."""
+        """Predicted log2(objective) of every point of the space (requires a fitted model)."""
         import xgboost as xgb
 
         return self.model.predict(xgb.DMatrix(self.features))

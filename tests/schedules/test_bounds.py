@@ -172,7 +172,7 @@ def cases(draw):
     cfg = draw(st.sampled_from(CONFIGS))
     schedule = Schedule(draw(st.integers(1, sq)), 8 * draw(st.integers(1, -(-sk // 8))), draw(st.integers(1, 3)),
                         draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.sampled_from(["head", "chunk"])),
-                        draw(st.sampled_from(["store", "recompute"])))
+                        draw(st.sampled_from(["store", "recompute"])), draw(st.sampled_from(["chunk", "head"])))
     return w, cfg, schedule, draw(st.integers(0, 2**31))
 
 

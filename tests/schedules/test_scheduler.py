@@ -118,7 +118,7 @@ def test_workloads_the_machine_cannot_take(w, match):
 
 def test_explicit_schedules_that_do_not_fit_name_the_buffer():
     w = AttentionWorkload(1, 2, 512, 512, 64)
-    with pytest.raises(ScheduleError, match=r"score buffer needs 262144 bytes, edge has 32768"):
+    with pytest.raises(ScheduleError, match=r"score buffer needs 131072 bytes, edge has 32768"):
         check_fits(w, Schedule(128, 64), CONFIGS["edge"])
     with pytest.raises(ScheduleError, match="threshold unit's 128 row lanes"):
         check_fits(dense_workload(w), Schedule(256, 64), CONFIGS["edge"])
@@ -126,20 +126,57 @@ def test_explicit_schedules_that_do_not_fit_name_the_buffer():
         Schedule(16, 60)
 
 
-def test_heuristic_grows_tiles_until_the_buffers_are_full():
+def test_heuristic_takes_the_fitting_schedule_its_cost_ranks_first():
+    from energon_tvm.schedules.cost import cost_key
+    from energon_tvm.schedules.schedule import candidate_schedules
+
     cfg = CONFIGS["edge"]
-    w = AttentionWorkload(1, 12, 128, 128, 32)
+    w = AttentionWorkload(1, 12, 128, 128, 64)
     s = default_schedule(w, cfg)
-    # two output tiles of 64 rows x 32 x 4 B fill the 16 KiB out buffer: the binding constraint
-    assert (s.q_tile, s.filter_mode) == (64, "store")
-    assert buffer_usage(w, s, cfg)["out"] == cfg.buffer("out")
-    # at S=512 stored scores cap the tile at 32 KiB / (512 x 4 B) = 16 rows; recomputing them frees
-    # the score buffer and the tile doubles, again up to the out buffer
+    ranked = sorted(cost_key(plan_tiling(w, c, cfg), cfg) for c in candidate_schedules(w, cfg) if fits(w, c, cfg))
+    assert cost_key(plan_tiling(w, s, cfg), cfg) == ranked[0]
+    # a head's K and V (2 x 128 x 64 x 2 B = 32 KiB) fit the 64 KiB kv buffer: they stay resident
+    assert s.kv_mode == "head" and s.plane_mode == "head" and s.filter_mode == "store"
+    # at S=512 they take 128 KiB and cannot: chunk slots refilled per query tile. The rounds' scores fit
+    # INT16 (64 x 2**3 x 2**3 = 4096), so stored scores allow 32 KiB / (512 x 2 B) = 32 rows
     w = AttentionWorkload(1, 12, 512, 512, 64)
     s = default_schedule(w, cfg)
-    assert (s.q_tile, s.filter_mode) == (32, "recompute")
-    assert buffer_usage(w, Schedule(16, 512), cfg)["score"] == cfg.buffer("score")
-    assert not fits(w, Schedule(32, 512), cfg)
+    assert (s.kv_mode, s.filter_mode, s.q_tile) == ("chunk", "store", 32)
+    assert not fits(w, Schedule(8, 512, kv_mode="head"), cfg)
+    assert plan_tiling(w, s, cfg).score_bytes == (2, 2)
+    assert buffer_usage(w, Schedule(32, 512), cfg)["score"] == cfg.buffer("score")
+    assert not fits(w, Schedule(64, 512), cfg)
+    # a bias is added to the scores in the round's integer domain: INT32, half the rows
+    biased = AttentionWorkload(1, 12, 512, 512, 64, bias_shape=(1, 1, 1, 512))
+    assert plan_tiling(biased, s, cfg).score_bytes == (4, 4) and not fits(biased, Schedule(32, 512), cfg)
+
+
+def test_kv_mode_is_a_replayable_knob_old_records_read_as_chunk_slots():
+    old = {"q_tile": 32, "k_chunk": 128, "tile_slots": 2, "kv_slots": 2, "out_slots": 2, "plane_mode": "head",
+           "filter_mode": "store"}
+    assert Schedule.from_dict(old).kv_mode == "chunk"
+    assert Schedule.from_dict(old).to_dict() == old  # a record without the knob is written as it was
+    resident = Schedule.from_dict({**old, "kv_mode": "head"})
+    assert resident.to_dict() == {**old, "kv_mode": "head"}
+    with pytest.raises(ScheduleError, match="kv_mode = 'disk'"):
+        Schedule(8, 8, kv_mode="disk")
+
+
+def test_resident_kv_is_gathered_once_per_head_and_equals_reference():
+    cfg = CONFIGS["edge"]
+    for mask in ("none", "causal+padding"):
+        w = build(1, 3, 70, 70, 32, mask)
+        q, k, v, bias, full = inputs(w, 1)
+        ref = mpmrf_attention(q, k, v, full, w.params)
+        union = ref.kept[-1].reshape(3, 70, 70).any(axis=1).sum()  # (head, key) pairs some row keeps
+        moved = {}
+        for kv_mode in ("chunk", "head"):
+            s = Schedule(16, 24, 3, 2, 2, "head", "store", kv_mode)
+            out, res = run_attention(emit_program(w, s, cfg), cfg, q, k, v, bias)
+            np.testing.assert_allclose(out, ref.output, rtol=1e-5, atol=1e-6 * np.abs(ref.output).max())
+            moved[kv_mode] = res.stats["dram_bytes"]["read"]["k"]
+        assert moved["head"] == union * 32 * 2  # every kept key's K row once per head
+        assert moved["chunk"] > moved["head"]  # query tiles share keys: chunk slots fetch them again
 
 
 def test_schedule_records_replay_to_identical_bytes():
@@ -198,3 +235,21 @@ def test_tiling_plan_is_the_layout_the_program_uses():
         assert plan.chunks(q0, rows) == needed
     attends = sum(i.op.mnemonic == "A.ATTN" for i in emit_program(w, s, cfg).code)
     assert attends == w.heads * sum(plan.chunk_count(q0, rows) for q0, rows, _, _ in plan.head_tiles())
+
+
+def test_cost_estimate_counts_what_a_plan_moves_and_computes():
+    from energon_tvm.schedules.cost import estimate
+    from energon_tvm.schedules.schedule import FILTER_MODES
+
+    cfg = CONFIGS["edge"]
+    w = AttentionWorkload(1, 12, 128, 128, 64)
+    est = {s: estimate(plan_tiling(w, s, cfg), cfg) for s in
+           [Schedule(32, 128, 3, 2, 2, "head", mode, kv) for mode in FILTER_MODES for kv in ("chunk", "head")]}
+    store, recompute = (est[Schedule(32, 128, 3, 2, 2, "head", m, "chunk")] for m in FILTER_MODES)
+    compares = 3 * 12 * 128 * 128 / cfg.fu_select_per_cycle  # candidates, then each round's selection
+    assert recompute.fu_cycles - compares == pytest.approx(2 * (store.fu_cycles - compares))
+    chunk, resident = (est[Schedule(32, 128, 3, 2, 2, "head", "store", kv)] for kv in ("chunk", "head"))
+    # four tiles a head, each gathering nearly every key with chunk slots; once a head when resident
+    kv_once = 2 * 12 * 128 * 64 * 2
+    assert chunk.dram_bytes - resident.dram_bytes == pytest.approx(
+        kv_once * 4 * (1 - (1 - 1 / 6) ** 32) - kv_once * (1 - (1 - 1 / 6) ** 128))

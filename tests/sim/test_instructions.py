@@ -7,6 +7,7 @@ from energon_tvm.isa.instructions import OPS, BiasMode, Unit, make
 from energon_tvm.isa.numerics import to_bitplanes
 from energon_tvm.runtime_sim import Simulator
 from energon_tvm.runtime_sim.semantics import HANDLERS
+from energon_tvm.runtime_sim.traps import NumericFault
 from simkit import image, program, sync
 
 D, SQ, SK = 32, 16, 24
@@ -214,6 +215,55 @@ def test_ld_kv_gathers_only_kept_rows(cfg, rows):
     runs = np.count_nonzero(np.diff(np.concatenate([[0], sel.astype(int)])) == 1)
     assert runs >= 1 and (rows > 1 or runs > 1)
     assert r.stats["dram_segments"] == rows + 2 * runs  # + one per bias row
+
+
+@pytest.mark.parametrize("kb", [4, 16])
+def test_narrow_scores_select_as_wide_ones_and_trap_when_they_do_not_fit(cfg, kb):
+    """F.SCORE / F.SELECT with INT16 scores keep exactly the keys INT32 scores keep, in half the score
+    buffer bytes; a score beyond INT16 (Q8 x K16 over D = 32) traps rather than wrapping."""
+    kept, moved = {}, {}
+    for narrow in (0, 1):
+        body = loads(kb=kb) + [
+            make("F.CAND", rows=SQ, q0=0, k0=0, keys=SK, idx=0, bias=0, head=1, causal=0, biasmode=0),
+            make("F.SCORE", qb=8, kb=kb, rows=SQ, q=0, kp=0, keys=SK, sc=0, idx=0, bias=0, head=1, first=1,
+                 narrow=narrow),
+            make("F.SELECT", round=1, alpha=0, rows=SQ, q0=0, k0=0, keys=SK, sc=0, idx=0, head=1, narrow=narrow)]
+        if narrow and kb == 16:
+            with pytest.raises(NumericFault, match="does not fit the INT16"):
+                run(cfg, body)
+            return
+        r = run(cfg, body)
+        kept[narrow] = buf(r, "index", 0, SQ * (-(-SK // 8))).copy()
+        moved[narrow] = r.stats["sram_bytes"]["score"]
+    np.testing.assert_array_equal(kept[1], kept[0])
+    assert moved[1] == {"read": SQ * SK * 2, "write": SQ * SK * 2}
+    assert moved[0] == {"read": SQ * SK * 4, "write": SQ * SK * 4}
+
+
+def test_ld_kvr_fetches_only_keys_not_yet_resident(cfg):
+    """Two tiles of a head (row 0, then rows 1-3) gather into one resident K/V: the second fetches only
+    the keys the first did not keep, and the resident bits end as the union."""
+    keys, stride, res = 16, -(-SK // 8), 1024  # index rows are ceil(SEQ_K / 8) bytes apart
+    body = [make("LD.BIAS", dram=A_BIAS, rows=4, keys=keys, buf=0),
+            sync(Unit.LOAD, LOADED), sync(Unit.FILTER, LOADED, "WAIT"),
+            make("F.CAND", rows=4, q0=0, k0=0, keys=keys, idx=0, bias=0, head=0, causal=0, biasmode=1),
+            sync(Unit.FILTER, SELECTED), sync(Unit.LOAD, SELECTED, "WAIT"),
+            make("LD.KVR", dram=A_K, keys=keys, rows=1, idx=0, res=res, buf=0, first=1),
+            make("LD.KVR", dram=A_K, keys=keys, rows=3, idx=stride, res=res, buf=0, first=0)]
+    r = run(cfg, body)
+    kept = BIAS[:4, :keys] > -1e4
+    first, union = kept[0], kept.any(0)
+    assert (union & ~first).any()  # the second tile has keys of its own
+    kv = r.state.buf["kv"]
+    k_tile = kv.data[:keys * D * 2].view(np.int16).reshape(keys, D)
+    v_tile = kv.data[keys * D * 2:2 * keys * D * 2].view(np.int16).reshape(keys, D)
+    np.testing.assert_array_equal(k_tile[union], K16[:keys][union])
+    np.testing.assert_array_equal(v_tile[union], V16[:keys][union])
+    assert not kv.written[:keys * D * 2].reshape(keys, -1)[~union].any()
+    np.testing.assert_array_equal(np.unpackbits(buf(r, "index", res, 2, np.uint8))[:keys].astype(bool), union)
+    # each key once, K and V: the union's rows, not the tiles' sum (plus the bias tile)
+    moved = r.stats["dram_bytes"]["read_total"] - 4 * keys * 4
+    assert moved == 2 * union.sum() * D * 2 < 2 * (first.sum() + kept[1:].any(0).sum()) * D * 2
 
 
 @pytest.mark.parametrize("mode", [BiasMode.NONE, BiasMode.TILE])

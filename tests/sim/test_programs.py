@@ -62,7 +62,12 @@ def test_scheduled_programs_equal_reference(cfg, w):
 
 @pytest.mark.parametrize("schedule", [Schedule(8, 16, 1, 1, 1, "chunk"), Schedule(16, 24, 3, 2, 1, "head"),
                                       Schedule(5, 8, 2, 1, 2, "chunk"), Schedule(8, 16, 2, 2, 2, "chunk", "recompute"),
-                                      Schedule(40, 32, 1, 2, 1, "head", "recompute")])
+                                      Schedule(40, 32, 1, 2, 1, "head", "recompute"),
+                                      # K/V resident per head: LD.KVR fetches each kept key once per head
+                                      Schedule(8, 16, 1, 1, 1, "chunk", kv_mode="head"),
+                                      Schedule(16, 24, 3, 2, 1, "head", kv_mode="head"),
+                                      Schedule(5, 8, 2, 1, 2, "chunk", "recompute", "head"),
+                                      Schedule(40, 56, 2, 2, 1, "head", "recompute", "head")])
 def test_every_schedule_knob_computes_the_same(cfg, schedule):
     w = AttentionWorkload(1, 2, 40, 56, 32, causal=True)
     check_against_reference(w, cfg, schedule)
@@ -118,6 +123,8 @@ def test_hand_written_assembly_program(cfg):
     (AttentionWorkload(2, 3, 33, 50, 64, bias_shape=(2, 1, 1, 50)), None),
     (AttentionWorkload(1, 2, 40, 56, 32, causal=True), Schedule(8, 16, 2, 2, 2, "chunk")),
     (AttentionWorkload(1, 2, 40, 56, 32, bias_shape=(1, 2, 40, 56)), Schedule(8, 16, 2, 2, 2, "chunk", "recompute")),
+    (AttentionWorkload(1, 2, 40, 56, 32, causal=True, bias_shape=(1, 1, 1, 56)),
+     Schedule(8, 16, 3, 2, 2, "head", "store", "head")),
 ])
 def test_timing_only_mode_gives_the_same_cycles(cfg, w, schedule):
     prog, full, ref = check_against_reference(w, cfg, schedule)

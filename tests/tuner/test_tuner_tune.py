@@ -126,7 +126,7 @@ def test_early_stopping_ends_a_session_without_progress(cfg, workload, profile, 
 def test_trials_beyond_the_space_stop_when_it_is_exhausted(cfg, workload, profile):
     knobs = {"q_tile": [32, 64], "k_chunk": [64], "tile_slots": [2], "kv_slots": [2], "out_slots": [1, 2]}
     result = session(workload, cfg, profile, knobs, trials=50, tuner="grid", include_heuristic=False)
-    assert len(result.records) == 2 * 1 * 2 * 2 * 2 and not result.stopped_early
+    assert len(result.records) == 2 * 1 * 2 * 2 * 2 * 2 and not result.stopped_early  # ... x kv_mode
 
 
 def test_local_process_pool_gives_the_inline_records(cfg, workload, profile, small_knobs, capsys):
@@ -135,3 +135,46 @@ def test_local_process_pool_gives_the_inline_records(cfg, workload, profile, sma
                      progress=True)
     assert pooled.records == inline.records
     assert "best=" in capsys.readouterr().err  # the progress bar shows best-so-far
+
+
+def test_measure_reports_the_runs_energy(cfg, workload, profile):
+    task = MeasureTask.create(workload, cfg, profile)
+    s = Schedule(16, 32, 2, 1, 2, "chunk", "recompute")
+    stats = Simulator(cfg).run(emit_program(workload, s, cfg), profile=profile).stats
+    result = measure(task, s.to_dict())
+    assert result.energy_pj == stats["energy_pj"]["total"] > 0
+    assert result.score == result.cycles  # read in cycles unless told otherwise
+
+
+@pytest.mark.parametrize("objective", ["energy", "edp"])
+def test_session_minimises_the_objective_and_records_say_it(tmp_path, cfg, workload, profile, small_knobs,
+                                                            objective):
+    records = tmp_path / "r.jsonl"
+    result = session(workload, cfg, profile, small_knobs, trials=12, tuner="random", records=records,
+                     objective=objective)
+    read = read_records(records)
+    assert all(r.objective == objective and r.energy_pj is not None for r in read)
+    value = {"energy": lambda r: r.energy_pj, "edp": lambda r: r.cycles * r.energy_pj}[objective]
+    measured = [r for r in read if r.ok]
+    assert result.best.score == min(value(r) for r in measured) == value(result.best)
+    assert result.speedup == value(result.heuristic) / value(result.best)
+    # compile takes the record best in the objective its records state, not the fastest one
+    assert best_schedule(records, workload, cfg) == result.best.schedule
+    with pytest.raises(TuningError, match="unknown objective 'power'"):
+        session(workload, cfg, profile, small_knobs, trials=2, objective="power")
+
+
+def test_records_without_an_objective_are_read_as_cycles(tmp_path, cfg, workload, profile, small_knobs):
+    import json
+
+    records = tmp_path / "r.jsonl"
+    session(workload, cfg, profile, small_knobs, trials=8, tuner="random", records=records, objective="energy")
+    lines = [json.loads(x) for x in records.read_text().splitlines()]
+    old = tmp_path / "old.jsonl"  # as records were written before the objective and energy existed
+    old.write_text("".join(json.dumps({k: v for k, v in d.items() if k not in ("objective", "energy_pj",
+                                                                                 "digest")}) + "\n"
+                           for d in lines))
+    read = read_records(old)
+    assert all(r.objective == "cycles" and r.energy_pj is None for r in read)
+    fastest = min((r for r in read if r.ok), key=lambda r: r.cycles)
+    assert best_schedule(old, workload, cfg) == fastest.schedule

@@ -1,0 +1,31 @@
+"""What a tuning session minimises: a schedule's cycles, its energy, or their product.
+
+``cycles`` is what tuning meant before the objective was a choice, and what a record that names none
+was tuned for; ``energy`` is the run's total in pJ (docs/energy.md); ``edp`` is cycles x pJ.
+"""
+
+from __future__ import annotations
+
+from .errors import TuningError
+
+OBJECTIVES = ("cycles", "energy", "edp")
+
+
+def objective_value(objective: str, cycles: int | None, energy_pj: float | None) -> float | None:
+    """What a tuner minimises: ``cycles``, ``energy`` (pJ) or ``edp`` (cycles x pJ); None when the
+    figures it needs are missing."""
+    if objective == "cycles":
+        return None if cycles is None else float(cycles)
+    if energy_pj is None or cycles is None:
+        return None
+    if objective == "energy":
+        return float(energy_pj)
+    if objective == "edp":
+        return float(cycles) * float(energy_pj)
+    raise TuningError(f"unknown objective {objective!r}; objectives are {', '.join(OBJECTIVES)}")
+
+
+def check_objective(objective) -> str:
+    if objective not in OBJECTIVES:
+        raise TuningError(f"unknown objective {objective!r}; objectives are {', '.join(OBJECTIVES)}")
+    return objective

@@ -1,0 +1,131 @@
+"""The heuristic's analytic cost: what a tiling plan makes each unit do, in cycles, before any data is seen.
+
+:func:`estimate` counts, for one :class:`~.schedule.TilingPlan`, the terms the lower bound of
+:mod:`.bounds` counts for the workload, but as this plan incurs them: the Filtering Unit's low-bit MACs
+(twice in ``recompute`` mode) and compares, the Attention Unit's MACs, exponentials and per-instruction
+pipeline fill, and the loader's DMA instructions (each holds the loader for the DRAM latency plus its
+transfer) with the bytes this plan moves: Q, bias and output once per tile, K's bit-planes once per head
+(resident) or per tile, round and pass (streamed), and gathered K/V once per head (resident) or per query
+tile (chunk slots; with one slot, gathers and attention take turns). The DRAM channel is shared by
+loader and store.
+
+Sparsity is not known when a program is compiled, so the estimate assumes it: a round with threshold
+coefficient ``alpha`` keeps a third of its candidates at alpha 0, falling linearly to none at 1 and
+rising linearly to all at -1 (the default rounds then keep 0.17 of the pairs; structured Q/K keep
+0.18-0.24), and a key is in the union of ``n`` rows' kept sets with probability
+``1 - (1 - kept) ** n`` (rows keep keys independently). The units overlap as far as the tile slots let
+them: with ``tile_slots`` query tiles in flight the non-binding units' time adds to the binding one's
+by :data:`OVERLAP` of it (all of it with one slot: each unit waits for the previous one's tile). These
+factors are what measured schedules show (docs/scheduler.md): the heuristic ranks tilings by this
+estimate, it does not predict cycles to the percent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..isa.config import HardwareConfig
+from ..isa.instructions import BiasMode
+from .schedule import TilingPlan
+
+#: share of the non-binding units' time that adds to the binding unit's, by query tiles in flight
+OVERLAP = {1: 1.0, 2: 0.5, 3: 0.15}
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Estimated busy cycles per unit, DRAM bytes moved, and the estimate of the whole run."""
+
+    fu_cycles: float
+    au_cycles: float
+    load_cycles: float     # the loader's instructions, latency included
+    dram_cycles: float     # the DRAM channel's transfers (loads and stores)
+    dram_bytes: float
+    cycles: float
+
+
+#: the assumed fraction of its candidates a round with threshold at the mean (alpha 0) keeps
+KEEP_AT_MEAN = 1 / 3
+
+
+def round_keep(alpha: float) -> float:
+    """The assumed fraction of a round's candidates it keeps: :data:`KEEP_AT_MEAN` at alpha 0, falling
+    linearly to none at alpha 1 and rising linearly to all at alpha -1."""
+    if alpha >= 0:
+        return max(0.0, KEEP_AT_MEAN * (1.0 - alpha))
+    return min(1.0, KEEP_AT_MEAN + (1.0 - KEEP_AT_MEAN) * -alpha)
+
+
+def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
+    """The analytic cost of ``plan`` (which is assumed to fit)."""
+    w, s = plan.workload, plan.schedule
+    heads, d, sq, sk = w.batch * w.heads, w.head_dim, w.seq_q, w.seq_k
+    pairs = heads * sq * sk * (0.5 if w.causal else 1.0)
+    tiles = heads * plan.tiles
+    chunks_per_tile = plan.key_chunks
+    if w.causal:
+        chunks_per_tile = sum(plan.chunk_count(q0, rows) for q0, rows, _, _ in plan.head_tiles()) / plan.tiles
+    rounds = w.params.rounds
+    passes = 1 if s.filter_mode == "store" else 2
+
+    fu, candidates = 0.0, pairs
+    for r in rounds:
+        fu += passes * candidates * d * cfg.fu_passes(r.q_bits, r.k_bits) / cfg.fu_macs_per_cycle
+        candidates *= round_keep(r.alpha)
+    kept_pairs = candidates
+    fu += (1 + len(rounds)) * pairs / cfg.fu_select_per_cycle
+    fu_instructions = tiles * (1 if plan.whole_row else chunks_per_tile) * (1 + 2 * len(rounds))
+    fu = max(fu, fu_instructions)
+
+    attn_instructions = tiles * chunks_per_tile
+    au = max(2 * kept_pairs * d / cfg.au_macs_per_cycle, (kept_pairs + heads * sq) / cfg.au_exp_per_cycle)
+    au += heads * sq * d / cfg.au_macs_per_cycle + (attn_instructions + tiles) * cfg.au_pipeline_cycles
+
+    kept = kept_pairs / pairs if pairs else 0.0
+    key_bytes = d * 2
+    covered = sk * (0.5 if w.causal else 1.0)  # keys a tile's chunks reach, on average
+
+    def union(rows: int) -> float:
+        return 1.0 - (1.0 - kept) ** rows
+
+    if plan.kv_resident:
+        kv_bytes = 2 * heads * sk * union(sq) * key_bytes
+    else:
+        kv_bytes = 2 * tiles * covered * union(plan.rows) * key_bytes
+    plane_key_bytes = d / 8
+    if not rounds:
+        plane_bytes, plane_loads = 0.0, 0
+    elif s.plane_mode == "head":
+        plane_bytes = heads * sk * plane_key_bytes * plan.plane_bits
+        plane_loads = heads * len({r.k_bits for r in rounds}) * (1 if plan.whole_row else plan.key_chunks)
+    else:
+        plane_bytes = tiles * covered * plane_key_bytes * passes * sum(r.k_bits for r in rounds)
+        plane_loads = tiles * chunks_per_tile * passes * len(rounds)
+    bias_bytes = 0.0
+    bias_loads = 0
+    if plan.bias_mode != BiasMode.NONE:
+        bias_bytes = tiles * plan.bias_rows * covered * 4
+        bias_loads = tiles * chunks_per_tile
+    q_bytes, out_bytes = heads * sq * d * 2, heads * sq * d * 4
+    loads = tiles * (1 + chunks_per_tile) + plane_loads + bias_loads + 1
+    load_bytes = q_bytes + kv_bytes + plane_bytes + bias_bytes
+    per_byte = 1 / cfg.dram_bytes_per_cycle
+    requests = loads + 2 * attn_instructions  # a gather's K and V segments at least
+    load = loads * cfg.dram_latency_cycles + load_bytes * per_byte + requests * cfg.dram_request_cycles
+    channel = (load_bytes + out_bytes) * per_byte + (requests + tiles) * cfg.dram_request_cycles
+
+    if not plan.kv_resident and s.kv_slots == 1:
+        # one chunk slot: each chunk's gather waits for the previous chunk's attention, and it for the gather
+        au += attn_instructions * cfg.dram_latency_cycles + kv_bytes * per_byte
+    units = (fu, au, max(load, channel))
+    binding = max(units)
+    overlap = OVERLAP.get(s.tile_slots, min(OVERLAP.values()))
+    cycles = cfg.dram_latency_cycles + binding + overlap * (sum(units) - binding)
+    return CostEstimate(fu, au, load, channel, load_bytes + out_bytes, cycles)
+
+
+def cost_key(plan: TilingPlan, cfg: HardwareConfig) -> tuple[float, float]:
+    """How the heuristic ranks a fitting plan: estimated cycles, then DRAM bytes (energy)."""
+    e = estimate(plan, cfg)
+    return math.floor(e.cycles), e.dram_bytes
