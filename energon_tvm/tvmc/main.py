@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in sorted(_COMMANDS):
         add_arguments, run, help_text = _COMMANDS[name]
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("-v", "--verbose", action="count", default=0, help=argparse.SUPPRESS)
+        # its own dest: a subparser's default would otherwise overwrite the -v given before the command
+        p.add_argument("-v", "--verbose", action="count", default=0, dest="command_verbose", help=argparse.SUPPRESS)
         add_arguments(p)
         p.set_defaults(_run=run)
     return parser
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(_attach_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    # `tvmc -v compile ...` and `tvmc compile ... -v` both count; the commands read args.verbose (the
+    # compile step passes it on to hide known-harmless third-party output unless -v)
+    args.verbose += getattr(args, "command_verbose", 0)
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
                         format="%(message)s")
     if args.version:

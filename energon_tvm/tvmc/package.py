@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .errors import PackageError, open_user_file
+from .manifest import check_meaning, check_schema
 
 FORMAT = "energon-tvm-package"
 FORMAT_VERSION = 1
@@ -132,6 +133,7 @@ class Package:
     manifest: dict
     programs: dict[str, bytes] = field(default_factory=dict)  # member name -> bytes
     library_path: Path | None = None
+    decoded: dict = field(default_factory=dict)  # member name -> its Program, decoded once by read_package
 
     @property
     def calls(self) -> list[dict]:
@@ -350,12 +352,15 @@ def _check_manifest(path: Path, manifest, members: dict[str, tarfile.TarInfo]) -
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PackageError(f"{path}: not an energon-tvm package (format {manifest.get('format')!r})"
                            if isinstance(manifest, dict) else f"{path}: {MANIFEST} is not an object")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise PackageError(f"{path}: package format version {manifest.get('format_version')!r}; this "
-                           f"energon-tvm reads version {FORMAT_VERSION}")
+    version = manifest.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise PackageError(f"{path}: package format version {version!r}"
+                           + ("" if type(version) is int else f" (a {type(version).__name__}, not an integer)")
+                           + f"; this energon-tvm reads version {FORMAT_VERSION}")
     depth = _depth(manifest)
     if depth > MAX_MANIFEST_DEPTH:
         raise PackageError(f"{path}: {MANIFEST} nests more than {MAX_MANIFEST_DEPTH} levels deep")
+    check_schema(path, manifest)
     files = manifest.get("files")
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise PackageError(f"{path}: manifest lists no file hashes")
@@ -382,6 +387,17 @@ def _check_manifest(path: Path, manifest, members: dict[str, tarfile.TarInfo]) -
     if inputs > MAX_INPUTS_BYTES:
         raise PackageError(f"{path}: the manifest's inputs add up to {inputs} bytes; the limit is {MAX_INPUTS_BYTES}")
     return manifest
+
+
+def _decode(path: Path, name: str, blob: bytes):
+    """The program a member holds (its container checked for form: layout, checksum, config)."""
+    from ..isa.errors import EnergonError
+    from ..isa.program import Program
+
+    try:
+        return Program.from_bytes(blob)
+    except EnergonError as err:
+        raise PackageError(f"{path}: member {name!r} is not a valid Energon program: {err}") from None
 
 
 def _verify(path: Path, key: bytes, manifest: bytes, signature: bytes | None) -> None:
@@ -430,6 +446,8 @@ def read_package(path, *, library_dir: Path | None = None, key: bytes | None = N
                         raise PackageError(f"{path}: member {name!r} does not match its hash in the manifest: "
                                            f"the package was modified or is corrupt")
             pkg = Package(manifest, dict(sorted(programs.items())))
+            pkg.decoded = {name: _decode(path, name, blob) for name, blob in pkg.programs.items()}
+            check_meaning(path, manifest, pkg.decoded)
             if LIBRARY in members:
                 lib = Path(library_dir) / "model.so" if library_dir is not None else None
                 try:

@@ -30,7 +30,8 @@ class RunResult:
     package: Package
     outputs: dict[str, np.ndarray]
     calls: list = field(default_factory=list)      # bridge CallRecords of the first run
-    wall_seconds: list[float] = field(default_factory=list)
+    wall_seconds: list[float] = field(default_factory=list)  # per measurement: the mean of its `number` runs
+    number: int = 1  # runs per measurement
 
     @property
     def manifest(self) -> dict:
@@ -215,6 +216,8 @@ def make_inputs(manifest: dict, inputs_path=None, fill_mode: str = "random", see
         return out
     if fill_mode not in FILL_MODES:
         raise TVMCError(f"unknown --fill-mode {fill_mode!r}; known: {', '.join(FILL_MODES)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TVMCError(f"--seed {seed!r}: must be a non-negative integer")
     rng = np.random.default_rng(seed)
     out = {}
     for s in specs:
@@ -274,13 +277,10 @@ class PackageSession:
     session's runner)."""
 
     def __init__(self, path, *, key: bytes | None = None, memory_budget: int | None = DEFAULT_MEMORY_BUDGET):
-        import tvm
-
         from ..executor import Runner
-        from ..relax import bridge
 
         self._tmp = tempfile.TemporaryDirectory(prefix="energon-pkg-")
-        try:
+        try:  # the package is read and checked before TVM is imported: a bad one is answered at once
             self.package = read_package(path, library_dir=Path(self._tmp.name), key=key)
             # the library runs only the programs the package lists (the ones tvmc inspect shows); they are
             # decoded and checked once, here, into the runner's cache
@@ -291,6 +291,10 @@ class PackageSession:
         except BaseException:
             self._tmp.cleanup()
             raise
+        import tvm
+
+        from ..relax import bridge
+
         try:
             lib = tvm.runtime.load_module(str(self.package.library_path))
             self._vm = bridge.virtual_machine(lib, self.runner)
@@ -334,20 +338,49 @@ class PackageSession:
         self.close()
 
 
-def run_package(path, *, inputs=None, fill_mode: str = "random", repeat: int = 1, trace: bool = False,
-                capture: bool = False, seed: int = 0, key: bytes | None = None,
+#: the most runs one ``tvmc run`` makes (number x repeat): every run simulates every offloaded call
+MAX_RUNS = 10_000
+
+
+def check_repetitions(number: int, repeat: int) -> None:
+    """``number`` runs per measurement and ``repeat`` measurements, each at least 1, at most
+    :data:`MAX_RUNS` runs in all."""
+    for option, value in (("--number", number), ("--repeat", repeat)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TVMCError(f"{option} {value!r}: must be at least 1")
+    if number * repeat > MAX_RUNS:
+        raise TVMCError(f"--number {number} x --repeat {repeat} is {number * repeat} runs; the limit is {MAX_RUNS}")
+
+
+def run_package(path, *, inputs=None, fill_mode: str = "random", repeat: int = 1, number: int = 1,
+                trace: bool = False, capture: bool = False, seed: int = 0, key: bytes | None = None,
                 memory_budget: int | None = DEFAULT_MEMORY_BUDGET) -> RunResult:
-    """Run a compiled package once per ``repeat``; statistics come from the first run. With ``key``
+    """Run a compiled package ``number`` x ``repeat`` times, as classic tvmc measures: ``repeat``
+    measurements, each the mean host wall time of ``number`` runs (``RunResult.wall_seconds``).
+    Outputs, statistics and the trace come from the first run. With ``key``
     (:func:`~energon_tvm.tvmc.package.package_key`) the package must be signed with it."""
-    if repeat < 1:
-        raise TVMCError(f"--repeat {repeat}: must be at least 1")
+    check_repetitions(number, repeat)
     with PackageSession(path, key=key, memory_budget=memory_budget) as session:
         feeds = make_inputs(session.manifest, inputs, fill_mode, seed)
-        result = RunResult(session.package, {})
-        for i in range(repeat):
-            t0 = time.perf_counter()
-            outputs, calls = session.run(feeds, collect=i == 0, trace=trace and i == 0, capture=capture)
-            result.wall_seconds.append(time.perf_counter() - t0)
-            if i == 0:
-                result.outputs, result.calls = outputs, calls
+        result = RunResult(session.package, {}, number=number)
+        first = True
+        for _ in range(repeat):
+            elapsed = 0.0
+            for _ in range(number):
+                t0 = time.perf_counter()
+                outputs, calls = session.run(feeds, collect=first, trace=trace and first, capture=capture)
+                elapsed += time.perf_counter() - t0
+                if first:
+                    result.outputs, result.calls, first = outputs, calls, False
+            result.wall_seconds.append(elapsed / number)
     return result
+
+
+def time_summary(wall_seconds: list[float]) -> dict[str, float]:
+    """mean, median, max, min and std (population, as numpy's default) of the measurements, in ms: the
+    columns of classic tvmc's ``--print-time`` table."""
+    ms = np.asarray(wall_seconds, dtype=np.float64) * 1e3
+    if not ms.size:
+        raise TVMCError("no measurement to summarise")
+    return {"mean": float(ms.mean()), "median": float(np.median(ms)), "max": float(ms.max()),
+            "min": float(ms.min()), "std": float(ms.std())}

@@ -88,9 +88,11 @@ def parse_rounds(text: str | None) -> MPMRFParams:
 def parse_target(text: str, config: str | None = None, alpha: str | None = None,
                  default_params: MPMRFParams | None = None, rounds: str | None = None,
                  mcpu: str | None = None) -> Target:
-    kinds = [k.strip() for k in (text or "").split(",") if k.strip()]
-    if not kinds:
+    kinds = [k.strip() for k in (text or "").split(",")]
+    if not any(kinds):
         raise TVMCError("empty --target; use \"energon, llvm\" or \"llvm\"")
+    if not all(kinds):
+        raise TVMCError(f"--target {text!r} has an empty item; use \"energon, llvm\" or \"llvm\"")
     unknown = [k for k in kinds if k.split()[0] not in KINDS]
     if unknown:
         raise TVMCError(f"unknown target kind {unknown[0]!r} in --target {text!r}; known: {', '.join(KINDS)}")

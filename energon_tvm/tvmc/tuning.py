@@ -28,18 +28,33 @@ def tune_model(model_path, output, *, model_format: str | None = None, target: s
                config: str | None = None, alpha: str | None = None, rounds: str | None = None,
                mcpu: str | None = None, input_shapes: str | None = None, trials: int = 64, tuner: str = "xgb",
                early_stopping: int | None = None, calibration=None, dask_scheduler: str | None = None,
-               seed: int = 0, log=None) -> TuneModelResult:
+               seed: int = 0, objective: str = "cycles", verbose: int = 0, log=None) -> TuneModelResult:
     """Tune the schedule of every workload the model offloads; records are appended to ``output``.
-    ``log`` (a callable) receives progress lines."""
-    from ..tuner import make_runner, profile_from_arrays, tune
+    ``objective`` is what each session minimises (``cycles``, ``energy`` or ``edp``); the records say it,
+    and ``tvmc compile`` picks by it. ``log`` (a callable) receives progress lines. Everything that can
+    be checked without the model is checked first: the options, the output file (an existing one must
+    hold tuning records: they are appended to, not replaced), the calibration file."""
+    from ..tuner import OBJECTIVES, make_runner, profile_from_arrays, read_records, tune
     from .compiler import compile_model, write
+    from .errors import open_user_file
+    from .package import check_output
     from .runner import PackageSession, make_inputs
+    from .shapes import parse_input_shapes
 
     say = log or (lambda _msg: None)
+    if objective not in OBJECTIVES:
+        raise TVMCError(f"--objective {objective!r}: one of {', '.join(OBJECTIVES)}")
     if "energon" not in target:
         raise TVMCError("tvmc tune tunes Energon schedules: put energon in --target")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TVMCError(f"--seed {seed!r}: must be a non-negative integer")
+    parse_input_shapes(input_shapes)
+    if Path(check_output(output, "-o")).exists():
+        read_records(output)  # a file that is not tuning records is refused before any work
+    if calibration is not None:
+        open_user_file(calibration, "--calibration file").close()
     result = compile_model(model_path, model_format=model_format, target=target, config=config, alpha=alpha,
-                           rounds=rounds, mcpu=mcpu, input_shapes=input_shapes)
+                           rounds=rounds, mcpu=mcpu, input_shapes=input_shapes, verbose=verbose)
     if not result.calls:
         say("no attention call was offloaded: nothing to tune")
         return TuneModelResult(0)
@@ -59,11 +74,11 @@ def tune_model(model_path, output, *, model_format: str | None = None, target: s
                                                                        i["bias"])))
     cfg = result.target.config
     say(f"tuning {len(jobs)} workload(s) of {len(calls)} offloaded call(s) on {cfg.name} with {tuner}, "
-        f"{trials} trials each; records -> {output}")
+        f"{trials} trials each, minimising {objective}; records -> {output}")
     runner = make_runner(dask_scheduler=dask_scheduler)  # one pool or Dask client for every workload
     try:
         results = [(site, tune(workload, cfg, profile, trials=trials, tuner=tuner, early_stopping=early_stopping,
-                               seed=seed, records=output, runner=runner))
+                               seed=seed, records=output, runner=runner, objective=objective))
                    for site, workload, profile in jobs]
     finally:
         runner.close()

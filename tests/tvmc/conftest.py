@@ -27,3 +27,17 @@ def package(model_files):
     result = compile_model(model_files / "model.onnx")
     write(result, model_files / "model.tar")
     return model_files / "model.tar"
+
+
+@pytest.fixture(scope="session")
+def dynamic_model(model_files):
+    """model.onnx with its inputs' batch and sequence dimensions made dynamic: it compiles only once
+    --input-shapes fixes them."""
+    model = onnx.load(model_files / "model.onnx")
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        dims[0].dim_param = "batch"
+        dims[1 if inp.name == "x" else 3].dim_param = "seq"
+    path = model_files / "dynamic.onnx"
+    onnx.save(model, path)
+    return path

@@ -34,3 +34,61 @@ def test_bad_records_file_is_one_line(model_files, capsys):
                  "--tuning-records", str(bad)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tvmc: error:")
+
+
+def test_tune_for_energy_records_the_objective_and_compile_picks_by_it(model_files, capsys):
+    records = model_files / "energy.jsonl"
+    assert main(["tune", str(model_files / "model.onnx"), "-o", str(records), "--trials", "5", "--tuner", "random",
+                 "--calibration", str(model_files / "inputs.npz"), "--objective", "energy"]) == 0
+    lines = [json.loads(x) for x in records.read_text().splitlines()]
+    assert len(lines) == 5 and all(r["objective"] == "energy" and r["energy_pj"] > 0 for r in lines)
+    assert "minimising energy" in capsys.readouterr().out
+
+    from energon_tvm.tvmc import compile_model
+
+    tuned = compile_model(model_files / "model.onnx", tuning_records=str(records))
+    best = min((r for r in lines if r.get("error") is None), key=lambda r: r["energy_pj"])
+    assert tuned.calls[0].schedule == best["schedule"]
+
+
+def test_unknown_objective_is_one_line(model_files, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["tune", str(model_files / "model.onnx"), "-o", str(model_files / "x.jsonl"), "--objective", "power"])
+    assert exit_.value.code != 0
+    err = capsys.readouterr().err
+    assert "--objective" in err and "Traceback" not in err
+
+
+def test_compile_says_how_many_records_were_for_another_machine(model_files, capsys):
+    records = model_files / "edge-records.jsonl"
+    assert main(["tune", str(model_files / "model.onnx"), "-o", str(records), "--trials", "3",
+                 "--tuner", "random"]) == 0
+    capsys.readouterr()
+    out_tar = model_files / "server.tar"
+    assert main(["compile", str(model_files / "model.onnx"), "-o", str(out_tar), "--target-energon-config", "server",
+                 "--tuning-records", str(records)]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 2 offloaded call(s) scheduled from" in out
+    assert "3 record(s) of that file were made for another machine (edge) and were not used on server" in out
+
+
+def test_tune_checks_its_output_and_options_before_compiling(model_files, tmp_path, capsys, monkeypatch):
+    import energon_tvm.tvmc.compiler as compiler
+
+    def no_compile(*_args, **_kwargs):
+        raise AssertionError("tune compiled before refusing its options")
+
+    monkeypatch.setattr(compiler, "compile_model", no_compile)
+    garbage = tmp_path / "r.jsonl"
+    garbage.write_bytes(b"\xff\xfe not records\n")
+    for extra, needle in [(["-o", str(garbage)], "not a JSON record"), (["-o", str(tmp_path / "x.jsonl"), "--seed",
+                                                                            "-1"], "--seed -1"),
+                          (["-o", str(tmp_path / "no" / "r.jsonl")], "does not exist"),
+                          (["-o", str(tmp_path / "x.jsonl"), "--calibration", str(tmp_path / "c.npz")],
+                           "--calibration file")]:
+        assert main(["tune", str(model_files / "model.onnx"), *extra]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert garbage.read_bytes() == b"\xff\xfe not records\n"

@@ -322,7 +322,14 @@ def test_library_programs_must_be_the_listed_ones(package, tmp_path, capsys):
         members[name] = other
     swapped = tmp_path / "swapped.tar"
     _repack(swapped, members)
-    read_package(swapped)  # consistent hashes: what tvmc inspect shows is `other`
+    with pytest.raises(PackageError, match="states a workload its program was not built for: workload.params"):
+        read_package(swapped)  # the hashes agree, but the manifest no longer describes the programs
+    manifest = json.loads(members["manifest.json"])
+    for call in manifest["calls"]:
+        call["workload"] = Program.from_bytes(other).meta["workload"]
+    members["manifest.json"] = json.dumps(manifest).encode()
+    _repack(swapped, members)
+    read_package(swapped)  # consistent manifest and hashes: what tvmc inspect shows is `other`
     assert main(["run", str(swapped)]) == 1
     _one_line_error(capsys, "is not one the package lists")
 
@@ -508,5 +515,5 @@ def test_write_replaces_the_output_and_dumps_whole(tmp_path):
     out.write_bytes(b"the previous package")
     written = write(_result(), out, "relax,isa")
     assert written == [out, tmp_path / "model.tar.relax.py"]
-    assert read_package(out).manifest["calls"] == [] and written[1].read_text() == "# relax\n"
+    assert json.loads(_members(out)["manifest.json"])["calls"] == [] and written[1].read_text() == "# relax\n"
     assert not list(tmp_path.glob("*.partial"))

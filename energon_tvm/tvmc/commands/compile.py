@@ -14,23 +14,37 @@ def add_arguments(p) -> None:
     p.add_argument("-o", "--output", required=True, help="package to write (.tar)")
     p.add_argument("--model-format", choices=["onnx", "pytorch"], help="default: from the file suffix")
     add_target_arguments(p)
-    p.add_argument("--input-shapes", help='fix input shapes: "name:[1,128],mask:[1,128]"')
+    p.add_argument("--input-shapes", help='fix input shapes: "name:[1,128],mask:[1,128]" or, as classic tvmc, '
+                   '"name:[1,128] mask:[1,128]"')
     p.add_argument("--tuning-records", help="JSON-lines tuning records (tvmc tune); the best per workload is used")
     p.add_argument("--dump-code", help="comma list of isa,relax: write them next to the output")
     p.add_argument("--dump-offloads", metavar="-|FILE", help="list every attention site, offloaded or not and why")
+    p.add_argument("-O", "--opt-level", type=int, metavar="0..3",
+                   help="PassContext opt_level of the host build (default 2, TVM's; 0 skips the Relax "
+                        "clean-up passes, 1-3 build alike today)")
+    p.add_argument("--pass-config", action="append", metavar="KEY=VALUE", default=[],
+                   help="a TVM PassContext option for the host build, e.g. tirx.disable_vectorize=true "
+                        "(repeatable; bool and integer options)")
     p.add_argument("--package-key", metavar="FILE", help="sign the package with this key (hex, in FILE); default: "
                    "$ENERGON_PACKAGE_KEY_FILE or $ENERGON_PACKAGE_KEY, unsigned when neither is set")
 
 
 @command("compile", "compile a model; attention goes to Energon, the rest to the host CPU")(add_arguments)
 def run(args) -> int:
-    from ..compiler import compile_model, dump_kinds, write
+    from ..compiler import build_options, compile_model, dump_kinds, write
     from ..package import atomic_write, check_output, package_key
+    from ..shapes import parse_input_shapes
+    from ..target import parse_target
 
     verbose = args.verbose
-    # what would fail after the compile fails before it: the key, the dump kinds, the output folders
+    # what would fail after the compile fails before it: the target, the key, the dump kinds, the shapes,
+    # the build options and the output folders
+    t = target_options(args)
+    parse_target(t["target"], t["config"], t["alpha"], rounds=t["rounds"], mcpu=t["mcpu"])
     key = package_key(args.package_key)
     dump_kinds(args.dump_code)
+    parse_input_shapes(args.input_shapes)
+    build = build_options(args.pass_config, args.opt_level)
     check_output(args.output, "-o")
     if args.dump_offloads and args.dump_offloads != "-":
         check_output(args.dump_offloads, "--dump-offloads")
@@ -39,8 +53,8 @@ def run(args) -> int:
         print(msg, file=sys.stderr)
 
     result = compile_model(args.model, model_format=args.model_format, **target_options(args),
-                           input_shapes=args.input_shapes, tuning_records=args.tuning_records,
-                           log=say if verbose else None)
+                           input_shapes=args.input_shapes, tuning_records=args.tuning_records, build=build,
+                           verbose=verbose, log=say if verbose else None)
     text = None
     if args.dump_offloads:
         text = result.offloads.format() if result.offloads is not None else "energon is not in the target\n"
@@ -58,10 +72,17 @@ def run(args) -> int:
           f"({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})")
     if args.tuning_records:
         from ...executor import TUNED
+        from ...tuner import read_records
 
         tuned = sum(c.schedule_source == TUNED for c in result.calls)
         print(f"  {tuned} of {len(result.calls)} offloaded call(s) scheduled from {args.tuning_records}, the "
               f"rest by the heuristic")
+        cfg = result.target.config
+        other = [r for r in read_records(args.tuning_records) if r.config_fingerprint != cfg.fingerprint.hex()]
+        if other:
+            names = sorted({r.config or r.config_fingerprint[:12] for r in other})
+            print(f"  {len(other)} record(s) of that file were made for another machine ({', '.join(names)}) and "
+                  f"were not used on {cfg.name}")
     for path in written:
         print(f"  wrote {path}")
     return 0

@@ -41,7 +41,10 @@ def run(args) -> int:
           f"energon-tvm {m['versions']['energon_tvm']}, TVM {m['versions']['tvm']}")
     print("inputs: " + ", ".join(f"{i['name']}{i['shape']} {i['dtype']}" for i in m["inputs"]))
     print("outputs: " + ", ".join(f"{o['name']}{o['shape']} {o['dtype']}" for o in m["outputs"]))
-    print(f"{len(m['calls'])} offloaded call(s) of {len(m['offloads'])} attention site(s)")
+    sites = m.get("attention_sites")
+    sites = len(m["offloads"]) if sites is None else sites  # packages of earlier versions do not say
+    print(f"{len(m['calls'])} offloaded call(s) of {sites} attention site(s)"
+          + ("" if m["offload"] else " (compiled for the host only)"))
     for i, call in enumerate(m["calls"]):
         print(f"\n=== call {i}: site {call['site']} ({call['schedule_source']} schedule) ===")
         print(describe_program(pkg.program(call), code=not args.no_code))

@@ -15,16 +15,21 @@ from ..main import command
 def add_arguments(p) -> None:
     p.add_argument("package", help="package written by tvmc compile")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--inputs", help=".npz with one array per model input")
+    src.add_argument("-i", "--inputs", help=".npz with one array per model input")
     src.add_argument("--fill-mode", default="random", choices=["zeros", "ones", "random"],
                      help="fill inputs when no --inputs is given (default random)")
-    p.add_argument("--outputs", help="write the outputs to this .npz")
-    p.add_argument("--print-time", action="store_true", help="print host wall time per run")
+    p.add_argument("-o", "--outputs", help="write the outputs to this .npz")
+    p.add_argument("--print-time", action="store_true", help="print the host wall time of the --repeat "
+                   "measurements: mean, median, max, min, std in ms")
+    p.add_argument("--number", type=int, default=1, help="runs per measurement; a measurement is their mean (1)")
+    p.add_argument("--repeat", type=int, default=1, help="measurements (1); the package runs number x repeat "
+                   "times, outputs and statistics from the first run")
     p.add_argument("--profile", action="store_true", help="print simulated cycles, DRAM, energy, kept ratios")
+    p.add_argument("--print-top", type=int, metavar="N", help="print the N slowest accelerator calls: cycles, "
+                   "their lower bound, what binds it, kept ratio")
     p.add_argument("--trace", help="write a Chrome/Perfetto trace of the accelerator (JSON)")
     p.add_argument("--report", help="write a self-contained HTML report")
     p.add_argument("--reference", help=".npz of reference outputs (e.g. a dense run) to compare against")
-    p.add_argument("--repeat", type=int, default=1, help="run N times (statistics from the first)")
     p.add_argument("--seed", type=int, default=0, help="seed of --fill-mode random")
     p.add_argument("--memory-budget", default="8GiB", help="refuse, before running, a package that needs more "
                    "memory than this (inputs, outputs and the largest call's simulated DRAM; default 8GiB)")
@@ -33,42 +38,85 @@ def add_arguments(p) -> None:
                    "run only packages you trust (docs/packages.md)")
 
 
+def _kept(kept_ratio) -> str:
+    return " / ".join(f"{r:.3f}" for r in kept_ratio) or "dense"
+
+
+def _against(bound, cycles) -> str:
+    """Simulated cycles over the lower bound, and what binds it."""
+    return f"{'n/a':>8} {'':<9}" if bound is None else f"{bound.ratio(cycles):>7.2f}x {bound.binds:<9}"
+
+
 def _profile_lines(result) -> list[str]:
     from ..report_html import bound_total, call_bounds
 
-    def against(bound, cycles) -> str:  # simulated cycles over the lower bound, and what binds it
-        return f"{'n/a':>8} {'':<9}" if bound is None else f"{bound.ratio(cycles):>7.2f}x {bound.binds:<9}"
-
     bounds = call_bounds(result)
-    lines = [f"{'call':>4}  {'site':<28} {'cycles':>12} {'DRAM KB':>10} {'energy uJ':>10} {'x bound':>8} "
+    lines = [f"{'call':>4}  {'site':<28} {'cycles':>12} {'DRAM KiB':>10} {'energy uJ':>10} {'x bound':>8} "
              f"{'binds':<9}  kept ratio per round"]
     for i, (call, bound) in enumerate(zip(result.calls, bounds)):
         s = call.stats
         dram = (s["dram_bytes"]["read_total"] + s["dram_bytes"]["write_total"]) / 1024
-        kept = " / ".join(f"{r:.3f}" for r in s.get("kept_ratio", [])) or "dense"
         lines.append(f"{i:>4}  {call.site[:28]:<28} {s['cycles']:>12,} {dram:>10.1f} "
-                     f"{s['energy_pj']['total'] / 1e6:>10.3f} {against(bound, s['cycles'])}  {kept}")
+                     f"{s['energy_pj']['total'] / 1e6:>10.3f} {_against(bound, s['cycles'])}  "
+                     f"{_kept(s.get('kept_ratio', []))}")
     t = result.totals()
-    kept = " / ".join(f"{r:.3f}" for r in t["kept_ratio"]) or "dense"
     lines.append(f"{'all':>4}  {t['calls']} call(s){'':<19} {t['cycles']:>12,} {t['dram_bytes'] / 1024:>10.1f} "
-                 f"{t['energy_pj'] / 1e6:>10.3f} {against(bound_total(bounds), t['cycles'])}  {kept}")
+                 f"{t['energy_pj'] / 1e6:>10.3f} {_against(bound_total(bounds), t['cycles'])}  "
+                 f"{_kept(t['kept_ratio'])}")
     if any(b is not None for b in bounds):
         lines.append("x bound: simulated cycles over the fewest any schedule could take on this machine with the "
                      "kept counts of the run (docs/scheduler.md, Lower bounds)")
     return lines
 
 
-def compare(outputs: dict, reference_path) -> dict:
-    """Per output: max abs error and cosine similarity against the reference .npz."""
+def _top_lines(result, n: int) -> list[str]:
+    """The ``n`` slowest offloaded calls of the first run, slowest first."""
+    from ..report_html import call_bounds
+
+    if not result.calls:
+        return ["--print-top: the package offloads no call; everything ran on the host"]
+    bounds = call_bounds(result)
+    order = sorted(range(len(result.calls)), key=lambda i: -result.calls[i].stats["cycles"])[:n]
+    lines = [f"the {len(order)} slowest of {len(result.calls)} accelerator call(s):",
+             f"{'rank':>4} {'call':>4}  {'site':<28} {'cycles':>12} {'x bound':>8} {'binds':<9}  kept ratio per round"]
+    for rank, i in enumerate(order, 1):
+        call = result.calls[i]
+        cycles = call.stats["cycles"]
+        lines.append(f"{rank:>4} {i:>4}  {call.site[:28]:<28} {cycles:>12,} {_against(bounds[i], cycles)}  "
+                     f"{_kept(call.stats.get('kept_ratio', []))}")
+    return lines
+
+
+def _time_lines(result) -> list[str]:
+    from ..runner import time_summary
+
+    t = time_summary(result.wall_seconds)
+    return [f"host wall time: {len(result.wall_seconds)} measurement(s) of {result.number} run(s) each",
+            f"{'mean (ms)':>10} {'median (ms)':>12} {'max (ms)':>10} {'min (ms)':>10} {'std (ms)':>10}",
+            f"{t['mean']:>10.2f} {t['median']:>12.2f} {t['max']:>10.2f} {t['min']:>10.2f} {t['std']:>10.2f}"]
+
+
+def load_reference(reference_path) -> dict[str, np.ndarray]:
+    """The arrays of a ``--reference`` .npz (never unpickled); a missing or unreadable file is one line."""
+    from ..errors import open_user_file
+
+    f = open_user_file(reference_path, "--reference file")
     try:
-        with np.load(reference_path, allow_pickle=False) as z:
-            ref = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
-        raise TVMCError(f"--reference {reference_path}: not a readable .npz: {err}") from None
+        with f, np.load(f, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as err:  # BadZipFile, a pickled member (ValueError), a truncated file...
+        raise TVMCError(f"--reference {reference_path}: not a readable .npz of plain arrays: {type(err).__name__}: "
+                        f"{(str(err).splitlines() or [''])[0]}") from None
+
+
+def compare(outputs: dict, reference) -> dict:
+    """Per output: max abs error and cosine similarity against the reference (an .npz path or its arrays)."""
+    ref = reference if isinstance(reference, dict) else load_reference(reference)
+    reference_path = "" if isinstance(reference, dict) else f" {reference}"
     out = {}
     for name, value in outputs.items():
         if name not in ref:
-            raise TVMCError(f"--reference {reference_path} has no output {name!r}; it has {', '.join(ref)}")
+            raise TVMCError(f"--reference{reference_path} has no output {name!r}; it has {', '.join(ref) or 'none'}")
         if ref[name].shape != value.shape:
             raise TVMCError(f"--reference output {name!r} has shape {list(ref[name].shape)}, the run produced "
                             f"{list(value.shape)}")
@@ -83,44 +131,57 @@ def compare(outputs: dict, reference_path) -> dict:
 def run(args) -> int:
     import io
 
+    from ..errors import open_user_file
     from ..package import atomic_write, check_output, package_key
-    from ..runner import parse_bytes, run_package
+    from ..runner import check_repetitions, parse_bytes, run_package
 
-    # what would fail after the run fails before it
+    # every option is checked before the package is read, and every file is rendered before any is
+    # written: a run that fails leaves no file behind
     budget = parse_bytes(args.memory_budget)
     if args.seed < 0:
         raise TVMCError(f"--seed {args.seed}: must be a non-negative integer")
-    for option in ("outputs", "trace", "report"):
-        if getattr(args, option):
-            check_output(getattr(args, option), f"--{option}")
+    check_repetitions(args.number, args.repeat)
+    if args.print_top is not None and args.print_top < 1:
+        raise TVMCError(f"--print-top {args.print_top}: must be at least 1")
+    outputs = {option: getattr(args, option) for option in ("outputs", "trace", "report") if getattr(args, option)}
+    for option, path in outputs.items():
+        check_output(path, f"--{option}")
+    if len({str(Path(p).resolve()) for p in outputs.values()}) < len(outputs):
+        raise TVMCError("--outputs, --trace and --report name the same file: give each its own")
+    key = package_key(args.package_key)
+    if args.inputs:
+        open_user_file(args.inputs, "inputs file").close()
+    reference = load_reference(args.reference) if args.reference else None
     result = run_package(args.package, inputs=args.inputs, fill_mode=args.fill_mode, repeat=args.repeat,
-                         trace=bool(args.trace or args.report), seed=args.seed, key=package_key(args.package_key),
+                         number=args.number, trace=bool(args.trace), seed=args.seed, key=key,
                          memory_budget=budget)
+    accuracy = compare(result.outputs, reference) if reference is not None else None
+    files: dict[str, bytes] = {}
     if args.outputs:
         buffer = io.BytesIO()
         np.savez(buffer, **result.outputs)
-        atomic_write(args.outputs, buffer.getvalue())
-        print(f"wrote {args.outputs}", file=sys.stderr)
-    if args.print_time:
-        for i, t in enumerate(result.wall_seconds):
-            print(f"run {i}: {t * 1e3:.1f} ms host wall time")
-    if args.profile:
-        print("\n".join(_profile_lines(result)))
-    accuracy = compare(result.outputs, args.reference) if args.reference else None
-    if accuracy:
-        for name, acc in accuracy.items():
-            print(f"{name}: cosine {acc['cosine']:.6f}, max abs error {acc['max_abs_error']:.3g} vs reference")
+        files[args.outputs] = buffer.getvalue()
     if args.trace:
         from ..trace import merged_trace
 
-        atomic_write(args.trace, json.dumps(merged_trace(result)).encode())
-        print(f"wrote {args.trace}", file=sys.stderr)
+        files[args.trace] = json.dumps(merged_trace(result)).encode()
     if args.report:
         from ..report_html import html_report
 
-        atomic_write(args.report, html_report(result, accuracy).encode())
-        print(f"wrote {args.report}", file=sys.stderr)
-    if not (args.profile or args.print_time or args.outputs):
+        files[args.report] = html_report(result, accuracy).encode()
+    for path, data in files.items():
+        atomic_write(path, data)
+        print(f"wrote {path}", file=sys.stderr)
+    if args.print_time:
+        print("\n".join(_time_lines(result)))
+    if args.profile:
+        print("\n".join(_profile_lines(result)))
+    if args.print_top:
+        print("\n".join(_top_lines(result, args.print_top)))
+    if accuracy:
+        for name, acc in accuracy.items():
+            print(f"{name}: cosine {acc['cosine']:.6f}, max abs error {acc['max_abs_error']:.3g} vs reference")
+    if not (args.profile or args.print_time or args.outputs or args.print_top):
         t = result.totals()
         print(f"ran {Path(args.package).name}: {t['calls']} offloaded call(s), {t['cycles']:,} simulated cycles, "
               f"{t['energy_pj'] / 1e6:.2f} uJ; outputs " + ", ".join(f"{k}{list(v.shape)}"
