@@ -95,7 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sentences", type=int, default=4)
     ap.add_argument("--out", default="out")
-    ap.add_argument("--plot", default="docs/design_space.png")
+    ap.add_argument("--plot", default=str(Path(__file__).resolve().parents[1] / "docs" / "design_space.png"))
     args = ap.parse_args()
     out = Path(args.out)
     onnx_path = out / "minilm-s128.onnx"

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", help="threshold alpha per round, e.g. 0,0 (default: the project's defaults)")
     parser.add_argument("--out", default="out", help="where the ONNX model and the packages go")
     parser.add_argument("--sentences", type=int, default=len(SENTENCES), help="how many sentences to embed")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="show third-party output too")
     args = parser.parse_args(argv)
     sentences = SENTENCES[:max(1, args.sentences)]
 
@@ -59,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     onnx_path = out / f"minilm-s{args.seq_len}.onnx"
     if not onnx_path.exists():
+        from .tvmc.noise import quiet
+
         print(f"exporting all-MiniLM-L6-v2 to {onnx_path} (once) ...", flush=True)
-        minilm.export_onnx(onnx_path, seq_len=args.seq_len)
+        with quiet(args.verbose):  # torch's and onnxscript's known-harmless lines (tvmc.noise.HARMLESS)
+            minilm.export_onnx(onnx_path, seq_len=args.seq_len)
     packages = {}
     for name, rounds in (("mp-mrf", None), ("dense", "none")):
         t0 = time.perf_counter()

@@ -29,7 +29,7 @@ from .isa.numerics import MPMRFParams
 from .isa.program import Program
 from .schedules import AttentionWorkload, Schedule, check_program, default_schedule, emit_program
 
-BACKENDS = ("simulator", "reference")
+BACKENDS = ("simulator", "timing", "reference")
 HEURISTIC = "heuristic"
 TUNED = "tuning records"
 
@@ -144,7 +144,8 @@ class CallStats:
     ``kept_per_round`` counts the query-key pairs left after each filter round; ``kept`` is the final
     count (``candidates`` when there is no round). ``machine`` holds the simulator's statistics
     (cycles, per-unit busy and stalls, DRAM and SRAM bytes, MACs, energy; see
-    :meth:`energon_tvm.runtime_sim.Simulator.run`), empty on the reference backend. Reads by key
+    :meth:`energon_tvm.runtime_sim.Simulator.run`): a full run's on the simulator backend, a timing-only
+    run's on the timing backend (the same figures), empty on the reference backend. Reads by key
     (``stats["cycles"]``) reach the fields first, then the machine's figures.
     """
 
@@ -213,9 +214,16 @@ class CallRecord:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a runner executes calls: ``backend`` "simulator" (cycles, energy, traces) or "reference"
-    (the numpy MP-MRF reference: the same kept sets, much faster, no machine figures); ``trace`` records
-    a Chrome trace per call; ``capture`` keeps each call's inputs and output."""
+    """How a runner executes calls. ``backend``:
+
+    - "simulator": the program runs on the full simulator; outputs are the machine's own (bit-exact),
+      with cycles, DRAM bytes, energy and traces;
+    - "timing": outputs and kept sets from the numpy MP-MRF reference, cycles, DRAM bytes and energy
+      from a timing-only simulator run driven by the reference's sparsity (the same figures a full run
+      gives, without its arithmetic); traces too;
+    - "reference": the numpy MP-MRF reference only: outputs and kept sets, no machine figures.
+
+    ``trace`` records a Chrome trace per call; ``capture`` keeps each call's inputs and output."""
 
     backend: str = "simulator"
     trace: bool = False
@@ -297,21 +305,29 @@ class Runner:
         prog, w = self.program(blob)
         _check_operands(w, q, k, v, bias)
         opts = self.options
-        if opts.backend == "reference":
+        if opts.backend == "simulator":
+            from .runtime_sim import run_attention
+
+            out, sim = run_attention(prog, prog.config, q, k, v, bias, trace=opts.trace)
+        else:
             from .mpmrf import reference_attention
 
             result = reference_attention(w, q, k, v, bias)
             out = result.output
-            stats = CallStats("reference", _pairs(w), int(result.candidates.sum()),
-                              tuple(int(m.sum()) for m in result.kept))
-        else:
-            from .runtime_sim import run_attention
+            if opts.backend == "reference":
+                stats = CallStats("reference", _pairs(w), int(result.candidates.sum()),
+                                  tuple(int(m.sum()) for m in result.kept))
+            else:
+                from .runtime_sim import Simulator, SparsityProfile
+
+                sim = Simulator(prog.config).run(prog, profile=SparsityProfile.from_reference(result),
+                                                 trace=opts.trace)
+        if opts.backend != "reference":
             from .runtime_sim.report import chrome_trace
 
-            out, sim = run_attention(prog, prog.config, q, k, v, bias, trace=opts.trace)
             machine = dict(sim.stats)
             trace = tuple(chrome_trace(sim, prog.config.clock_ghz)["traceEvents"]) if opts.trace else None
-            stats = CallStats("simulator", _pairs(w), int(machine["candidates"]),
+            stats = CallStats(opts.backend, _pairs(w), int(machine["candidates"]),
                               tuple(int(n) for n in machine["kept_per_round"]), machine, trace)
         inputs = {"q": q, "k": k, "v": v, "bias": bias} if opts.capture else None
         self.calls.append(CallRecord(site, w, stats, inputs, out.copy() if opts.capture else None))

@@ -273,12 +273,18 @@ def load_torch_model(attn: str = "eager", folder: str | os.PathLike | None = Non
     path = model_dir(folder, EXPORT_FILES if folder is not None else _REQUIRED_FILES)
     _offline()
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a local load takes about a second: its "Loading weights" bar is noise
     try:
         model = AutoModel.from_pretrained(str(path), attn_implementation=attn, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:  # a config transformers does not know, bad weights...
         raise ModelInputError(f"transformers cannot load the model in {str(path)!r}: {type(err).__name__}: "
                               f"{(str(err).splitlines() or [''])[0]}") from None
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return model.eval()
 
 

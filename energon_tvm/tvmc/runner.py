@@ -139,10 +139,14 @@ def _check_values(name: str, arr: np.ndarray, target: np.dtype) -> None:
                     f"(numpy 'safe' casting); convert the array to {target} first")
 
 
-def _read_npz(path, specs: list[dict]) -> dict[str, np.ndarray]:
+def _read_npz(path, specs: list[dict], *, samples: bool = False,
+              max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """The arrays for ``specs`` from an .npz, never unpickled and bounded by what the specs need: only
     their members are read, each member's .npy header is checked (shape, dtype, data size) before its
-    data is decompressed, and members the model does not take are never decompressed."""
+    data is decompressed, and members the model does not take are never decompressed.
+
+    With ``samples`` an array may also carry one more leading axis (a data set's sample axis, at most
+    :data:`MAX_SAMPLES` long), and all the data together must fit in ``max_bytes``."""
     import zipfile
 
     f = open_user_file(path, "inputs file")
@@ -170,9 +174,14 @@ def _read_npz(path, specs: list[dict]) -> dict[str, np.ndarray]:
                     raise TVMCError(f"{path} is not a readable .npz of plain arrays: input {s['name']!r} has dtype "
                                     f"{dtype}; inputs are bool, integer or float arrays (no object, string, complex "
                                     f"or structured ones)")
-                if list(shape) != list(s["shape"]):
+                want = list(s["shape"])
+                if list(shape) != want and not (samples and len(shape) == len(want) + 1 and list(shape[1:]) == want):
+                    also = f" (one sample) or [N, {', '.join(map(str, want))}] (N samples)" if samples else ""
                     raise TVMCError(f"input {s['name']!r} has shape {list(shape)}; the package was compiled for "
-                                    f"{s['shape']}")
+                                    f"{want}{also}")
+                if samples and len(shape) > len(want) and not 1 <= shape[0] <= MAX_SAMPLES:
+                    raise TVMCError(f"input {s['name']!r} holds {shape[0]} samples; a data set holds 1 to "
+                                    f"{MAX_SAMPLES}")
                 need = math.prod(shape) * dtype.itemsize
                 declared = info.file_size - stream.tell()
                 if declared != need:
@@ -183,6 +192,10 @@ def _read_npz(path, specs: list[dict]) -> dict[str, np.ndarray]:
             if missing:
                 raise TVMCError(f"{path} lacks input(s) {', '.join(missing)}; the model takes "
                                 f"{', '.join(s['name'] for s in specs)}")
+            total = sum(h[-1] for h in headers.values())
+            if max_bytes is not None and total > max_bytes:
+                raise TVMCError(f"{path}: the inputs hold {total / 2**20:,.1f} MiB of data; the memory budget is "
+                                f"{max_bytes / 2**20:,.1f} MiB (--memory-budget)")
             out = {}
             for name, (stream, shape, fortran, dtype, need) in headers.items():
                 flat = np.empty(math.prod(shape), dtype)
@@ -354,12 +367,14 @@ def check_repetitions(number: int, repeat: int) -> None:
 
 def run_package(path, *, inputs=None, fill_mode: str = "random", repeat: int = 1, number: int = 1,
                 trace: bool = False, capture: bool = False, seed: int = 0, key: bytes | None = None,
-                memory_budget: int | None = DEFAULT_MEMORY_BUDGET) -> RunResult:
+                memory_budget: int | None = DEFAULT_MEMORY_BUDGET, backend: str = "simulator") -> RunResult:
     """Run a compiled package ``number`` x ``repeat`` times, as classic tvmc measures: ``repeat``
     measurements, each the mean host wall time of ``number`` runs (``RunResult.wall_seconds``).
     Outputs, statistics and the trace come from the first run. With ``key``
-    (:func:`~energon_tvm.tvmc.package.package_key`) the package must be signed with it."""
+    (:func:`~energon_tvm.tvmc.package.package_key`) the package must be signed with it. ``backend`` is
+    the executor's (:class:`~energon_tvm.executor.RunOptions`)."""
     check_repetitions(number, repeat)
+    check_backend(backend)
     with PackageSession(path, key=key, memory_budget=memory_budget) as session:
         feeds = make_inputs(session.manifest, inputs, fill_mode, seed)
         result = RunResult(session.package, {}, number=number)
@@ -368,12 +383,20 @@ def run_package(path, *, inputs=None, fill_mode: str = "random", repeat: int = 1
             elapsed = 0.0
             for _ in range(number):
                 t0 = time.perf_counter()
-                outputs, calls = session.run(feeds, collect=first, trace=trace and first, capture=capture)
+                outputs, calls = session.run(feeds, collect=first, trace=trace and first, capture=capture,
+                                               backend=backend)
                 elapsed += time.perf_counter() - t0
                 if first:
                     result.outputs, result.calls, first = outputs, calls, False
             result.wall_seconds.append(elapsed / number)
     return result
+
+
+def check_backend(backend: str) -> None:
+    from ..executor import BACKENDS
+
+    if backend not in BACKENDS:
+        raise TVMCError(f"--backend {backend!r}: unknown; known: {', '.join(BACKENDS)}")
 
 
 def time_summary(wall_seconds: list[float]) -> dict[str, float]:
@@ -384,3 +407,236 @@ def time_summary(wall_seconds: list[float]) -> dict[str, float]:
         raise TVMCError("no measurement to summarise")
     return {"mean": float(ms.mean()), "median": float(np.median(ms)), "max": float(ms.max()),
             "min": float(ms.min()), "std": float(ms.std())}
+
+
+# -- data sets ----------------------------------------------------------------------------------------
+#: the most samples one data set holds (rows of an .npz, or .npz files in a folder)
+MAX_SAMPLES = 100_000
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The inputs of a data set: ``count`` samples, read one at a time with :meth:`feeds`. Either the
+    arrays of one .npz with a leading sample axis (``arrays``), or a folder's .npz files, sorted by
+    name (``files``), each read when its sample runs."""
+
+    count: int
+    arrays: dict | None = None
+    files: tuple[Path, ...] = ()
+    manifest: dict | None = None
+
+    def feeds(self, i: int) -> dict[str, np.ndarray]:
+        if self.arrays is not None:
+            return {name: arr[i] for name, arr in self.arrays.items()}
+        return make_inputs(self.manifest, self.files[i])
+
+    def input_bytes(self) -> int:
+        """What the samples hold in memory at once: all of an .npz's arrays, or one file's."""
+        if self.arrays is not None:
+            return sum(a.nbytes for a in self.arrays.values())
+        return _tensor_bytes(self.manifest["inputs"])
+
+
+def read_samples(manifest: dict, path, max_bytes: int | None = None) -> Samples | None:
+    """The data set at ``path``: a folder of .npz files (one set of inputs each, sorted by name), or an
+    .npz whose every array has one more leading axis than the package's input, all the same length N.
+    An .npz of one set of inputs (the package's shapes) gives None. Checked as single inputs are
+    (:func:`make_inputs`): shapes, dtypes that convert without loss, finite values."""
+    path = Path(path)
+    specs = manifest["inputs"]
+    if path.is_dir():
+        files = tuple(sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file()))
+        if not files:
+            raise TVMCError(f"inputs folder {path} holds no .npz file")
+        if len(files) > MAX_SAMPLES:
+            raise TVMCError(f"inputs folder {path} holds {len(files)} .npz files; a data set holds at most "
+                            f"{MAX_SAMPLES}")
+        return Samples(len(files), files=files, manifest=manifest)
+    given = _read_npz(path, specs, samples=True, max_bytes=max_bytes)
+    rank = {s["name"]: len(s["shape"]) for s in specs}
+    counts = {name: (arr.shape[0] if arr.ndim > rank[name] else None) for name, arr in given.items()}
+    if all(n is None for n in counts.values()):
+        return None
+    single = [name for name, n in counts.items() if n is None]
+    if single:
+        batched = next(name for name, n in counts.items() if n is not None)
+        raise TVMCError(f"{path}: input {batched!r} holds {counts[batched]} samples (shape "
+                        f"{list(given[batched].shape)}) but input {single[0]!r} has one sample's shape "
+                        f"{list(given[single[0]].shape)}; give every input the leading sample axis")
+    if len(set(counts.values())) > 1:
+        described = ", ".join(f"{name!r} {n}" for name, n in counts.items())
+        raise TVMCError(f"{path}: the inputs hold different numbers of samples ({described}); every input "
+                        f"needs the same N")
+    out = {}
+    for s in specs:
+        arr, target = given[s["name"]], np.dtype(s["dtype"])
+        _check_values(s["name"], arr, target)
+        out[s["name"]] = arr.astype(target, copy=False)
+    return Samples(next(iter(counts.values())), arrays=out, manifest=manifest)
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetResult:
+    """A data set's run: per output, the outputs of every sample stacked on a leading axis; per sample,
+    the simulated cycles, energy (pJ) and DRAM bytes of one inference (zeros on the reference backend),
+    and the final kept ratio of each offloaded call ([samples, calls], calls in execution order, their
+    sites in ``sites``)."""
+
+    backend: str
+    outputs: dict
+    sites: tuple[str, ...]
+    cycles: np.ndarray
+    energy_pj: np.ndarray
+    dram_bytes: np.ndarray
+    kept_ratio: np.ndarray
+    wall_seconds: float
+
+    @property
+    def count(self) -> int:
+        return int(self.cycles.shape[0])
+
+    def aggregates(self) -> dict:
+        """Mean, p50 and p95 (numpy's linear percentiles) of cycles, energy and DRAM bytes per inference,
+        and the mean final kept ratio of each call over the samples."""
+        out = {}
+        for key in ("cycles", "energy_pj", "dram_bytes"):
+            x = getattr(self, key).astype(np.float64)
+            out[key] = {"mean": float(x.mean()), "p50": float(np.percentile(x, 50)),
+                        "p95": float(np.percentile(x, 95))}
+        out["kept_ratio_mean"] = [float(r) for r in self.kept_ratio.mean(axis=0)]
+        return out
+
+
+class _Collector:
+    """Per-sample results into arrays allocated once, at the first sample that arrives (any index)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.outputs: dict[str, np.ndarray] | None = None
+        self.sites: tuple[str, ...] = ()
+        self.cycles, self.dram = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.energy = np.zeros(n, np.float64)
+        self.kept: np.ndarray | None = None
+
+    def put(self, i: int, sample: tuple) -> None:
+        got, sites, cycles, energy, dram, kept = sample
+        if self.outputs is None:
+            self.outputs = {name: np.empty((self.n,) + a.shape, a.dtype) for name, a in got.items()}
+            self.sites, self.kept = sites, np.zeros((self.n, len(sites)), np.float64)
+        want = {k: (v.shape[1:], v.dtype) for k, v in self.outputs.items()}
+        seen = {k: (a.shape, a.dtype) for k, a in got.items()}
+        if seen != want:
+            raise TVMCError(f"sample {i} gave outputs {seen}; the data set's other samples gave {want}")
+        if sites != self.sites:
+            raise TVMCError(f"sample {i} made {len(sites)} offloaded call(s) at {list(sites)}; the other samples "
+                            f"made {len(self.sites)} at {list(self.sites)}")
+        for name, a in got.items():
+            self.outputs[name][i] = a
+        self.cycles[i], self.energy[i], self.dram[i] = cycles, energy, dram
+        self.kept[i] = kept
+
+
+def _run_sample(session: PackageSession, feeds: dict, backend: str) -> tuple:
+    """One sample: (outputs, call sites, cycles, energy pJ, DRAM bytes, final kept ratio per call)."""
+    got, calls = session.run(feeds, backend=backend)
+    t = summarize(calls)
+    return (got, tuple(c.site for c in calls), int(t["cycles"]), float(t["energy_pj"]), int(t["dram_bytes"]),
+            [c.stats.final_kept_ratio for c in calls])
+
+
+def _run_chunk(package: bytes, feeds: list[dict], backend: str, key: bytes | None,
+               memory_budget: int | None) -> list[tuple]:
+    """A Dask task: the package's bytes (so workers need no shared files) and a chunk of samples' inputs."""
+    with tempfile.TemporaryDirectory(prefix="energon-ds-") as tmp:
+        path = Path(tmp) / "package.tar"
+        path.write_bytes(package)
+        with PackageSession(path, key=key, memory_budget=memory_budget) as session:
+            return [_run_sample(session, f, backend) for f in feeds]
+
+
+def _connect(address: str, timeout: float = 10.0):
+    from distributed import Client  # lazy: dask takes about a second to import
+
+    try:
+        return Client(address, timeout=timeout, set_as_default=False)
+    except ValueError as err:  # distributed's own check of the address's form
+        raise TVMCError(f"--dask-scheduler {address!r} is not a valid address: {err}") from None
+    except (OSError, TimeoutError) as err:
+        raise TVMCError(f"--dask-scheduler: cannot reach the Dask scheduler at {address} within {timeout:g} s "
+                        f"({err})") from None
+
+
+def _run_on_dask(address: str, timeout: float, package_path, samples: Samples, backend: str, key, memory_budget,
+                 collector: _Collector, bar) -> None:
+    """Spread the samples over the cluster in contiguous chunks (about four per worker) and put each
+    chunk's results at its samples' indices, so the result keeps the input order."""
+    from distributed import as_completed
+
+    with open_user_file(package_path, "package") as f:
+        package = f.read()
+    client = _connect(address, timeout)
+    try:
+        workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+        n = samples.count
+        size = max(1, math.ceil(n / (4 * workers)))
+        remote = client.scatter(package, broadcast=True, hash=False)
+        futures = {}
+        for start in range(0, n, size):
+            idx = range(start, min(n, start + size))
+            future = client.submit(_run_chunk, remote, [samples.feeds(i) for i in idx], backend, key, memory_budget,
+                                   pure=False)
+            futures[future] = idx
+        for future in as_completed(futures, loop=client.loop):
+            try:
+                results = future.result()
+            except TVMCError:
+                raise
+            except Exception as err:
+                raise TVMCError(f"a Dask worker failed on samples {futures[future].start}.."
+                                f"{futures[future].stop - 1}: {type(err).__name__}: {err}") from None
+            for i, sample in zip(futures[future], results):
+                collector.put(i, sample)
+            bar.update(len(results))
+    finally:
+        client.close()
+
+
+def run_dataset(path, inputs, *, backend: str = "simulator", key: bytes | None = None,
+                memory_budget: int | None = DEFAULT_MEMORY_BUDGET, progress: bool = False,
+                dask_scheduler: str | None = None, dask_timeout: float = 10.0) -> DatasetResult:
+    """Run a compiled package on every sample of the data set ``inputs`` (:func:`read_samples`) with
+    the executor ``backend``; ``progress`` shows a progress bar with inputs/s on stderr. The outputs
+    are stacked in arrays allocated once; with the data set's inputs they must fit in the memory
+    budget. With ``dask_scheduler`` (``tcp://HOST:PORT``) the samples run on that Dask cluster's
+    workers (which need energon-tvm installed; they get the package's bytes and their samples' inputs),
+    and the result is the same, in input order; the scheduler must answer within ``dask_timeout``
+    seconds."""
+    import sys
+
+    from tqdm import tqdm
+
+    check_backend(backend)
+    with PackageSession(path, key=key, memory_budget=memory_budget) as session:
+        manifest = session.manifest
+        samples = read_samples(manifest, inputs, memory_budget)
+        if samples is None:
+            raise TVMCError(f"{inputs} holds one set of inputs (the shapes the package was compiled for); a data "
+                            f"set's arrays carry a leading sample axis, or give a folder of .npz files")
+        n = samples.count
+        need = n * _tensor_bytes(manifest["outputs"]) + samples.input_bytes()
+        if memory_budget is not None and need > memory_budget:
+            raise TVMCError(f"the data set needs {need / 2**20:,.1f} MiB for its {n} samples' inputs and outputs; the "
+                            f"memory budget is {memory_budget / 2**20:,.1f} MiB (--memory-budget)")
+        collector = _Collector(n)
+        t0 = time.perf_counter()
+        with tqdm(total=n, unit="input", file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+            if dask_scheduler is not None:
+                _run_on_dask(dask_scheduler, dask_timeout, path, samples, backend, key, memory_budget,
+                             collector, bar)
+            else:
+                for i in range(n):
+                    collector.put(i, _run_sample(session, samples.feeds(i), backend))
+                    bar.update(1)
+        wall = time.perf_counter() - t0
+    return DatasetResult(backend, collector.outputs, collector.sites, collector.cycles, collector.energy,
+                         collector.dram, collector.kept, wall)

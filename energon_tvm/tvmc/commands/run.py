@@ -15,7 +15,8 @@ from ..main import command
 def add_arguments(p) -> None:
     p.add_argument("package", help="package written by tvmc compile")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("-i", "--inputs", help=".npz with one array per model input")
+    src.add_argument("-i", "--inputs", help=".npz with one array per model input; a data set: an .npz whose "
+                     "arrays carry one more leading (sample) axis, or a folder of .npz files (run in name order)")
     src.add_argument("--fill-mode", default="random", choices=["zeros", "ones", "random"],
                      help="fill inputs when no --inputs is given (default random)")
     p.add_argument("-o", "--outputs", help="write the outputs to this .npz")
@@ -30,6 +31,14 @@ def add_arguments(p) -> None:
     p.add_argument("--trace", help="write a Chrome/Perfetto trace of the accelerator (JSON)")
     p.add_argument("--report", help="write a self-contained HTML report")
     p.add_argument("--reference", help=".npz of reference outputs (e.g. a dense run) to compare against")
+    p.add_argument("--backend", default="simulator", choices=["simulator", "timing", "reference"],
+                   help="how offloaded calls run: simulator (default): the program on the full simulator, its own "
+                   "bit-exact outputs, cycles, DRAM, energy and traces; timing: the numpy reference's outputs and "
+                   "kept sets with the machine's cycles, DRAM and energy from a timing-only run on the reference's "
+                   "sparsity (the same figures, faster); reference: outputs and kept ratios only, no machine "
+                   "figures (fastest)")
+    p.add_argument("--dask-scheduler", metavar="ADDRESS", help="with a data set: run its samples on the Dask "
+                   "cluster at ADDRESS (tcp://HOST:PORT; workers need energon-tvm installed); results in input order")
     p.add_argument("--seed", type=int, default=0, help="seed of --fill-mode random")
     p.add_argument("--memory-budget", default="8GiB", help="refuse, before running, a package that needs more "
                    "memory than this (inputs, outputs and the largest call's simulated DRAM; default 8GiB)")
@@ -149,12 +158,17 @@ def run(args) -> int:
     if len({str(Path(p).resolve()) for p in outputs.values()}) < len(outputs):
         raise TVMCError("--outputs, --trace and --report name the same file: give each its own")
     key = package_key(args.package_key)
-    if args.inputs:
+    if args.inputs and not Path(args.inputs).is_dir():
         open_user_file(args.inputs, "inputs file").close()
+    if args.inputs and _is_dataset(args.package, args.inputs, key, budget):
+        return _run_dataset(args, key, budget)
+    if args.dask_scheduler:
+        raise TVMCError("--dask-scheduler spreads a data set's samples; -i gives one set of inputs here (a data "
+                        "set is an .npz whose arrays carry a leading sample axis, or a folder of .npz files)")
     reference = load_reference(args.reference) if args.reference else None
     result = run_package(args.package, inputs=args.inputs, fill_mode=args.fill_mode, repeat=args.repeat,
                          number=args.number, trace=bool(args.trace), seed=args.seed, key=key,
-                         memory_budget=budget)
+                         memory_budget=budget, backend=args.backend)
     accuracy = compare(result.outputs, reference) if reference is not None else None
     files: dict[str, bytes] = {}
     if args.outputs:
@@ -186,4 +200,72 @@ def run(args) -> int:
         print(f"ran {Path(args.package).name}: {t['calls']} offloaded call(s), {t['cycles']:,} simulated cycles, "
               f"{t['energy_pj'] / 1e6:.2f} uJ; outputs " + ", ".join(f"{k}{list(v.shape)}"
                                                                       for k, v in result.outputs.items()))
+    return 0
+
+
+def _is_dataset(package, inputs, key, budget) -> bool:
+    """Whether ``-i`` names a data set: a folder, or an .npz whose arrays carry a sample axis (read
+    against the package's manifest, before its library is loaded)."""
+    if Path(inputs).is_dir():
+        return True
+    from ..package import read_package
+    from ..runner import _read_npz
+
+    specs = read_package(package, key=key).manifest["inputs"]
+    arrays = _read_npz(inputs, specs, samples=True, max_bytes=budget)
+    return any(arr.ndim > len(s["shape"]) for s, arr in zip(specs, (arrays[s["name"]] for s in specs)))
+
+
+#: options that describe one run, refused with a data set
+_SINGLE_RUN = (("trace", "--trace"), ("report", "--report"), ("reference", "--reference"),
+               ("print_top", "--print-top"), ("print_time", "--print-time"))
+
+
+def dataset_lines(result) -> list[str]:
+    """--profile of a data set: mean / p50 / p95 cycles, energy and DRAM per inference, and the mean
+    final kept ratio of each offloaded call."""
+    a = result.aggregates()
+    rate = result.count / result.wall_seconds if result.wall_seconds else float("inf")
+    lines = [f"{result.count} input(s) on the {result.backend} backend in {result.wall_seconds:.2f} s "
+             f"({rate:.2f} inputs/s)"]
+    if result.backend == "reference":
+        lines.append("per inference: no machine figures on the reference backend (use --backend timing)")
+    else:
+        lines.append(f"{'per inference':<16} {'mean':>14} {'p50':>14} {'p95':>14}")
+        for key, label, scale in (("cycles", "cycles", 1), ("energy_pj", "energy uJ", 1e6),
+                                  ("dram_bytes", "DRAM KiB", 1024)):
+            v = a[key]
+            lines.append(f"{label:<16} {v['mean'] / scale:>14,.3f} {v['p50'] / scale:>14,.3f} "
+                         f"{v['p95'] / scale:>14,.3f}")
+    lines.append(f"{'call':>4}  {'site':<28} mean final kept ratio")
+    for i, (site, r) in enumerate(zip(result.sites, a["kept_ratio_mean"])):
+        lines.append(f"{i:>4}  {site[:28]:<28} {r:.4f}")
+    return lines
+
+
+def _run_dataset(args, key, budget) -> int:
+    import io
+
+    from ..package import atomic_write
+    from ..runner import run_dataset
+
+    for attr, option in _SINGLE_RUN:
+        if getattr(args, attr):
+            raise TVMCError(f"{option} describes one run; with a data set (-i {args.inputs}) use --profile and -o")
+    if args.number != 1 or args.repeat != 1:
+        raise TVMCError(f"--number {args.number} --repeat {args.repeat}: a data set runs each sample once")
+    result = run_dataset(args.package, args.inputs, backend=args.backend, key=key, memory_budget=budget,
+                         progress=True, dask_scheduler=args.dask_scheduler)
+    if args.outputs:
+        buffer = io.BytesIO()
+        np.savez(buffer, **result.outputs)
+        atomic_write(args.outputs, buffer.getvalue())
+        print(f"wrote {args.outputs}", file=sys.stderr)
+    if args.profile:
+        print("\n".join(dataset_lines(result)))
+    elif not args.outputs:
+        a = result.aggregates()
+        print(f"ran {Path(args.package).name} on {result.count} input(s) ({args.backend} backend): mean "
+              f"{a['cycles']['mean']:,.0f} simulated cycles and {a['energy_pj']['mean'] / 1e6:.2f} uJ per inference; "
+              f"outputs " + ", ".join(f"{k}{list(v.shape)}" for k, v in result.outputs.items()))
     return 0

@@ -1,0 +1,88 @@
+"""The timing backend: reference outputs and kept sets, and a full run's cycles, DRAM bytes and energy
+from a timing-only simulator run on the reference's sparsity."""
+
+import numpy as np
+import pytest
+
+from energon_tvm.tvmc.errors import TVMCError
+
+
+def _dram(stats):
+    return stats["dram_bytes"]["read_total"] + stats["dram_bytes"]["write_total"]
+
+
+@pytest.fixture(scope="module")
+def runs(package, model_files):
+    from energon_tvm.tvmc.runner import PackageSession, make_inputs
+
+    out = {}
+    with PackageSession(package) as session:
+        for fill in ("file", "random"):
+            feeds = make_inputs(session.manifest, model_files / "inputs.npz" if fill == "file" else None, seed=3)
+            out[fill] = {b: session.run(feeds, backend=b) for b in ("simulator", "timing", "reference")}
+    return out
+
+
+@pytest.mark.parametrize("fill", ["file", "random"])
+def test_timing_equals_full_simulator_figures(runs, fill):
+    (_, sim_calls), (_, tim_calls) = runs[fill]["simulator"], runs[fill]["timing"]
+    assert len(sim_calls) == len(tim_calls) == 2  # both call sites of the fixture model
+    for full, timing in zip(sim_calls, tim_calls):
+        a, b = full.stats, timing.stats
+        assert (a.executor, b.executor) == ("simulator", "timing")
+        assert b["cycles"] == a["cycles"] > 0
+        assert _dram(b) == _dram(a) > 0
+        assert b["energy_pj"]["total"] == a["energy_pj"]["total"] > 0
+        assert b.kept_per_round == a.kept_per_round and b.candidates == a.candidates
+        assert b.kept < b.candidates  # the filter pruned something: kept counts are a real check
+
+
+@pytest.mark.parametrize("fill", ["file", "random"])
+def test_timing_outputs_are_the_reference_backends(runs, fill):
+    (t_out, t_calls), (r_out, r_calls) = runs[fill]["timing"], runs[fill]["reference"]
+    assert t_out.keys() == r_out.keys()
+    for name in t_out:
+        np.testing.assert_array_equal(t_out[name], r_out[name])
+    assert [c.stats.kept_per_round for c in t_calls] == [c.stats.kept_per_round for c in r_calls]
+    assert all(not c.stats.machine for c in r_calls)
+    # the simulator's own outputs are close to (not necessarily equal to) the reference's
+    s_out = runs[fill]["simulator"][0]
+    for name in t_out:
+        np.testing.assert_allclose(s_out[name], t_out[name], rtol=0, atol=1e-4)
+
+
+def test_timing_backend_traces(package):
+    from energon_tvm.tvmc.runner import run_package
+
+    result = run_package(package, backend="timing", trace=True)
+    assert all(c.stats.trace for c in result.calls)
+
+
+def test_unknown_backend_is_one_line(package):
+    from energon_tvm.tvmc.runner import run_package
+
+    with pytest.raises(TVMCError, match="--backend 'fast': unknown; known: simulator, timing, reference"):
+        run_package(package, backend="fast")
+
+
+def _tvmc(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "energon_tvm.tvmc", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_backend_profiles_agree(package, model_files):
+    rows = {}
+    for backend in ("simulator", "timing"):
+        proc = _tvmc("run", package, "-i", model_files / "inputs.npz", "--backend", backend, "--profile")
+        assert proc.returncode == 0, proc.stderr
+        rows[backend] = [line for line in proc.stdout.splitlines() if line.lstrip().startswith(("0", "1", "all"))]
+    assert len(rows["timing"]) == 3 and rows["timing"] == rows["simulator"]
+    proc = _tvmc("run", package, "--backend", "fast")
+    assert proc.returncode != 0 and "invalid choice: 'fast'" in proc.stderr
+    help_text = " ".join(_tvmc("run", "--help").stdout.split())
+    for phrase in ("simulator (default): the program on the full simulator, its own bit-exact outputs",
+                   "timing: the numpy reference's outputs", "reference: outputs and kept ratios only"):
+        assert phrase in help_text
