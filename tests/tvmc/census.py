@@ -302,6 +302,24 @@ def _cases() -> list[Case]:
             lambda fx, tmp, o=option, f=leaf: (_run(fx, o, str(tmp / "no" / f)), [tmp / "no" / f]))
         if option != "--reference":
             case("run", f"{option} is a folder")(lambda fx, tmp, o=option: (_run(fx, o, str(tmp)), []))
+    case("run", "--backend bogus")(lambda fx, tmp: (_run(fx, "--backend", "fast"), []))
+    case("run", "--dask-scheduler with one input")(
+        lambda fx, tmp: (_run(fx, "--dask-scheduler", "tcp://127.0.0.1:1"), []))
+
+    def _samples(fx, tmp, n_x, n_mask, name="data.npz"):
+        arrays = _good_inputs(fx)
+        return _npz(tmp / name, x=np.stack([arrays["x"]] * n_x), mask=np.stack([arrays["mask"]] * n_mask))
+    case("run", "data set with mixed N")(
+        lambda fx, tmp: (["run", str(fx.package), "-i", str(_samples(fx, tmp, 3, 2))], []))
+    case("run", "data set with --trace")(
+        lambda fx, tmp: (["run", str(fx.package), "-i", str(_samples(fx, tmp, 3, 3)), "--trace",
+                          str(tmp / "t.json")], [tmp / "t.json"]))
+    case("run", "data set with a NaN sample")(
+        lambda fx, tmp: (["run", str(fx.package), "-i", str(_npz(tmp / "d.npz", x=np.stack(
+            [_good_inputs(fx)["x"], np.full((1, 6, 16), np.nan, np.float32)]), mask=np.stack(
+            [_good_inputs(fx)["mask"]] * 2))), "-o", str(tmp / "o.npz")], [tmp / "o.npz"]))
+    case("run", "data set folder empty")(
+        lambda fx, tmp: ((tmp / "empty").mkdir() or ["run", str(fx.package), "-i", str(tmp / "empty")], []))
     case("run", "--reference of other shapes")(
         lambda fx, tmp: (_run(fx, "--reference", str(_npz(tmp / "ref.npz", output_0=np.zeros(3, np.float32)))), []))
     case("run", "--package-key wrong")(
