@@ -282,9 +282,11 @@ class Runner:
         return {"calls": len(self.calls), "candidates": candidates, "kept": kept,
                 "final_kept_ratio": kept / candidates if candidates else 0.0}
 
-    def program(self, blob) -> tuple[Program, AttentionWorkload]:
+    def program(self, blob, decoded: Program | None = None) -> tuple[Program, AttentionWorkload]:
         """The decoded program of a call's bytes and the workload it was compiled for, its metadata, memory
-        map and header checked against that workload (:func:`~energon_tvm.schedules.check_program`)."""
+        map and header checked against that workload (:func:`~energon_tvm.schedules.check_program`).
+        ``decoded``: ``Program.from_bytes(blob)`` when the caller has it already (it is checked here all
+        the same)."""
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise BinaryFormatError(f"a call's program must be bytes, got {type(blob).__name__}")
         blob = bytes(blob)
@@ -294,7 +296,7 @@ class Runner:
                                     f"the package lists: its library and its programs/*.bin disagree")
         hit = self._programs.get(key)
         if hit is None:
-            prog = Program.from_bytes(blob)
+            prog = Program.from_bytes(blob) if decoded is None else decoded
             hit = self._programs[key] = (prog, check_program(prog))  # its workload, schedule and memory map checked
         return hit
 

@@ -360,24 +360,18 @@ def _check_manifest(path: Path, manifest, members: dict[str, tarfile.TarInfo]) -
     depth = _depth(manifest)
     if depth > MAX_MANIFEST_DEPTH:
         raise PackageError(f"{path}: {MANIFEST} nests more than {MAX_MANIFEST_DEPTH} levels deep")
-    check_schema(path, manifest)
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-        raise PackageError(f"{path}: manifest lists no file hashes")
+    check_schema(path, manifest)  # every field's type, before any is used (energon_tvm.tvmc.manifest)
+    files, calls = manifest["files"], manifest["calls"]
     for name in members:
         if name not in (MANIFEST, SIGNATURE) and name not in files:
             raise PackageError(f"{path}: member {name!r} is not listed in the manifest")
     missing = sorted(set(files) - set(members))
     if missing:
         raise PackageError(f"{path}: member(s) {', '.join(missing)} listed in the manifest are missing")
-    calls = manifest.get("calls", [])
-    if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
-        raise PackageError(f"{path}: manifest 'calls' is not a list of call records")
     for call in calls:
-        if not (isinstance(call.get("program"), str) and call["program"].startswith("programs/")
-                and call["program"] in members):
-            raise PackageError(f"{path}: call {str(call.get('site'))[:40]!r} names a program that is not in the "
-                               f"package")
+        if call["program"] not in members:
+            raise PackageError(f"{path}: call {call['site'][:40]!r} names a program that is not in the package "
+                               f"({call['program']})")
     used = {c["program"] for c in calls}
     for name in members:
         if name.startswith("programs/") and name not in used:

@@ -296,9 +296,10 @@ class PackageSession:
         try:  # the package is read and checked before TVM is imported: a bad one is answered at once
             self.package = read_package(path, library_dir=Path(self._tmp.name), key=key)
             # the library runs only the programs the package lists (the ones tvmc inspect shows); they are
-            # decoded and checked once, here, into the runner's cache
+            # decoded once by read_package (for its meaning checks) and checked here, into the runner's cache
             self.runner = Runner(allowed_programs=self.package.program_digests())
-            programs = [self.runner.program(blob)[0] for blob in self.package.programs.values()]
+            programs = [self.runner.program(blob, self.package.decoded.get(name))[0]
+                        for name, blob in self.package.programs.items()]
             if memory_budget is not None:
                 check_memory(self.package, programs, memory_budget)
         except BaseException:
