@@ -103,9 +103,10 @@ def _members(path: Path) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
 
 
-def _pack(dst: Path, members: dict[str, bytes], *, rehash: bool = True, links: dict[str, str] | None = None) -> Path:
-    """A package tar of ``members``; with ``rehash`` the manifest's hashes are recomputed first (an edit
-    made consistently, as anyone who edits a package can)."""
+def pack(dst: Path, members: dict[str, bytes], *, rehash: bool = True, links: dict[str, str] | None = None) -> Path:
+    """A package tar of ``members`` (and symbolic ``links``); with ``rehash`` the manifest's hashes are
+    recomputed first (an edit made consistently, as anyone who edits a package can) and any manifest.sig
+    is kept as it was."""
     members = dict(members)
     if rehash and "manifest.json" in members:
         manifest = json.loads(members["manifest.json"])
@@ -130,14 +131,14 @@ def _edit_manifest(fx: Fixtures, tmp: Path, edit: Callable[[dict], object], name
     manifest = json.loads(members["manifest.json"])
     result = edit(manifest)
     members["manifest.json"] = json.dumps(manifest if result is None else result).encode()
-    return _pack(tmp / name, members)
+    return pack(tmp / name, members)
 
 
 def _edit_program(fx: Fixtures, tmp: Path, edit: Callable[[bytes], bytes], name: str = "prog.tar") -> Path:
     members = _members(fx.package)
     for key in [k for k in members if k.startswith("programs/")]:
         members[key] = edit(members[key])
-    return _pack(tmp / name, members)
+    return pack(tmp / name, members)
 
 
 def _npz(path: Path, **arrays) -> Path:
@@ -379,37 +380,37 @@ def _cases() -> list[Case]:
     case("packages", "package truncated")(
         lambda fx, tmp: (_run(fx, package=_file(tmp, "p.tar", fx.package.read_bytes()[:3000])), []))
     case("packages", "no manifest")(
-        lambda fx, tmp: (_run(fx, package=_pack(tmp / "p.tar", {k: v for k, v in _members(fx.package).items()
+        lambda fx, tmp: (_run(fx, package=pack(tmp / "p.tar", {k: v for k, v in _members(fx.package).items()
                                                                  if k != "manifest.json"})), []))
     case("packages", "manifest not JSON")(
-        lambda fx, tmp: (_run(fx, package=_pack(tmp / "p.tar", {**_members(fx.package), "manifest.json": b"{nope"},
+        lambda fx, tmp: (_run(fx, package=pack(tmp / "p.tar", {**_members(fx.package), "manifest.json": b"{nope"},
                                                 rehash=False)), []))
     case("packages", "manifest a list")(
-        lambda fx, tmp: (_run(fx, package=_pack(tmp / "p.tar", {**_members(fx.package), "manifest.json": b"[]"},
+        lambda fx, tmp: (_run(fx, package=pack(tmp / "p.tar", {**_members(fx.package), "manifest.json": b"[]"},
                                                 rehash=False)), []))
     case("packages", "manifest deeply nested")(
-        lambda fx, tmp: (_run(fx, package=_pack(tmp / "p.tar", {**_members(fx.package),
+        lambda fx, tmp: (_run(fx, package=pack(tmp / "p.tar", {**_members(fx.package),
                                                                 "manifest.json": b"[" * 100000 + b"]" * 100000},
                                                 rehash=False)), []))
     case("packages", "hash of a program wrong")(
-        lambda fx, tmp: (_run(fx, package=_pack(tmp / "p.tar", {**_members(fx.package), "programs/call_000.bin":
+        lambda fx, tmp: (_run(fx, package=pack(tmp / "p.tar", {**_members(fx.package), "programs/call_000.bin":
                                                                 b"\0" * 64}, rehash=False)), []))
     case("packages", "member path escapes")(
-        lambda fx, tmp: (_run(fx, package=_pack(tmp / "p.tar", {**_members(fx.package), "../evil": b"x"})), []))
+        lambda fx, tmp: (_run(fx, package=pack(tmp / "p.tar", {**_members(fx.package), "../evil": b"x"})), []))
     case("packages", "absolute member path")(
-        lambda fx, tmp: (_run(fx, package=_pack(tmp / "p.tar", {**_members(fx.package), "/tmp/evil": b"x"})), []))
+        lambda fx, tmp: (_run(fx, package=pack(tmp / "p.tar", {**_members(fx.package), "/tmp/evil": b"x"})), []))
     case("packages", "symlink member")(
-        lambda fx, tmp: (_run(fx, package=_pack(tmp / "p.tar", _members(fx.package),
+        lambda fx, tmp: (_run(fx, package=pack(tmp / "p.tar", _members(fx.package),
                                                 links={"lib/x.so": "/etc/passwd"})),
                          []))
     case("packages", "unlisted member")(
-        lambda fx, tmp: (_run(fx, package=_pack(tmp / "p.tar", {**_members(fx.package), "extra.txt": b"x"},
+        lambda fx, tmp: (_run(fx, package=pack(tmp / "p.tar", {**_members(fx.package), "extra.txt": b"x"},
                                                 rehash=False)), []))
     case("packages", "library missing")(
-        lambda fx, tmp: (_run(fx, package=_pack(tmp / "p.tar", {k: v for k, v in _members(fx.package).items()
+        lambda fx, tmp: (_run(fx, package=pack(tmp / "p.tar", {k: v for k, v in _members(fx.package).items()
                                                                  if k != "lib/model.so"})), []))
     case("packages", "library not a shared object")(
-        lambda fx, tmp: (_run(fx, package=_pack(tmp / "p.tar", {**_members(fx.package), "lib/model.so": b"\0" * 100})),
+        lambda fx, tmp: (_run(fx, package=pack(tmp / "p.tar", {**_members(fx.package), "lib/model.so": b"\0" * 100})),
                          []))
     manifest_edits = [
         ("format other", _set(["format"], "zip")), ("format_version 99", _set(["format_version"], 99)),
@@ -460,7 +461,7 @@ def _cases() -> list[Case]:
             case("inspect", f"manifest {name}")(
                 lambda fx, tmp, e=edit: (["inspect", str(_edit_manifest(fx, tmp, e))], []))
     case("packages", "manifest files a list (run)")(
-        lambda fx, tmp: (_run(fx, package=_pack(tmp / "p.tar", {**_members(fx.package), "manifest.json": json.dumps(
+        lambda fx, tmp: (_run(fx, package=pack(tmp / "p.tar", {**_members(fx.package), "manifest.json": json.dumps(
             {**json.loads(_members(fx.package)["manifest.json"]), "files": []}).encode()}, rehash=False)), []))
 
     # ---- inspect: the other files it reads ----

@@ -4,7 +4,6 @@ them. Every refusal is one typed, one-line error; nothing is loaded, decompresse
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -21,6 +20,7 @@ import zlib
 
 import numpy as np
 import pytest
+from census import pack as _repack
 
 from energon_tvm.tvmc import PackageError, TVMCError, read_package, write
 from energon_tvm.tvmc.main import main
@@ -58,22 +58,6 @@ def _one_line_error(capsys, *needles) -> str:
 def _members(path) -> dict[str, bytes]:
     with tarfile.open(path) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-
-
-def _repack(dst, members: dict[str, bytes], *, rehash: bool = True) -> None:
-    """A package tar of ``members``; with ``rehash`` the manifest's hashes are recomputed (what anyone who
-    edits a package can do) and any manifest.sig is kept as it was."""
-    members = dict(members)
-    if rehash:
-        manifest = json.loads(members["manifest.json"])
-        manifest["files"] = {n: hashlib.sha256(d).hexdigest() for n, d in sorted(members.items())
-                             if n not in ("manifest.json", SIGNATURE)}
-        members["manifest.json"] = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    with tarfile.open(dst, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def _sparse_tar(path, headers) -> None:
