@@ -107,31 +107,29 @@ TOKENIZER_FILES = ("tokenizer.json",)
 EXPORT_FILES = ("config.json", "weights", "tokenizer.json")
 
 
+def _config_int(folder: str | os.PathLike, key: str) -> int | None:
+    """An integer field of ``folder``'s config.json, None when the file or the field is missing or bad."""
+    import json
+
+    try:
+        value = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def max_positions(folder: str | os.PathLike | None = None) -> int:
     """The longest input the model takes: its config's ``max_position_embeddings`` (BERT: 512), or
     :data:`MAX_SEQ_LEN` when the config does not say."""
-    import json
-
     if folder is None:
         return MAX_SEQ_LEN
-    try:
-        value = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
-    except (OSError, ValueError, AttributeError):
-        return MAX_SEQ_LEN
-    return int(value) if isinstance(value, int) and value >= MIN_SEQ_LEN else MAX_SEQ_LEN
+    value = _config_int(folder, "max_position_embeddings")
+    return value if value is not None and value >= MIN_SEQ_LEN else MAX_SEQ_LEN
 
 
 def hidden_size(folder: str | os.PathLike | None = None) -> int | None:
     """The model's ``hidden_size`` from its config.json (the wheel's: :data:`HIDDEN_SIZE`), None when unknown."""
-    import json
-
-    if folder is None:
-        return HIDDEN_SIZE
-    try:
-        value = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("hidden_size")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) else None
+    return HIDDEN_SIZE if folder is None else _config_int(folder, "hidden_size")
 
 
 def check_seq_len(seq_len: int, limit: int = MAX_SEQ_LEN) -> int:

@@ -195,6 +195,17 @@ def test_filter_sees_a_rewritten_q_tile(cfg):
     np.testing.assert_array_equal(r.state.f_sum[:rows], expect.sum(1))
 
 
+def _assert_kv_holds(r, keys: int, sel: np.ndarray) -> None:
+    """The kv buffer's K and V tiles of ``keys`` keys hold exactly the selected keys' K and V rows, and
+    nothing was written for the others."""
+    kv = r.state.buf["kv"]
+    k_tile = kv.data[:keys * D * 2].view(np.int16).reshape(keys, D)
+    v_tile = kv.data[keys * D * 2:2 * keys * D * 2].view(np.int16).reshape(keys, D)
+    np.testing.assert_array_equal(k_tile[sel], K16[:keys][sel])
+    np.testing.assert_array_equal(v_tile[sel], V16[:keys][sel])
+    assert not kv.written[:keys * D * 2].reshape(keys, -1)[~sel].any()
+
+
 @pytest.mark.parametrize("rows", [1, 4])
 def test_ld_kv_gathers_only_kept_rows(cfg, rows):
     keys = 16
@@ -205,12 +216,7 @@ def test_ld_kv_gathers_only_kept_rows(cfg, rows):
             make("LD.KV", dram=A_K, keys=keys, rows=rows, idx=0, buf=0)]
     r = run(cfg, body)
     sel = (BIAS[:rows, :keys] > -1e4).any(0)
-    kv = r.state.buf["kv"]
-    k_tile = kv.data[:keys * D * 2].view(np.int16).reshape(keys, D)
-    v_tile = kv.data[keys * D * 2:2 * keys * D * 2].view(np.int16).reshape(keys, D)
-    np.testing.assert_array_equal(k_tile[sel], K16[:keys][sel])
-    np.testing.assert_array_equal(v_tile[sel], V16[:keys][sel])
-    assert not kv.written[:keys * D * 2].reshape(keys, -1)[~sel].any()
+    _assert_kv_holds(r, keys, sel)
     # scattered keys cost a request per run of adjacent keys, for K and for V
     runs = np.count_nonzero(np.diff(np.concatenate([[0], sel.astype(int)])) == 1)
     assert runs >= 1 and (rows > 1 or runs > 1)
@@ -254,12 +260,7 @@ def test_ld_kvr_fetches_only_keys_not_yet_resident(cfg):
     kept = BIAS[:4, :keys] > -1e4
     first, union = kept[0], kept.any(0)
     assert (union & ~first).any()  # the second tile has keys of its own
-    kv = r.state.buf["kv"]
-    k_tile = kv.data[:keys * D * 2].view(np.int16).reshape(keys, D)
-    v_tile = kv.data[keys * D * 2:2 * keys * D * 2].view(np.int16).reshape(keys, D)
-    np.testing.assert_array_equal(k_tile[union], K16[:keys][union])
-    np.testing.assert_array_equal(v_tile[union], V16[:keys][union])
-    assert not kv.written[:keys * D * 2].reshape(keys, -1)[~union].any()
+    _assert_kv_holds(r, keys, union)
     np.testing.assert_array_equal(np.unpackbits(buf(r, "index", res, 2, np.uint8))[:keys].astype(bool), union)
     # each key once, K and V: the union's rows, not the tiles' sum (plus the bias tile)
     moved = r.stats["dram_bytes"]["read_total"] - 4 * keys * 4

@@ -47,17 +47,13 @@ def add_arguments(p) -> None:
                    "run only packages you trust (docs/packages.md)")
 
 
-def _kept(kept_ratio) -> str:
-    return " / ".join(f"{r:.3f}" for r in kept_ratio) or "dense"
-
-
 def _against(bound, cycles) -> str:
     """Simulated cycles over the lower bound, and what binds it."""
     return f"{'n/a':>8} {'':<9}" if bound is None else f"{bound.ratio(cycles):>7.2f}x {bound.binds:<9}"
 
 
 def _profile_lines(result) -> list[str]:
-    from ..report_html import bound_total, call_bounds
+    from ..report_html import bound_total, call_bounds, kept_text
 
     bounds = call_bounds(result)
     lines = [f"{'call':>4}  {'site':<28} {'cycles':>12} {'DRAM KiB':>10} {'energy uJ':>10} {'x bound':>8} "
@@ -67,11 +63,11 @@ def _profile_lines(result) -> list[str]:
         dram = (s["dram_bytes"]["read_total"] + s["dram_bytes"]["write_total"]) / 1024
         lines.append(f"{i:>4}  {call.site[:28]:<28} {s['cycles']:>12,} {dram:>10.1f} "
                      f"{s['energy_pj']['total'] / 1e6:>10.3f} {_against(bound, s['cycles'])}  "
-                     f"{_kept(s.get('kept_ratio', []))}")
+                     f"{kept_text(s.get('kept_ratio', []))}")
     t = result.totals()
     lines.append(f"{'all':>4}  {t['calls']} call(s){'':<19} {t['cycles']:>12,} {t['dram_bytes'] / 1024:>10.1f} "
                  f"{t['energy_pj'] / 1e6:>10.3f} {_against(bound_total(bounds), t['cycles'])}  "
-                 f"{_kept(t['kept_ratio'])}")
+                 f"{kept_text(t['kept_ratio'])}")
     if any(b is not None for b in bounds):
         lines.append("x bound: simulated cycles over the fewest any schedule could take on this machine with the "
                      "kept counts of the run (docs/scheduler.md, Lower bounds)")
@@ -80,7 +76,7 @@ def _profile_lines(result) -> list[str]:
 
 def _top_lines(result, n: int) -> list[str]:
     """The ``n`` slowest offloaded calls of the first run, slowest first."""
-    from ..report_html import call_bounds
+    from ..report_html import call_bounds, kept_text
 
     if not result.calls:
         return ["--print-top: the package offloads no call; everything ran on the host"]
@@ -92,7 +88,7 @@ def _top_lines(result, n: int) -> list[str]:
         call = result.calls[i]
         cycles = call.stats["cycles"]
         lines.append(f"{rank:>4} {i:>4}  {call.site[:28]:<28} {cycles:>12,} {_against(bounds[i], cycles)}  "
-                     f"{_kept(call.stats.get('kept_ratio', []))}")
+                     f"{kept_text(call.stats.get('kept_ratio', []))}")
     return lines
 
 
