@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     params = packages["mp-mrf"][1].target.params
     print()
     print(f"all-MiniLM-L6-v2, seq_len {args.seq_len}, Energon {args.config}, MP-MRF " + ", ".join(
-        f"Q{r.q_bits}xK{r.k_bits} alpha={r.alpha:g}" for r in params.rounds))
+        r.describe() for r in params.rounds))
     print(f"  attention calls offloaded per inference: {len(calls[0])} (6 layers)")
     print("  kept ratio per round: " + ", ".join(f"{k:.3f}" for k in kept))
     print(f"  simulated attention per inference: {cycles:,.0f} cycles ({cycles / clock / 1e3:.1f} us), "

@@ -13,11 +13,19 @@ K [Sk, D], V [Sk, D], an optional additive mask/bias M broadcastable to [Sq, Sk]
    computes integer scores ``q_qb . k_kb`` plus the bias quantised into that round's integer domain,
    ``rint(M / (sq * sk * s * 2**(16 - qb) * 2**(16 - kb)))``, the sum saturated to INT32 (the
    Filtering Unit's score width), over each row's candidates, then keeps
-   the candidates whose score x satisfies ``x >= theta`` with mean m, max X and min mu of the row's
-   candidate scores and ``theta = m + a * (X - m)`` for a >= 0, ``theta = m + a * (m - mu)`` for a < 0.
-   The threshold unit holds alpha in fixed point, ``a = rint(alpha * 1024) / 1024``, and compares
-   exactly in integers: ``1024 n x >= 1024 S + A (n X - S)`` (resp. ``A (S - n mu)``), where n is the
-   candidate count, S their score sum and A = 1024 a. The row maximum always survives.
+   the candidates whose score x satisfies ``x >= theta``, theta set by the round's rule:
+
+   * ``mpmrf``: with mean m, max X and min mu of the row's candidate scores, ``theta = m + a * (X - m)``
+     for a >= 0, ``theta = m + a * (m - mu)`` for a < 0. The threshold unit holds alpha in fixed point,
+     ``a = rint(alpha * 1024) / 1024``, and compares exactly in integers:
+     ``1024 n x >= 1024 S + A (n X - S)`` (resp. ``A (S - n mu)``), where n is the candidate count, S their
+     score sum and A = 1024 a; that is ``x >= ceil((1024 S + A spread) / (1024 n))``.
+   * ``gap``: ``theta = X - G`` with ``G = floor(g / (64 u))`` in FP64, g = rint(gap * 64) the gap in
+     1/64 logits and ``u = sq * sk * s * 2**(16 - qb) * 2**(16 - kb)`` the logits one score step stands
+     for: the keys whose estimated logit is within ``gap`` of the row's best.
+
+   A round's threshold value may differ per head (``FilterRound.head_values``). The row maximum always
+   survives.
 4. Attention over the survivors in high precision: exact integer ``q16 . k16`` rescaled by
    ``sq * sk * s``, plus M; softmax over the survivors; output ``sum p * v16 * sv`` (float32). A row
    with no survivor outputs zeros.
@@ -37,14 +45,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .isa.numerics import ALPHA_ONE, MASK_THRESHOLD, FilterRound, MPMRFParams
+from .isa.numerics import ALPHA_ONE, GAP_ONE, MASK_THRESHOLD, FilterRound, MPMRFParams, from_fixed, to_fixed
 
 if TYPE_CHECKING:
     from .schedules.workload import AttentionWorkload
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
-__all__ = ["FilterRound", "MPMRFParams", "MPMRFResult", "float_attention", "mpmrf_attention", "reference_attention",
+__all__ = ["FilterRound", "MPMRFParams", "MPMRFResult", "float_attention", "from_fixed", "int16_codes",
+           "mpmrf_attention", "reference_attention", "round_scores", "row_threshold", "to_fixed", "unit_scale",
            "workload_mask"]
 
 
@@ -106,7 +115,8 @@ def _check_inputs(q, k, v, mask):
     return mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
 
 
-def _quantize(x):
+def int16_codes(x) -> tuple[np.ndarray, np.ndarray]:
+    """INT16 codes of x [B, H, S, D] (as int64) and their scale [B, H, 1, 1] (float64), one per (b, h)."""
     amax = np.max(np.abs(x.astype(np.float64)), axis=(2, 3), keepdims=True)
     s = np.where(amax > 0, amax / 32767.0, 1.0)
     return np.clip(np.rint(x / s), -32767, 32767).astype(np.int64), s
@@ -133,16 +143,44 @@ def _view(x16, bits, rule):
     return np.clip((x16 + half) >> (16 - bits), -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
 
-def _filter_round(scores, cand, alpha_fixed):
-    """Keep candidates with score >= theta, compared exactly in integers (see module docstring)."""
-    n = cand.sum(axis=-1, keepdims=True).astype(np.int64)
+def unit_scale(qk_scale, r: FilterRound) -> np.ndarray:
+    """The logits one integer score step of round ``r`` stands for: ``qk_scale * 2**(16-qb) * 2**(16-kb)``."""
+    return qk_scale * float(2 ** (16 - r.q_bits)) * float(2 ** (16 - r.k_bits))
+
+
+def round_scores(q16, k16, bias, qk_scale, r: FilterRound, view: str = "msb") -> np.ndarray:
+    """Round ``r``'s integer scores [B, H, Sq, Sk]: the low-bit views' dot products plus the bias (float64,
+    masked entries 0) quantised into the round's integer domain, saturated to INT32."""
+    qv, kv = _view(q16, r.q_bits, view), _view(k16, r.k_bits, view)
+    bias_int = np.clip(np.rint(bias / unit_scale(qk_scale, r)), INT32_MIN, INT32_MAX).astype(np.int64)
+    return np.clip(_int_matmul(qv, kv) + bias_int, INT32_MIN, INT32_MAX)
+
+
+def row_threshold(scores, cand, rule: str, fixed, unit) -> np.ndarray:
+    """Every row's threshold theta (int64 [..., Sq, 1]; keep ``cand & (scores >= theta)``) under ``rule``
+    with the fixed-point threshold value ``fixed`` (alpha * 1024 or gap * 64) broadcastable against
+    [..., B, H, 1, 1]: a leading grid axis gives one threshold per grid value. ``unit`` [B, H, 1, 1] is
+    :func:`unit_scale`. Rows without candidates get an arbitrary theta (nothing to keep)."""
     big = np.iinfo(np.int64).max
-    total = np.where(cand, scores, 0).sum(axis=-1, keepdims=True)
     hi = np.where(cand, scores, -big).max(axis=-1, keepdims=True)
+    fixed = np.asarray(fixed, dtype=np.int64)
+    if rule == "gap":
+        gap = np.floor(fixed / (GAP_ONE * np.asarray(unit, np.float64)))
+        hi = np.maximum(hi, INT32_MIN)  # a row without candidates: no wrap-around below -2**63
+        return hi - np.clip(gap, 0, 2.0 ** 40).astype(np.int64)
+    if rule != "mpmrf":
+        raise ValueError(f"threshold rule {rule!r} is not mpmrf or gap")
+    n = cand.sum(axis=-1, keepdims=True).astype(np.int64)
+    total = np.where(cand, scores, 0).sum(axis=-1, keepdims=True)
     lo = np.where(cand, scores, big).min(axis=-1, keepdims=True)
-    spread = (n * hi - total) if alpha_fixed >= 0 else (total - n * lo)
-    keep = ALPHA_ONE * n * scores >= ALPHA_ONE * total + alpha_fixed * spread
-    return cand & keep
+    spread = np.where(fixed >= 0, n * hi - total, total - n * lo)
+    rhs = ALPHA_ONE * total + fixed * spread
+    return -(-rhs // (ALPHA_ONE * np.maximum(n, 1)))
+
+
+def _head_fixed(r: FilterRound, heads: int) -> np.ndarray:
+    """Round ``r``'s fixed-point threshold value of every head, shaped [1, H, 1, 1]."""
+    return np.array([to_fixed(r.rule, v) for v in r.values(heads)], np.int64).reshape(1, heads, 1, 1)
 
 
 def mpmrf_attention(q, k, v, mask=None, params: MPMRFParams | None = None,
@@ -159,9 +197,9 @@ def mpmrf_attention(q, k, v, mask=None, params: MPMRFParams | None = None,
     if not np.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale = {scale!r} must be a positive finite number")
 
-    q16, sq_ = _quantize(q)
-    k16, sk_ = _quantize(k)
-    v16, sv_ = _quantize(v)
+    q16, sq_ = int16_codes(q)
+    k16, sk_ = int16_codes(k)
+    v16, sv_ = int16_codes(v)
     qk_scale = sq_ * sk_ * scale  # [B, H, 1, 1]
 
     bias = np.broadcast_to(mask.astype(np.float64), (b, h, sq, sk))
@@ -171,11 +209,12 @@ def mpmrf_attention(q, k, v, mask=None, params: MPMRFParams | None = None,
     kept_rounds = []
     kept = cand
     for r in params.rounds:
-        qv, kv = _view(q16, r.q_bits, params.view), _view(k16, r.k_bits, params.view)
-        round_scale = qk_scale * float(2 ** (16 - r.q_bits)) * float(2 ** (16 - r.k_bits))
-        bias_int = np.clip(np.rint(bias / round_scale), INT32_MIN, INT32_MAX).astype(np.int64)
-        scores = np.clip(_int_matmul(qv, kv) + bias_int, INT32_MIN, INT32_MAX)
-        kept = _filter_round(scores, kept, r.alpha_fixed)
+        try:
+            fixed = _head_fixed(r, h)
+        except ValueError as err:
+            raise ValueError(f"{err} (q has shape {q.shape})") from None
+        scores = round_scores(q16, k16, bias, qk_scale, r, params.view)
+        kept = kept & (scores >= row_threshold(scores, kept, r.rule, fixed, unit_scale(qk_scale, r)))
         kept_rounds.append(kept)
 
     logits = _int_matmul(q16, k16) * qk_scale + bias

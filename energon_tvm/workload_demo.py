@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     st, ds = result.stats, dense_result.stats
     print(f"Energon {cfg.name}: attention B=1 H={h} S={s} D={d}, padding mask, MP-MRF " + ", ".join(
-        f"Q{r.q_bits}xK{r.k_bits} alpha={r.alpha:g}" for r in w.params.rounds))
+        r.describe() for r in w.params.rounds))
     print(f"  schedule: {schedule.to_json()}")
     print(f"  program: {len(program.code)} instructions, {len(program.to_bytes(cfg))} bytes")
     print("  kept ratio per round: " + ", ".join(f"{r:.3f}" for r in st["kept_ratio"]))

@@ -31,6 +31,11 @@ Conventions the fields rely on (registers are set by ``SETR`` in the program hea
   one resident bit per key of the chunk (an index-buffer row of ``ceil(keys / 8)`` bytes at ``res``),
   so a key kept by later tiles is not fetched again.
 * A head's slot in the param buffer holds two FP64 values: ``qk_scale = sq * sk * scale`` and ``sv``.
+* Thresholds are immediates of F.SELECT / F.RESELECT, which name their head: a program whose heads have
+  thresholds of their own (calibrated per layer, head and round) gives each head's selects that head's
+  value; nothing in the param buffer changes. With the ``gap`` rule the threshold unit turns the gap in
+  logits into score units with the round's unit ``qk_scale * 2**(16-qb) * 2**(16-kb)``, latched by the
+  round's first F.SCORE (or F.RESELECT) with the row statistics.
 """
 
 from __future__ import annotations
@@ -169,10 +174,20 @@ class BiasMode(enum.IntEnum):
     ROW = 2   # [1, keys]: one row shared by every query row (padding masks)
 
 
+class ThresholdRule(enum.IntEnum):
+    """How the threshold unit sets a row's theta from the latched statistics (``isa.numerics``)."""
+
+    MPMRF = 0  # theta = mean + alpha * (max - mean), or mean + alpha * (mean - min) for alpha < 0
+    GAP = 1    # theta = max - floor(gap / unit): the keys within `gap` logits of the row's best
+
+
 _DRAM = Field("dram", 32, "DRAM byte address")
 _FLAG_BIAS = Field("biasmode", 2, "none | tile ([rows, keys] at `bias`) | row ([1, keys], shared by all rows)",
                    enum=BiasMode, default=0)
 _TOKEN = Field("token", 4, "dependency token (counting semaphore) 0..15")
+_RULE = Field("rule", 1, "threshold rule: mpmrf (theta from `alpha`) | gap (theta = row max - `gap`)",
+               enum=ThresholdRule, default=0)
+_GAP = Field("gap", 12, "gap rule: logits below the row maximum, fixed point (64 = 1.0 logit)", default=0)
 _NARROW = Field("narrow", 1, "1: scores stored as INT16, for a round whose range fits (no bias, and "
                 "D * 2**(qb-1) * 2**(kb-1) <= 32767); 0: INT32", default=0)
 
@@ -262,9 +277,10 @@ OPS: tuple[OpSpec, ...] = (
                   signed=True),
             _rows(), Field("q0", 16, "absolute index of the tile's first query (for statistics)"),
             Field("k0", 16, "absolute index of the chunk's first key (for statistics)"), _keys(),
-            _addr("score", "sc"), _addr("index", "idx"), _head(), _NARROW),
+            _addr("score", "sc"), _addr("index", "idx"), _head(), _NARROW, _RULE, _GAP),
            ("score", "index"), ("index",),
-           "Per-row threshold from the latched statistics and alpha; clear the kept bit of every "
+           "Per-row threshold from the latched statistics and the head's threshold (`alpha` or `gap`, by "
+           "`rule`); clear the kept bit of every "
            "candidate scoring below it. `head`, `q0` and `k0` place the tile for statistics and for "
            "timing-only runs driven by a sparsity profile."),
     OpSpec("F.RESELECT", 19, Unit.FILTER,
@@ -275,7 +291,8 @@ OPS: tuple[OpSpec, ...] = (
                   signed=True),
             _rows(), Field("q0", 16, "absolute index of the tile's first query (for statistics)"),
             Field("k0", 16, "absolute index of the chunk's first key (for statistics)"), _keys(),
-            _addr("q"), _addr("kplane", "kp"), _addr("index", "idx"), _addr("bias"), _head(), _FLAG_BIAS),
+            _addr("q"), _addr("kplane", "kp"), _addr("index", "idx"), _addr("bias"), _head(), _FLAG_BIAS,
+            _RULE, _GAP),
            ("q", "kplane", "index", "bias", "param"), ("index",),
            "Recompute this round's scores for a tile x chunk (as F.SCORE) and select against the "
            "latched statistics (as F.SELECT), without the score buffer: twice the low-bit MACs, "

@@ -1,8 +1,9 @@
 """Number formats of the Energon machine and the parameters of MP-MRF (DESIGN.md section 5).
 
 This module is the contract between the compiler, the simulator and the numpy reference
-(``energon_tvm.mpmrf``): what INT16 quantisation, the MSB low-precision views, the fixed-point threshold
-coefficient alpha and the mask convention mean. The reference re-implements the arithmetic on its own
+(``energon_tvm.mpmrf``): what INT16 quantisation, the MSB low-precision views, the two threshold rules
+(MP-MRF's mean/max coefficient alpha and the gap below the row maximum), their fixed-point forms, the
+per-head threshold values and the mask convention mean. The reference re-implements the arithmetic on its own
 so that it stays an independent oracle; the simulator's driver uses the functions here.
 """
 
@@ -21,30 +22,144 @@ ALPHA_ONE = 1 << ALPHA_FRAC_BITS
 #: widest product the Filtering Unit accumulates: q_bits + k_bits + log2(D) must stay below this.
 FILTER_SCORE_BITS = 32
 VIEW_RULES = ("msb", "round")
+#: a round's threshold rule: ``mpmrf`` (the paper's: theta between the row's mean and its max or min,
+#: by alpha) or ``gap`` (keep the scores within ``gap`` logits of the row's maximum)
+THRESHOLD_RULES = ("mpmrf", "gap")
+#: the gap (logits) is held in fixed point with this many fraction bits (1/64-logit steps), 12 bits wide
+GAP_FRAC_BITS = 6
+GAP_ONE = 1 << GAP_FRAC_BITS
+GAP_FIXED_MAX = (1 << 12) - 1
+GAP_MAX = GAP_FIXED_MAX / GAP_ONE
+#: the range of each rule's threshold value, and its fixed-point scale
+RULE_RANGE = {"mpmrf": (-1.0, 1.0), "gap": (0.0, GAP_MAX)}
+RULE_ONE = {"mpmrf": ALPHA_ONE, "gap": GAP_ONE}
+#: the uncalibrated default: rule and threshold value per round of the default rounds (Q4xK2, Q4xK4),
+#: and each rule's own defaults, chosen by evidence across models and tasks (docs/accuracy.md)
+DEFAULT_VALUES = {"mpmrf": (0.0, -0.25), "gap": (6.0, 3.0)}
+DEFAULT_RULE = "mpmrf"
+DEFAULT_BITS = ((4, 2), (4, 4))
+
+
+def to_fixed(rule: str, value: float) -> int:
+    """A threshold value as the threshold unit holds it: ``rint(value * RULE_ONE[rule])``."""
+    return int(np.rint(float(value) * RULE_ONE[rule]))
+
+
+def from_fixed(rule: str, fixed: int) -> float:
+    return int(fixed) / RULE_ONE[rule]
+
+
+def _check_value(rule: str, value, what: str) -> float:
+    lo, hi = RULE_RANGE[rule]
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not lo <= float(value) <= hi:
+        unit = " logits" if rule == "gap" else ""
+        raise ValueError(f"filter round {what} = {value!r} must be a number in [{lo:g}, {hi:g}]{unit}")
+    return float(value)
 
 
 @dataclass(frozen=True)
 class FilterRound:
-    """One MP-MRF filter round: scores of Q at ``q_bits`` against K at ``k_bits``, then keep the
-    candidates whose score reaches ``theta = mean + alpha * (max - mean)`` (alpha >= 0) or
-    ``mean + alpha * (mean - min)`` (alpha < 0)."""
+    """One MP-MRF filter round: scores of Q at ``q_bits`` against K at ``k_bits``, then per row a threshold
+    theta over the row's candidate scores, keeping those that reach it. ``rule`` says how theta is set:
+
+    * ``mpmrf`` (MP-MRF's rule): ``theta = mean + alpha * (max - mean)`` (alpha >= 0) or
+      ``mean + alpha * (mean - min)`` (alpha < 0), alpha in [-1, 1];
+    * ``gap``: ``theta = max - G``, G the gap of ``gap`` logits in the round's integer score units
+      (``floor(gap_fixed / (GAP_ONE * unit))``, unit = the logits one score step stands for). A key whose
+      estimated logit is more than ``gap`` below the row's best is dropped: the fraction kept adapts to
+      how peaked the row is, where mean/max keeps a roughly constant fraction.
+
+    ``head_values`` optionally gives the threshold value (alpha or gap, by ``rule``) of every head of the
+    attention, in head order; ``alpha`` / ``gap`` is then what a head without a value of its own would use
+    (calibration sets it to the median head's)."""
 
     q_bits: int
     k_bits: int
-    alpha: float
+    alpha: float = 0.0
+    rule: str = "mpmrf"
+    gap: float = 0.0
+    head_values: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("q_bits", "k_bits"):
             bits = getattr(self, name)
             if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
                 raise ValueError(f"filter round {name} = {bits!r} must be an integer in 1..16")
-        if not isinstance(self.alpha, (int, float, np.floating)) or not -1.0 <= float(self.alpha) <= 1.0:
-            raise ValueError(f"filter round alpha = {self.alpha!r} must be a number in [-1, 1]")
+        if self.rule not in THRESHOLD_RULES:
+            raise ValueError(f"threshold rule {self.rule!r} is not one of {', '.join(THRESHOLD_RULES)}")
+        _check_value("mpmrf", self.alpha, "alpha")
+        _check_value("gap", self.gap, "gap")
+        if self.head_values is not None:
+            values = tuple(_check_value(self.rule, v, f"head {h} {'alpha' if self.rule == 'mpmrf' else 'gap'}")
+                           for h, v in enumerate(self.head_values))
+            if not values:
+                raise ValueError("filter round head_values is empty: give one value per head, or None")
+            object.__setattr__(self, "head_values", values)
+
+    @property
+    def value(self) -> float:
+        """The round's threshold value under its rule (alpha or gap)."""
+        return float(self.alpha if self.rule == "mpmrf" else self.gap)
+
+    def values(self, heads: int) -> tuple[float, ...]:
+        """The threshold value of each of ``heads`` heads."""
+        if self.head_values is None:
+            return (self.value,) * heads
+        if len(self.head_values) != heads:
+            raise ValueError(f"filter round Q{self.q_bits}xK{self.k_bits} has {len(self.head_values)} "
+                             f"per-head threshold values for an attention of {heads} heads")
+        return self.head_values
+
+    def fixed(self, head: int | None = None) -> int:
+        """Head ``head``'s threshold value (the round's own for None) as the threshold unit holds it."""
+        value = self.value if head is None or self.head_values is None else self.head_values[head]
+        return to_fixed(self.rule, value)
 
     @property
     def alpha_fixed(self) -> int:
         """alpha as the threshold unit holds it: round(alpha * 2**ALPHA_FRAC_BITS)."""
         return alpha_to_fixed(self.alpha)
+
+    def with_head_values(self, values) -> FilterRound:
+        values = tuple(float(v) for v in values)
+        median = sorted(values)[(len(values) - 1) // 2]  # the lower median: a value some head has
+        scalar = {"alpha": median} if self.rule == "mpmrf" else {"gap": median}
+        return FilterRound(self.q_bits, self.k_bits, **{"alpha": self.alpha, "gap": self.gap, **scalar},
+                           rule=self.rule, head_values=values)
+
+    def describe(self) -> str:
+        """``Q4xK2 alpha=0`` / ``Q4xK4 gap=3.5`` / ``Q4xK4 gap=1.5..6 per head``."""
+        name = "alpha" if self.rule == "mpmrf" else "gap"
+        if self.head_values is None:
+            return f"Q{self.q_bits}xK{self.k_bits} {name}={self.value:g}"
+        return (f"Q{self.q_bits}xK{self.k_bits} {name}={min(self.head_values):g}..{max(self.head_values):g} "
+                f"per head")
+
+    def to_json(self):
+        """``[qb, kb, alpha]`` for MP-MRF's rule with one value (the original form), else a dict."""
+        if self.rule == "mpmrf" and self.head_values is None:
+            return [self.q_bits, self.k_bits, float(self.alpha)]
+        d = {"bits": [self.q_bits, self.k_bits], "rule": self.rule, "value": self.value}
+        if self.head_values is not None:
+            d["heads"] = list(self.head_values)
+        return d
+
+    @classmethod
+    def from_json(cls, d) -> FilterRound:
+        if isinstance(d, (list, tuple)):
+            qb, kb, a = d
+            return cls(int(qb), int(kb), float(a))
+        if not isinstance(d, dict) or set(d) - {"bits", "rule", "value", "heads"}:
+            raise ValueError(f"a filter round is [q_bits, k_bits, alpha] or a dict of bits, rule, value and "
+                             f"heads; got {d!r}")
+        (qb, kb), rule, value = d["bits"], str(d["rule"]), d["value"]
+        heads = d.get("heads")
+        key = "alpha" if rule == "mpmrf" else "gap"
+        if rule not in THRESHOLD_RULES:
+            raise ValueError(f"threshold rule {rule!r} is not one of {', '.join(THRESHOLD_RULES)}")
+        return cls(int(qb), int(kb), rule=rule, **{key: value},
+                   head_values=None if heads is None else tuple(heads))
 
 
 def alpha_to_fixed(alpha: float) -> int:
@@ -59,7 +174,9 @@ class MPMRFParams:
 
     #: defaults from evidence (docs/accuracy.md): the sparsest setting of the all-MiniLM-L6-v2 / VADER
     #: sweep whose accuracy is within 0.5 points of float attention
-    rounds: tuple[FilterRound, ...] = (FilterRound(4, 2, 0.0), FilterRound(4, 4, -0.25))
+    rounds: tuple[FilterRound, ...] = tuple(
+        FilterRound(qb, kb, rule=DEFAULT_RULE, **{"alpha" if DEFAULT_RULE == "mpmrf" else "gap": v})
+        for (qb, kb), v in zip(DEFAULT_BITS, DEFAULT_VALUES[DEFAULT_RULE]))
     #: low-precision view rule: "msb" (x16 >> (16 - b), what K's bit-planes give the machine) or
     #: "round" (round-to-nearest to b bits; a reference-only alternative, compared by measured accuracy)
     view: str = "msb"
@@ -87,14 +204,27 @@ class MPMRFParams:
         return cls(tuple(FilterRound(4, 4, -1.0) for _ in range(rounds)))
 
     @classmethod
-    def from_alphas(cls, alphas, bits=((4, 2), (4, 4))) -> MPMRFParams:
+    def from_alphas(cls, alphas, bits=DEFAULT_BITS) -> MPMRFParams:
         alphas = list(alphas)
         if len(alphas) != len(bits):
             raise ValueError(f"{len(alphas)} alpha value(s) given for {len(bits)} filter rounds")
         return cls(tuple(FilterRound(qb, kb, float(a)) for (qb, kb), a in zip(bits, alphas)))
 
+    @classmethod
+    def from_values(cls, rule: str, values, bits=DEFAULT_BITS) -> MPMRFParams:
+        """Rounds of ``bits`` under ``rule`` with one threshold value each (alpha or gap)."""
+        values = list(values)
+        if len(values) != len(bits):
+            raise ValueError(f"{len(values)} threshold value(s) given for {len(bits)} filter rounds")
+        key = "alpha" if rule == "mpmrf" else "gap"
+        return cls(tuple(FilterRound(qb, kb, rule=rule, **{key: float(v)}) for (qb, kb), v in zip(bits, values)))
+
+    def describe(self) -> str:
+        """``Q4xK2 alpha=0, Q4xK4 alpha=-0.25``; ``dense`` without a filter round."""
+        return ", ".join(r.describe() for r in self.rounds) or "dense"
+
     def to_dict(self) -> dict:
-        d = {"rounds": [[r.q_bits, r.k_bits, float(r.alpha)] for r in self.rounds]}
+        d = {"rounds": [r.to_json() for r in self.rounds]}
         if self.view != "msb":
             d["view"] = self.view
         return d
@@ -102,9 +232,8 @@ class MPMRFParams:
     @classmethod
     def from_dict(cls, d: dict) -> MPMRFParams:
         try:
-            return cls(tuple(FilterRound(int(qb), int(kb), float(a)) for qb, kb, a in d["rounds"]),
-                       str(d.get("view", "msb")))
-        except (KeyError, TypeError) as err:
+            return cls(tuple(FilterRound.from_json(r) for r in d["rounds"]), str(d.get("view", "msb")))
+        except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"malformed MP-MRF parameters {d!r}: {err}") from None
 
 

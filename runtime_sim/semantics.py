@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..isa.instructions import BiasMode, Reg
-from ..isa.numerics import ALPHA_ONE, MASK_THRESHOLD, from_bitplanes
+from ..isa.instructions import BiasMode, Reg, ThresholdRule
+from ..isa.numerics import ALPHA_ONE, GAP_ONE, MASK_THRESHOLD, from_bitplanes
 from .traps import BufferOverflow, IllegalInstruction, NumericFault, UninitializedRead
 from .work import Work
 
@@ -305,10 +305,10 @@ def _k_view_t(run, addr: int, kb: int, keys: int, d: int, pc) -> np.ndarray:
     return buf.decoded(addr, nbytes, ("k", kb, keys, d), load)
 
 
-def _filter_scores(run, w: Work, a: dict, pc) -> np.ndarray | None:
-    """(candidate bits, integer scores) [rows, keys] of a round for a tile x chunk, the scores as exact
-    float64 (None in timing-only runs), counting the low-bit MACs of the candidate pairs and the operand
-    reads. The accumulator saturates at INT32."""
+def _filter_scores(run, w: Work, a: dict, pc) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """(candidate bits, integer scores, the head's qk_scale) [rows, keys] of a round for a tile x chunk,
+    the scores as exact float64 (None in timing-only runs), counting the low-bit MACs of the candidate
+    pairs and the operand reads. The accumulator saturates at INT32."""
     st = run.state
     rows, keys, qb, kb = a["rows"], a["keys"], a["qb"], a["kb"]
     d = st.head_dim
@@ -323,14 +323,14 @@ def _filter_scores(run, w: Work, a: dict, pc) -> np.ndarray | None:
     w.fu_precision = f"int{qb}xint{kb}"
     if not run.functional:
         st.buf["kplane"].read(a["kp"], kb * plane_bytes, pc)
-        return cand, None
+        return cand, None, qk_scale
     k = _k_view_t(run, a["kp"], kb, keys, d, pc)
     # F.RESELECT recomputes what F.SCORE computed from the same operands: the simulator counts that work
     # (above) but reuses the result; the operands are memoised objects, so identity means equal bytes
     key = (id(q), id(k), id(bias), qb, kb, qk_scale)
     hit = run.scores.get(key)
     if hit is not None and hit[0] is q and hit[1] is k and hit[2] is bias:
-        return cand, hit[3]
+        return cand, hit[3], qk_scale
     scores = q @ k
     if bias is not None:
         if qk_scale == 0:
@@ -344,7 +344,7 @@ def _filter_scores(run, w: Work, a: dict, pc) -> np.ndarray | None:
     if len(run.scores) >= 16:
         run.scores.clear()
     run.scores[key] = (q, k, bias, _frozen(scores))
-    return cand, scores
+    return cand, scores, qk_scale
 
 
 def _select(run, w: Work, a: dict, cand: np.ndarray, scores: np.ndarray | None, pc, ins) -> None:
@@ -359,6 +359,17 @@ def _select(run, w: Work, a: dict, cand: np.ndarray, scores: np.ndarray | None, 
         if np.any(kept & ~cand):
             raise IllegalInstruction("sparsity profile keeps a key that is not a candidate here: the profile "
                                      "does not belong to this program", pc, ins)
+    elif a["rule"] == ThresholdRule.GAP:
+        # theta = max - floor(gap / (GAP_ONE * unit)): the gap in logits as whole score steps (FP64)
+        unit = st.f_unit[:rows]
+        if not np.all(np.isfinite(unit) & (unit > 0)):
+            raise NumericFault(f"head {a['head']}'s latched score unit is {float(unit.min()):g}: the gap cannot be "
+                               f"turned into score steps; a head's qk_scale must be positive and finite", pc)
+        steps = np.floor(a["gap"] / (GAP_ONE * unit))
+        some = st.f_n[:rows] > 0  # a row without candidates keeps nothing (and its max is -BIG)
+        threshold = np.where(some, st.f_max[:rows] - np.clip(np.where(some, steps, 0), 0, 2.0 ** 40).astype(np.int64),
+                             BIG)
+        kept = cand & (scores >= threshold[:, None])
     else:
         alpha = a["alpha"]
         n, total = st.f_n[:rows], st.f_sum[:rows]
@@ -381,11 +392,12 @@ def _score_bytes(a: dict) -> int:
 def f_score(run, a, pc, ins) -> Work:
     st, w = run.state, Work()
     rows, keys = a["rows"], a["keys"]
-    cand, scores = _filter_scores(run, w, a, pc)
+    cand, scores, qk_scale = _filter_scores(run, w, a, pc)
     lanes = slice(0, rows)
     if a["first"]:
         st.f_n[lanes], st.f_sum[lanes] = 0, 0
         st.f_max[lanes], st.f_min[lanes] = -BIG, BIG
+        st.f_unit[lanes] = qk_scale * float(2 ** (16 - a["qb"])) * float(2 ** (16 - a["kb"]))
         st.f_valid[lanes] = True
     elif not st.f_valid[lanes].all():
         raise IllegalInstruction("F.SCORE continues a round whose first chunk (first=1) never ran", pc, ins)
@@ -436,7 +448,7 @@ def f_select(run, a, pc, ins) -> Work:
 @executes("F.RESELECT")
 def f_reselect(run, a, pc, ins) -> Work:
     w = Work()
-    cand, scores = _filter_scores(run, w, a, pc)
+    cand, scores, _ = _filter_scores(run, w, a, pc)
     _select(run, w, a, cand, scores, pc, ins)
     return w
 

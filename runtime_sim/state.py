@@ -211,6 +211,8 @@ class MachineState:
         self.f_max = np.zeros(lanes, np.int64)
         self.f_min = np.zeros(lanes, np.int64)
         self.f_valid = np.zeros(lanes, bool)
+        # and the logits one score step of the round stands for (the gap rule's unit), latched with them
+        self.f_unit = np.ones(lanes, np.float64)
         # attention unit: online-softmax running max, sum and accumulator per row
         self.a_m = np.full(lanes, -np.inf)
         self.a_l = np.zeros(lanes)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..isa.config import HardwareConfig
 from ..isa.instructions import BiasMode
 from .schedule import TilingPlan
@@ -49,9 +51,23 @@ class CostEstimate:
 KEEP_AT_MEAN = 1 / 3
 
 
-def round_keep(alpha: float) -> float:
-    """The assumed fraction of a round's candidates it keeps: :data:`KEEP_AT_MEAN` at alpha 0, falling
-    linearly to none at alpha 1 and rising linearly to all at alpha -1."""
+#: the assumed fraction of its candidates a gap-rule round keeps at a gap of one logit, and how it
+#: grows with the gap (saturating at all of them): kept ~ min(1, KEEP_AT_GAP_1 * gap ** GAP_EXPONENT)
+KEEP_AT_GAP_1 = 0.08
+GAP_EXPONENT = 1.0
+
+
+def round_keep(r) -> float:
+    """The assumed fraction of a round's candidates it keeps. MP-MRF's rule: :data:`KEEP_AT_MEAN` at alpha
+    0, falling linearly to none at alpha 1 and rising linearly to all at alpha -1. The gap rule:
+    :data:`KEEP_AT_GAP_1` at one logit, growing with the gap. Per-head values count by their mean."""
+    values = r.head_values if r.head_values is not None else (r.value,)
+    return float(np.mean([_keep(r.rule, v) for v in values]))
+
+
+def _keep(rule: str, alpha: float) -> float:
+    if rule == "gap":
+        return min(1.0, KEEP_AT_GAP_1 * alpha ** GAP_EXPONENT)
     if alpha >= 0:
         return max(0.0, KEEP_AT_MEAN * (1.0 - alpha))
     return min(1.0, KEEP_AT_MEAN + (1.0 - KEEP_AT_MEAN) * -alpha)
@@ -72,7 +88,7 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
     fu, candidates = 0.0, pairs
     for r in rounds:
         fu += passes * candidates * d * cfg.fu_passes(r.q_bits, r.k_bits) / cfg.fu_macs_per_cycle
-        candidates *= round_keep(r.alpha)
+        candidates *= round_keep(r)
     kept_pairs = candidates
     fu += (1 + len(rounds)) * pairs / cfg.fu_select_per_cycle
     fu_instructions = tiles * (1 if plan.whole_row else chunks_per_tile) * (1 + 2 * len(rounds))

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..isa.config import HardwareConfig
-from ..isa.instructions import BiasMode, Instruction, Reg, Unit, make
+from ..isa.instructions import BiasMode, Instruction, Reg, ThresholdRule, Unit, make
 from ..isa.program import MemoryMap, Program, Region
 from .schedule import Schedule, TilingPlan, check_plan, plan_tiling
 from .workload import AttentionWorkload
@@ -282,12 +282,12 @@ class _Emitter:
             for k0, keys in chunks:  # pass 2: threshold and selector
                 clab = t.chunk_label(k0, keys, n)
                 if store:
-                    self.put(Unit.FILTER, clab, "F.SELECT", round=n, alpha=r.alpha_fixed, rows=t.rows, q0=t.q0,
+                    self.put(Unit.FILTER, clab, "F.SELECT", round=n, rows=t.rows, q0=t.q0,
                              k0=k0, keys=keys, sc=self.score_addr(k0, n), idx=self.idx_addr(i, k0), head=t.slot,
-                             narrow=int(self.plan.score_bytes[n - 1] == 2))
+                             narrow=int(self.plan.score_bytes[n - 1] == 2), **self.threshold(r, t))
                     continue
                 kp = self.planes_in(t, k0, clab)
-                self.put(Unit.FILTER, clab, "F.RESELECT", qb=r.q_bits, kb=r.k_bits, round=n, alpha=r.alpha_fixed,
+                self.put(Unit.FILTER, clab, "F.RESELECT", qb=r.q_bits, kb=r.k_bits, round=n, **self.threshold(r, t),
                          rows=t.rows, q0=t.q0, k0=k0, keys=keys, q=self.q_addr(i), kp=kp, idx=self.idx_addr(i, k0),
                          bias=self.bias_addr(i, k0), head=t.slot, biasmode=int(self.bias_mode))
                 self.planes_out(clab)
@@ -295,6 +295,14 @@ class _Emitter:
         self.sync(Unit.FILTER, "SIGNAL", INDEX_READY, lab)
         if self.rounds and self.s.plane_mode == "head" and t.last_of_head:
             self.sync(Unit.FILTER, "SIGNAL", PLANES_FREE, lab)
+
+    def threshold(self, r, t: Tile) -> dict[str, int]:
+        """The threshold fields of round ``r``'s selects for tile ``t``: its head's own value (a head of
+        every batch element shares it), under the round's rule."""
+        fixed = r.fixed(t.h)
+        if r.rule == "gap":
+            return {"rule": int(ThresholdRule.GAP), "gap": fixed, "alpha": 0}
+        return {"rule": int(ThresholdRule.MPMRF), "alpha": fixed, "gap": 0}
 
     def planes_in(self, t: Tile, k0: int, label: str) -> int:
         """Where the filter reads a chunk's planes; streamed planes are waited for first."""

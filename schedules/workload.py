@@ -6,6 +6,7 @@ records are keyed by :meth:`AttentionWorkload.key`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -15,6 +16,16 @@ from ..isa.errors import ScheduleError
 from ..isa.numerics import MPMRFParams
 
 DTYPES = ("float32", "float16")
+
+
+def _round_key(r) -> str:
+    """A round in a workload key: ``q4k2a0`` (MP-MRF's rule, alpha fixed point), ``q4k4g192`` (gap, 1/64
+    logits), with ``h`` and a digest of the per-head values when the heads have their own."""
+    key = f"q{r.q_bits}k{r.k_bits}{'a' if r.rule == 'mpmrf' else 'g'}{r.fixed()}"
+    if r.head_values is not None:
+        digest = hashlib.sha256(",".join(str(r.fixed(h)) for h in range(len(r.head_values))).encode())
+        key += f"h{digest.hexdigest()[:8]}"
+    return key
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,11 @@ class AttentionWorkload:
                                 f"{', '.join(DTYPES)}")
         if self.scale is not None and not (math.isfinite(self.scale) and self.scale > 0):
             raise ScheduleError(f"workload scale = {self.scale!r} must be a positive finite number")
+        for r in self.params.rounds:
+            try:
+                r.values(self.heads)
+            except ValueError as err:
+                raise ScheduleError(str(err)) from None
         if self.bias_shape is not None:
             shape = tuple(int(s) for s in self.bias_shape)
             object.__setattr__(self, "bias_shape", shape)
@@ -90,7 +106,7 @@ class AttentionWorkload:
     def key(self) -> str:
         """Stable identity for tuning records."""
         bias = "x".join(map(str, self.bias_shape4)) if self.bias_shape is not None else "-"
-        rounds = ",".join(f"q{r.q_bits}k{r.k_bits}a{r.alpha_fixed}" for r in self.params.rounds)
+        rounds = ",".join(_round_key(r) for r in self.params.rounds)
         if self.params.view != "msb":
             rounds += f",{self.params.view}"
         return (f"attn_b{self.batch}_h{self.heads}_q{self.seq_q}_k{self.seq_k}_d{self.head_dim}"

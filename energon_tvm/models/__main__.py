@@ -11,6 +11,10 @@
 ``python -m energon_tvm.models probe --onnx out/minilm.onnx --n 2000 -o out/probe.npz``
     embed VADER movie-review snippets densely with onnxruntime, train the sentiment probe once,
     print its dense accuracy, sizes and timings, and save it.
+``python -m energon_tvm.models evaluate --model all-MiniLM-L6-v2 -o out/accuracy``
+    what dynamic sparse attention costs in accuracy: every model x task at dense, fixed threshold rules
+    and thresholds calibrated per layer and head to quality budgets, with paired standard errors
+    (docs/accuracy.md).
 
 A user's mistake (missing wheel, bad shape, unreachable index, ...) prints one line and exits with
 status 2; anything else is a bug and keeps its traceback.
@@ -155,6 +159,48 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise EnergonError(f"{what} {text!r}: give numbers separated by commas") from None
+    if not values or not all(0.0 < v <= 1.0 for v in values):
+        raise EnergonError(f"{what} {text!r}: every budget must be in (0, 1]")
+    return values
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from . import evaluation, tasks, zoo
+
+    budgets = _floats(args.budgets, "--budgets")
+    models = args.model or list(zoo.MODELS)
+    for name in models:
+        if name not in zoo.MODELS:
+            raise EnergonError(f"--model {name!r}: one of {', '.join(zoo.MODELS)}")
+    task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    for name in task_names:
+        tasks.task_spec(name)  # an unknown task fails before any model loads
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    results: list = []
+
+    def save(result) -> None:  # after every task, so an interrupted run keeps what it measured
+        results.append(result)
+        (out / "accuracy.json").write_text(json.dumps([r.to_dict() for r in results], indent=1))
+        (out / "accuracy.md").write_text(evaluation.markdown(results) + "\n")
+
+    for name in models:
+        evaluation.evaluate_model(name, task_names, budgets=budgets, seed=args.seed, n_test=args.n_test,
+                                  n_calibration=args.n_calibration, batch=args.batch,
+                                  progress=not args.no_progress, on_result=save)
+    evaluation.plot(results, out / "pareto.png")
+    print(evaluation.markdown(results))
+    print(f"wrote {out / 'accuracy.json'}, {out / 'accuracy.md'}, {out / 'pareto.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m energon_tvm.models", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="count", default=0,
@@ -218,6 +264,25 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--no-progress", action="store_true")
     sw.add_argument("-o", "--output", default="out/sweep", help="folder for sweep.json, sweep.md, pareto.png")
     sw.set_defaults(run=_sweep)
+
+    ev = sub.add_parser("evaluate", help="accuracy of dense, fixed and calibrated sparse attention per model and "
+                        "task, with paired standard errors")
+    ev.add_argument("--model", action="append", help="a model of the zoo; repeat for several (default: all)")
+    ev.add_argument("--tasks", default="movies-polarity,tweets-intensity",
+                    help="comma-separated tasks (movies-polarity,tweets-intensity; also amazon-polarity, "
+                         "nyt-intensity)")
+    ev.add_argument("--budgets", default=",".join(f"{b:g}" for b in (0.8, 0.9, 0.95)),
+                    help="quality budgets to calibrate to: the mean fraction of each row's softmax mass the "
+                         "kept keys hold (0.8,0.9,0.95)")
+    ev.add_argument("--n-test", type=int, default=None, help="score only the first N test items (default all)")
+    ev.add_argument("--n-calibration", type=int, default=64, help="calibration sentences, from the training "
+                    "part (64)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch", type=int, default=64)
+    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("-o", "--output", default="out/accuracy", help="folder for accuracy.json, accuracy.md, "
+                    "pareto.png")
+    ev.set_defaults(run=_evaluate)
     return parser
 
 

@@ -1,10 +1,12 @@
-"""The labelled text the accuracy figures are measured on: VADER's movie-review snippets.
+"""The labelled text the accuracy figures are measured on: VADER's four human-scored corpora.
 
-Hutto & Gilbert (ICWSM 2014) collected 10,605 sentence-level snippets of Rotten Tomatoes reviews,
-each with the mean sentiment rating of >= 20 human raters on a -4..4 scale. The data ships (MIT
-licence) inside the ``vaderSentiment`` 3.3.2 *sdist* as ``additional_resources/hutto_ICWSM_2014.tar.gz``.
+Hutto & Gilbert (ICWSM 2014) collected four sets of sentence-level snippets, each with the mean
+sentiment rating of >= 20 human raters on a -4..4 scale (see :data:`CORPORA`): Rotten Tomatoes movie
+reviews, tweets, Amazon product reviews and New York Times editorials. The data ships (MIT licence)
+inside the ``vaderSentiment`` 3.3.2 *sdist* as ``additional_resources/hutto_ICWSM_2014.tar.gz``.
 This module owns fetching that sdist at run time with pip (the corpus is never committed), reading the
-two nested archives safely and in memory, parsing the snippets, and turning scores into binary labels.
+two nested archives safely and in memory, parsing any of the four corpora, and turning scores into
+binary labels.
 
 Cache: ``$ENERGON_CACHE`` or ``~/.cache/energon-tvm``; the sdist is kept there and checked against its
 published SHA-256 on every use.
@@ -21,6 +23,7 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -33,7 +36,29 @@ SDIST_NAME = "vaderSentiment-3.3.2.tar.gz"
 #: is not the corpus the published figures were measured on.
 SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
 INNER_ARCHIVE = "hutto_ICWSM_2014.tar.gz"
-MOVIE_REVIEWS_FILE = "movieReviewSnippets_GroundTruth.txt"
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """One of VADER's ground-truth corpora: its name here, its file in the inner archive, and what it is
+    (with its size in the 3.3.2 sdist, which the real-corpus tests check)."""
+
+    name: str
+    file: str
+    description: str
+
+
+#: The four corpora, by name. Each file has one line per snippet: id, mean human score, text.
+CORPORA: dict[str, CorpusSpec] = {c.name: c for c in (
+    CorpusSpec("movies", "movieReviewSnippets_GroundTruth.txt",
+               "10,605 sentence-level snippets of Rotten Tomatoes movie reviews"),
+    CorpusSpec("tweets", "tweets_GroundTruth.txt", "4,200 tweets"),
+    CorpusSpec("amazon", "amazonReviewSnippets_GroundTruth.txt",
+               "3,708 sentence-level snippets of Amazon product reviews"),
+    CorpusSpec("nyt", "nytEditorialSnippets_GroundTruth.txt",
+               "5,190 sentence-level snippets of New York Times opinion editorials"),
+)}
+MOVIE_REVIEWS_FILE = CORPORA["movies"].file
 
 SCORE_MIN, SCORE_MAX = -4.0, 4.0
 #: Snippets whose mean human rating is within 0.5 of neutral are dropped from the binary task: on a
@@ -200,13 +225,33 @@ def parse_ground_truth(data: bytes, source: str = MOVIE_REVIEWS_FILE) -> list[tu
     return items
 
 
+def corpus_spec(name: str) -> CorpusSpec:
+    """The :class:`CorpusSpec` called ``name`` (one of :data:`CORPORA`)."""
+    try:
+        return CORPORA[name]
+    except (KeyError, TypeError):
+        raise CorpusError(f"unknown corpus {name!r}; the corpora are {', '.join(CORPORA)}") from None
+
+
+def read_corpus(sdist: bytes | str | os.PathLike, name: str) -> list[tuple[str, float]]:
+    """The snippets of corpus ``name`` as ``(text, mean human score in [-4, 4])``, in file order, read
+    from the sdist's bytes or path (both archives are read in memory and checked member by member)."""
+    spec = corpus_spec(name)
+    inner = read_tar_member(sdist, lambda n: PurePosixPath(n).parts[-2:] == ("additional_resources", INNER_ARCHIVE))
+    return parse_ground_truth(read_tar_member(inner, spec.file, archive=INNER_ARCHIVE), spec.file)
+
+
+def fetch_vader_corpus(name: str, cache_dir: str | os.PathLike | None = None) -> list[tuple[str, float]]:
+    """All snippets of corpus ``name`` (see :data:`CORPORA`) as ``(text, mean human score)``, in file
+    order, from the verified sdist (downloaded with pip if not cached)."""
+    corpus_spec(name)  # an unknown name fails before any download
+    return read_corpus(fetch_sdist(cache_dir), name)
+
+
 def fetch_vader_movie_reviews(cache_dir: str | os.PathLike | None = None) -> list[tuple[str, float]]:
     """All 10,605 movie-review snippets as ``(text, mean human score in [-4, 4])``, in file order
     (row ``i`` is snippet id ``i + 1``)."""
-    sdist = fetch_sdist(cache_dir)
-    inner = read_tar_member(sdist, lambda n: PurePosixPath(n).parts[-2:] == ("additional_resources", INNER_ARCHIVE))
-    data = read_tar_member(inner, MOVIE_REVIEWS_FILE, archive=INNER_ARCHIVE)
-    return parse_ground_truth(data)
+    return fetch_vader_corpus("movies", cache_dir)
 
 
 def _check_band(neutral_band: float) -> float:

@@ -118,6 +118,7 @@ def _output_specs(mod, names) -> list[TensorSpec]:
 
 def compile_model(model_path, *, model_format: str | None = None, target: str = "energon, llvm",
                   config: str | None = None, alpha: str | None = None, rounds: str | None = None,
+                  rule: str | None = None, gap: str | None = None,
                   mcpu: str | None = None, input_shapes: str | None = None, tuning_records: str | None = None,
                   build: BuildOptions | None = None, verbose: int = 0, log=None) -> CompileResult:
     """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines. ``build``: the
@@ -128,7 +129,7 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
     if not Path(model_path).is_file():  # answered before TVM is imported
         raise TVMCError(f"model file {str(model_path)!r} does not exist")
     say = log or (lambda _msg: None)
-    tgt = parse_target(target, config, alpha, rounds=rounds, mcpu=mcpu)
+    tgt = parse_target(target, config, alpha, rounds=rounds, mcpu=mcpu, rule=rule, gap=gap)
     build = build or BuildOptions()
     # both --input-shapes forms (commas, classic spaces) reach the frontend as the comma form
     shapes = format_input_shapes(parse_input_shapes(input_shapes)) if input_shapes else None

@@ -41,8 +41,7 @@ def describe_program(blob: bytes, cfg: HardwareConfig | None = None, code: bool 
         w = check_program(prog)
         s = Schedule.from_dict(prog.meta["schedule"])
         lines.append(f"workload: B={w.batch} H={w.heads} Sq={w.seq_q} Sk={w.seq_k} D={w.head_dim} mask={w.mask_kind} "
-                     f"scale={w.effective_scale:.6g}; MP-MRF " + (", ".join(
-                         f"Q{r.q_bits}xK{r.k_bits} alpha={r.alpha:g}" for r in w.params.rounds) or "dense"))
+                     f"scale={w.effective_scale:.6g}; MP-MRF " + w.params.describe())
         lines.append(f"schedule: {s.to_json()}")
         usage = buffer_usage(w, s, cfg)
         lines.append("buffer use: " + ", ".join(f"{b} {n}/{cfg.buffer(b)} B ({n / cfg.buffer(b):.0%})"

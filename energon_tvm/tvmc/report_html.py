@@ -82,7 +82,7 @@ def bound_total(bounds: list):
 # -- what each call was compiled with ----------------------------------------------------------------
 def policy_text(params) -> str:
     """An MP-MRF parameter set as the target string writes it: ``Q4xK2 alpha=0, Q4xK4 alpha=-0.25``."""
-    return ", ".join(f"Q{r.q_bits}xK{r.k_bits} alpha={r.alpha:g}" for r in params.rounds) or "dense (no filter round)"
+    return params.describe() if params.rounds else "dense (no filter round)"
 
 
 def schedule_text(entry: dict | None) -> str:
@@ -295,7 +295,7 @@ def _summary(result, rows: list[CallRow], total) -> str:
         ["target", m["target"]],
         ["hardware config", f"{cfg.get('name', '?')} (fingerprint {cfg.get('fingerprint', '?')}"
                             + (f", clock {clock:g} GHz)" if clock else ")")],
-        ["MP-MRF policy (filter rounds: Q bits x K bits, threshold alpha)", _policy(rows)],
+        ["MP-MRF policy (filter rounds: Q bits x K bits, threshold rule and value)", _policy(rows)],
         ["inputs", ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in m["inputs"])],
         ["outputs", ", ".join(f"{o['name']} {o['dtype']}{o['shape']}" for o in m["outputs"])],
         ["attention sites", f"{_sites_found(m)} found, {len(m['calls'])} offloaded" if m.get("offload", True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..isa.config import HardwareConfig, load_config
-from ..isa.numerics import MPMRFParams
+from ..isa.numerics import DEFAULT_RULE, DEFAULT_VALUES, RULE_RANGE, THRESHOLD_RULES, MPMRFParams
 from .errors import TVMCError
 
 KINDS = ("energon", "llvm")
@@ -13,8 +13,13 @@ KINDS = ("energon", "llvm")
 OPTIONS = {"energon": {"config": "hardware config: edge, server or a .toml file (default edge)",
                        "rounds": "filter rounds as QxK bits, e.g. 4x2,4x4 (the default); none = the dense "
                                  "INT16 baseline",
-                       "alpha": "threshold alpha per filter round in [-1, 1], comma separated, e.g. -1,-1 "
-                                "(default: the project's defaults)"},
+                       "rule": "threshold rule of the filter rounds: mpmrf (MP-MRF's mean/max rule, set by "
+                               "alpha) or gap (keep keys within a gap in logits of the row's best) (default: "
+                               "the project's default rule)",
+                       "alpha": "mpmrf rule: threshold alpha per filter round in [-1, 1], comma separated, e.g. "
+                                "-1,-1 (default: the project's defaults)",
+                       "gap": "gap rule: the gap in logits per filter round, comma separated, e.g. 6,3 (default: "
+                              "the project's defaults)"},
            "llvm": {"mcpu": "CPU to build the host code for, e.g. skylake-avx512 (default: generic x86-64, "
                             "which runs on any x86-64 machine)"}}
 
@@ -31,7 +36,8 @@ def add_target_arguments(p) -> None:
 def target_options(args) -> dict:
     """The keyword arguments of ``compile_model`` / ``tune_model`` that the target flags set."""
     return {"target": args.target, "config": args.target_energon_config, "alpha": args.target_energon_alpha,
-            "rounds": args.target_energon_rounds, "mcpu": args.target_llvm_mcpu}
+            "rounds": args.target_energon_rounds, "rule": args.target_energon_rule, "gap": args.target_energon_gap,
+            "mcpu": args.target_llvm_mcpu}
 
 
 @dataclass(frozen=True)
@@ -43,51 +49,59 @@ class Target:
     mcpu: str | None = None  # the host CPU the llvm code is built for (None: generic)
 
     def describe(self) -> str:
-        rounds = ", ".join(f"Q{r.q_bits}xK{r.k_bits} alpha={r.alpha:g}" for r in self.params.rounds) or "dense"
+        rounds = self.params.describe()
         host = f"{self.host} ({self.mcpu})" if self.mcpu else self.host
         return (f"energon ({self.config.name}; {rounds}), {host}" if self.offload else host)
 
 
-def parse_alphas(text: str | None, default: MPMRFParams) -> MPMRFParams:
-    if text is None:
-        return default
-    try:
-        alphas = [float(a) for a in text.split(",") if a.strip()]
-    except ValueError:
-        raise TVMCError(f"bad --target-energon-alpha {text!r}: give numbers in [-1, 1] separated by commas") from None
-    bits = [(r.q_bits, r.k_bits) for r in default.rounds]
-    if len(alphas) != len(bits):
-        raise TVMCError(f"--target-energon-alpha gives {len(alphas)} value(s); the filter has {len(bits)} "
-                        f"round(s) ({', '.join(f'Q{q}xK{k}' for q, k in bits)})")
-    try:
-        return MPMRFParams.from_alphas(alphas, bits)
-    except ValueError as err:
-        raise TVMCError(f"bad --target-energon-alpha: {err}") from None
-
-
-def parse_rounds(text: str | None) -> MPMRFParams:
-    """``"4x2,4x4"`` -> rounds with the default alphas; ``"none"`` -> no filter round (dense INT16)."""
-    default = MPMRFParams()
-    if text is None:
-        return default
-    if text.strip().lower() in ("none", "dense", ""):
+def parse_params(rounds: str | None = None, rule: str | None = None, alpha: str | None = None,
+                 gap: str | None = None) -> MPMRFParams:
+    """The filter rounds of ``--target-energon-rounds`` (``"4x2,4x4"``; ``"none"``: no filter round, the
+    dense INT16 baseline) with the threshold rule of ``--target-energon-rule`` and the values of
+    ``--target-energon-alpha`` (mpmrf) or ``--target-energon-gap`` (gap); what is not given is the
+    project's default (:data:`energon_tvm.isa.numerics.DEFAULT_VALUES`)."""
+    if rounds is not None and rounds.strip().lower() in ("none", "dense", ""):
+        if alpha is not None or gap is not None:
+            raise TVMCError("--target-energon-rounds none has no filter round to give thresholds to")
         return MPMRFParams(())
+    if rule is not None and rule not in THRESHOLD_RULES:
+        raise TVMCError(f"--target-energon-rule {rule!r}: one of {', '.join(THRESHOLD_RULES)}")
+    rule = rule or ("mpmrf" if alpha is not None else "gap" if gap is not None else DEFAULT_RULE)
+    wrong = {"mpmrf": ("gap", gap), "gap": ("alpha", alpha)}[rule]
+    if wrong[1] is not None:
+        raise TVMCError(f"--target-energon-{wrong[0]} does not apply to the {rule} rule; give "
+                        f"--target-energon-{'alpha' if rule == 'mpmrf' else 'gap'}")
+    bits = [(r.q_bits, r.k_bits) for r in MPMRFParams().rounds]
+    if rounds is not None:
+        try:
+            bits = [tuple(int(b) for b in item.lower().split("x")) for item in rounds.split(",")]
+            if any(len(b) != 2 for b in bits):
+                raise ValueError
+        except ValueError:
+            raise TVMCError(f"bad --target-energon-rounds {rounds!r}: give QxK bit pairs such as 4x2,4x4, "
+                            f"or none") from None
+    option, text = ("alpha", alpha) if rule == "mpmrf" else ("gap", gap)
+    defaults = list(DEFAULT_VALUES[rule])
+    values = defaults[:len(bits)] + [defaults[-1]] * max(0, len(bits) - len(defaults))
+    if text is not None:
+        lo, hi = RULE_RANGE[rule]
+        try:
+            values = [float(a) for a in text.split(",") if a.strip()]
+        except ValueError:
+            raise TVMCError(f"bad --target-energon-{option} {text!r}: give numbers in [{lo:g}, {hi:g}] "
+                            f"separated by commas") from None
+        if len(values) != len(bits):
+            raise TVMCError(f"--target-energon-{option} gives {len(values)} value(s); the filter has {len(bits)} "
+                            f"round(s) ({', '.join(f'Q{q}xK{k}' for q, k in bits)})")
     try:
-        bits = [tuple(int(b) for b in item.lower().split("x")) for item in text.split(",")]
-        if any(len(b) != 2 for b in bits):
-            raise ValueError
-    except ValueError:
-        raise TVMCError(f"bad --target-energon-rounds {text!r}: give QxK bit pairs such as 4x2,4x4, or none") from None
-    alphas = [r.alpha for r in default.rounds][:len(bits)] + [0.0] * max(0, len(bits) - len(default.rounds))
-    try:
-        return MPMRFParams.from_alphas(alphas, bits)
+        return MPMRFParams.from_values(rule, values, bits)
     except ValueError as err:
-        raise TVMCError(f"bad --target-energon-rounds: {err}") from None
+        raise TVMCError(f"bad --target-energon-{option if text is not None else 'rounds'}: {err}") from None
 
 
 def parse_target(text: str, config: str | None = None, alpha: str | None = None,
                  default_params: MPMRFParams | None = None, rounds: str | None = None,
-                 mcpu: str | None = None) -> Target:
+                 mcpu: str | None = None, rule: str | None = None, gap: str | None = None) -> Target:
     kinds = [k.strip() for k in (text or "").split(",")]
     if not any(kinds):
         raise TVMCError("empty --target; use \"energon, llvm\" or \"llvm\"")
@@ -103,7 +117,7 @@ def parse_target(text: str, config: str | None = None, alpha: str | None = None,
     if any(" " in k for k in kinds):
         raise TVMCError(f"--target {text!r}: give target options as --target-<kind>-<option>, not inline")
     offload = "energon" in kinds
-    if not offload and (config or alpha or rounds):
+    if not offload and (config or alpha or rounds or rule or gap):
         raise TVMCError("--target-energon-* options need energon in --target")
     if mcpu is not None:
         from ..host import valid_mcpu
@@ -112,5 +126,8 @@ def parse_target(text: str, config: str | None = None, alpha: str | None = None,
             raise TVMCError(f"--target-llvm-mcpu {mcpu!r} is not a CPU LLVM knows (e.g. x86-64-v3, "
                             f"skylake-avx512, znver4)")
     cfg = load_config(config or "edge")
-    params = parse_alphas(alpha, default_params or parse_rounds(rounds))
+    if default_params is not None and not (alpha or rounds or rule or gap):
+        params = default_params
+    else:
+        params = parse_params(rounds, rule, alpha, gap)
     return Target(offload, "llvm", cfg, params, mcpu)

@@ -258,9 +258,13 @@ def _cases() -> list[Case]:
     for option, value in [("config", "nosuch"), ("config", "../../etc/passwd"), ("config", "/dev/null"),
                           ("alpha", "nan,0"), ("alpha", "inf,0"), ("alpha", "a,b"), ("alpha", "2,0"), ("alpha", "0"),
                           ("alpha", "0,0,0"), ("rounds", "4x"), ("rounds", "4x2x1"), ("rounds", "0x2"),
-                          ("rounds", "4x17"), ("rounds", "a,b"), ("rounds", "4x4,4x2"), ("rounds", "-4x2")]:
+                          ("rounds", "4x17"), ("rounds", "a,b"), ("rounds", "4x4,4x2"), ("rounds", "-4x2"),
+                          ("rule", "topk"), ("gap", "nan,1"), ("gap", "-1,2"), ("gap", "100,1"), ("gap", "1"),
+                          ("gap", "x,y")]:
         case("compile", f"--target-energon-{option} {value}")(
             lambda fx, tmp, o=option, v=value: _compile(fx, tmp, f"--target-energon-{o}={v}"))
+    case("compile", "--target-energon-alpha with the gap rule")(
+        lambda fx, tmp: _compile(fx, tmp, "--target-energon-rule=gap", "--target-energon-alpha=0,0"))
     case("compile", "--target-llvm-mcpu bogus")(lambda fx, tmp: _compile(fx, tmp, "--target-llvm-mcpu", "pentium9000"))
     case("compile", "energon option with --target llvm")(
         lambda fx, tmp: _compile(fx, tmp, "--target", "llvm", "--target-energon-config", "edge"))
