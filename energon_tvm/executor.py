@@ -240,12 +240,16 @@ class Runner:
     ``runner.calls`` lists the :class:`CallRecord` of every call since the last :meth:`take`. Decoded
     programs are kept per runner (a model's calls reuse a handful of programs). ``allowed_programs``,
     when given, is the set of SHA-256 digests of the only programs this runner executes (a package's
-    listed programs: a library carrying any other program fails at that call).
+    listed programs: a library carrying any other program fails at that call). ``on_call``, when given,
+    receives every call's :class:`CallRecord` as the call ends, with its inputs (q, k, v, bias) whatever
+    ``capture`` says: how a caller sees every call's operands without keeping them all (``tvmc
+    calibrate``).
     """
 
     def __init__(self, options: RunOptions | None = None, *, allowed_programs: frozenset[bytes] | None = None,
-                 **kwargs):
+                 on_call=None, **kwargs):
         self.options = options if options is not None else RunOptions(**kwargs)
+        self.on_call = on_call
         self.allowed_programs = None if allowed_programs is None else frozenset(allowed_programs)
         self.calls: list[CallRecord] = []
         #: the project error a call raised inside a VM (which reaches the VM's caller as a RuntimeError)
@@ -331,8 +335,11 @@ class Runner:
             trace = tuple(chrome_trace(sim, prog.config.clock_ghz)["traceEvents"]) if opts.trace else None
             stats = CallStats(opts.backend, _pairs(w), int(machine["candidates"]),
                               tuple(int(n) for n in machine["kept_per_round"]), machine, trace)
-        inputs = {"q": q, "k": k, "v": v, "bias": bias} if opts.capture else None
-        self.calls.append(CallRecord(site, w, stats, inputs, out.copy() if opts.capture else None))
+        inputs = {"q": q, "k": k, "v": v, "bias": bias}
+        record = CallRecord(site, w, stats, inputs if opts.capture else None, out.copy() if opts.capture else None)
+        self.calls.append(record)
+        if self.on_call is not None:
+            self.on_call(record if opts.capture else replace(record, inputs=inputs))
         return out, stats
 
 

@@ -179,6 +179,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     for name in models:
         if name not in zoo.MODELS:
             raise EnergonError(f"--model {name!r}: one of {', '.join(zoo.MODELS)}")
+    fixed = evaluation.FIXED_SETTINGS
+    if args.fixed is not None:
+        names = [n.strip() for n in args.fixed.split(",") if n.strip()]
+        unknown = [n for n in names if n not in fixed]
+        if unknown:
+            raise EnergonError(f"--fixed {unknown[0]!r}: one of {', '.join(fixed)}")
+        fixed = {n: fixed[n] for n in names}
     task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     for name in task_names:
         tasks.task_spec(name)  # an unknown task fails before any model loads
@@ -192,7 +199,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         (out / "accuracy.md").write_text(evaluation.markdown(results) + "\n")
 
     for name in models:
-        evaluation.evaluate_model(name, task_names, budgets=budgets, seed=args.seed, n_test=args.n_test,
+        evaluation.evaluate_model(name, task_names, budgets=budgets, fixed=fixed, seed=args.seed, n_test=args.n_test,
                                   n_calibration=args.n_calibration, batch=args.batch,
                                   progress=not args.no_progress, on_result=save)
     evaluation.plot(results, out / "pareto.png")
@@ -274,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--budgets", default=",".join(f"{b:g}" for b in (0.8, 0.9, 0.95)),
                     help="quality budgets to calibrate to: the mean fraction of each row's softmax mass the "
                          "kept keys hold (0.8,0.9,0.95)")
+    ev.add_argument("--fixed", help="comma-separated fixed settings to score (default all: "
+                    "'mpmrf 0/-0.25', 'gap 6/3', 'gap 8/4', 'gap 12/5')")
     ev.add_argument("--n-test", type=int, default=None, help="score only the first N test items (default all)")
     ev.add_argument("--n-calibration", type=int, default=64, help="calibration sentences, from the training "
                     "part (64)")

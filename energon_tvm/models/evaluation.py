@@ -5,8 +5,8 @@ Every attention of a real pretrained encoder (:mod:`.zoo`) is replaced by the MP
 per setting, one of:
 
 * ``dense``: float attention (the model as published);
-* a fixed rule and value for every layer and head (``mpmrf 0,-0.25``: the paper's mean/max rule at the
-  former default; ``gap 8,4``: keep the keys whose low-bit logit estimate is within 8, then 4, logits of
+* a fixed rule and value for every layer and head (``mpmrf 0/-0.25``: the paper's mean/max rule at the
+  former default; ``gap 8/4``: keep the keys whose low-bit logit estimate is within 8, then 4, logits of
   the row's best);
 * ``calibrated@B``: per layer, head and round thresholds that keep a mean fraction B of every row's
   softmax mass on calibration sentences (:func:`energon_tvm.calibration.calibrate`), drawn from the
@@ -32,8 +32,10 @@ from ..isa.numerics import MPMRFParams
 
 #: the settings every model and task is scored at, besides dense and the calibrated budgets
 FIXED_SETTINGS: dict[str, MPMRFParams] = {
-    "mpmrf 0,-0.25": MPMRFParams.from_values("mpmrf", (0.0, -0.25)),
-    "gap 8,4": MPMRFParams.from_values("gap", (8.0, 4.0)),
+    "mpmrf 0/-0.25": MPMRFParams.from_values("mpmrf", (0.0, -0.25)),
+    "gap 6/3": MPMRFParams.from_values("gap", (6.0, 3.0)),
+    "gap 8/4": MPMRFParams.from_values("gap", (8.0, 4.0)),
+    "gap 12/5": MPMRFParams.from_values("gap", (12.0, 5.0)),
 }
 BUDGETS = (0.8, 0.9, 0.95)
 #: what "close to dense" means per metric: 0.5 accuracy points, 0.01 rank correlation

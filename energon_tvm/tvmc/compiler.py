@@ -79,6 +79,7 @@ class CompileResult:
     model_sha256: str = ""
     attention_sites: int = 0  # attention-shaped sites found, offloaded or not (also with --target llvm)
     build: BuildOptions = field(default_factory=BuildOptions)
+    thresholds: object = None  # ThresholdsFile the per-site parameters came from (None: the target's params)
 
     def manifest(self) -> dict:
         import tvm
@@ -100,6 +101,7 @@ class CompileResult:
             "offloads": [] if self.offloads is None else [r.to_dict() for r in self.offloads],
             "compile_seconds": self.timings,
             "build": self.build.to_dict(),
+            "thresholds": None if self.thresholds is None else self.thresholds.manifest_record(),
         }
 
 
@@ -120,16 +122,35 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
                   config: str | None = None, alpha: str | None = None, rounds: str | None = None,
                   rule: str | None = None, gap: str | None = None,
                   mcpu: str | None = None, input_shapes: str | None = None, tuning_records: str | None = None,
-                  build: BuildOptions | None = None, verbose: int = 0, log=None) -> CompileResult:
+                  build: BuildOptions | None = None, verbose: int = 0, log=None,
+                  thresholds=None) -> CompileResult:
     """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines. ``build``: the
     PassContext of the host build (:func:`build_options`); ``verbose`` 0 hides the third-party output
-    known to be harmless (:mod:`.noise`) during the import and the build."""
+    known to be harmless (:mod:`.noise`) during the import and the build. ``thresholds``: a thresholds
+    file of ``tvmc calibrate`` (:mod:`.thresholds`), which gives every site its parameters per head; it
+    must be for this model file, its rounds and every offloaded site."""
     from ..executor import HEURISTIC, EnergonTarget, ScheduleSource
 
     if not Path(model_path).is_file():  # answered before TVM is imported
         raise TVMCError(f"model file {str(model_path)!r} does not exist")
     say = log or (lambda _msg: None)
-    tgt = parse_target(target, config, alpha, rounds=rounds, mcpu=mcpu, rule=rule, gap=gap)
+    tgt = parse_target(target, config, alpha, rounds=rounds, mcpu=mcpu, rule=rule, gap=gap,
+                       thresholds=None if thresholds is None else str(thresholds))
+    model_sha256 = sha256(Path(model_path).read_bytes())
+    thr, site_params = None, {}
+    if thresholds is not None:  # the file, its model and its rounds are checked before the import
+        from dataclasses import replace
+
+        from .target import parse_params
+        from .thresholds import read_thresholds
+
+        thr = read_thresholds(thresholds)
+        thr.check_model(model_path, model_sha256)
+        cal = thr.calibration
+        thr.check_rounds(None if rounds is None else tuple((r.q_bits, r.k_bits) for r in parse_params(rounds).rounds))
+        site_params = thr.site_params()
+        # the sites' own parameters apply; the target's are the file's rounds under its rule's defaults
+        tgt = replace(tgt, params=parse_params(",".join(f"{q}x{k}" for q, k in cal.bits), cal.rule).with_view(cal.view))
     build = build or BuildOptions()
     # both --input-shapes forms (commas, classic spaces) reach the frontend as the comma form
     shapes = format_input_shapes(parse_input_shapes(input_shapes)) if input_shapes else None
@@ -145,8 +166,11 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
         from ..relax import partition_for_energon
 
         t0 = time.perf_counter()
-        mod, report = partition_for_energon(mod, EnergonTarget(tgt.config, tgt.params, schedules=schedules))
+        energon = EnergonTarget(tgt.config, tgt.params, tuple(sorted(site_params.items())), schedules)
+        mod, report = partition_for_energon(mod, energon)
         timings["partition"] = time.perf_counter() - t0
+        if thr is not None:
+            thr.check_sites(report)
         for i, record in enumerate(report.offloaded):
             choice = record.schedule
             calls.append(CompiledCall(i, record.site, record.workload.to_dict(), record.program,
@@ -177,7 +201,7 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
         library = lib.read_bytes()
     timings["build"] = time.perf_counter() - t0
     return CompileResult(model, tgt, library, calls, report, mod.script(), _output_specs(mod, model.outputs),
-                         timings, str(model_path), sha256(Path(model_path).read_bytes()), sites, build)
+                         timings, str(model_path), model_sha256, sites, build, thr)
 
 
 def build_options(pass_config: list[str] | None = None, opt_level: int | None = None) -> BuildOptions:

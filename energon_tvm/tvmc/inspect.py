@@ -60,3 +60,64 @@ def describe_program(blob: bytes, cfg: HardwareConfig | None = None, code: bool 
         lines.append("")
         lines.append(disassemble(prog))
     return "\n".join(lines)
+
+
+def _value_text(rule: str, value: float) -> str:
+    return f"{'alpha' if rule == 'mpmrf' else 'gap'} {value:g}"
+
+
+def threshold_rows(manifest: dict, kept_by_site: dict | None = None) -> tuple[list[str], list[list[str]]]:
+    """The per layer x head table of a package's thresholds: (header, rows). Every offloaded call's
+    rounds, as its workload states them: one row per head when the heads have their own values, one row
+    for the layer (head ``all``) otherwise. The kept ratio columns are the calibration's (the manifest's
+    ``thresholds`` record) or, per site, ``kept_by_site[site][round][head]`` (a run's) when given."""
+    from ..isa.numerics import MPMRFParams
+
+    calibrated = {s["name"]: s for s in (manifest.get("thresholds") or {}).get("sites", [])}
+    calls = manifest["calls"]
+    n_rounds = max((len(c["workload"]["params"]["rounds"]) for c in calls), default=0)
+    header = ["layer", "head"]
+    params_of = {c["site"]: MPMRFParams.from_dict(c["workload"]["params"]) for c in calls}
+    bits = next((p.rounds for p in params_of.values() if len(p.rounds) == n_rounds), ())
+    header += [f"round {r + 1} (Q{b.q_bits}xK{b.k_bits})" for r, b in enumerate(bits)]
+    source = kept_by_site if kept_by_site is not None else {n: s["kept_ratio"] for n, s in calibrated.items()}
+    with_kept = bool(source)
+    if with_kept:
+        header += [f"kept r{r + 1}" for r in range(n_rounds)]
+    if calibrated and kept_by_site is None:
+        header.append("mass")
+    rows = []
+    for call in calls:
+        site, heads = call["site"], int(call["workload"]["heads"])
+        params = params_of[site]
+        per_head = any(r.head_values is not None for r in params.rounds)
+        kept = source.get(site)
+        for h in range(heads) if per_head else [None]:
+            row = [site, "all" if h is None else str(h)]
+            row += [_value_text(r.rule, r.value if h is None else r.values(heads)[h]) for r in params.rounds]
+            row += ["-"] * (n_rounds - len(params.rounds))
+            if with_kept:
+                for r in range(n_rounds):
+                    ok = kept is not None and r < len(kept)
+                    if ok and h is None:
+                        row.append(f"{sum(kept[r]) / len(kept[r]):.3f}" if kept[r] else "n/a")
+                    else:
+                        row.append(f"{kept[r][h]:.3f}" if ok and h < len(kept[r]) else "n/a")
+            if calibrated and kept_by_site is None:
+                mass = calibrated.get(site, {}).get("mass_mean")
+                row.append("n/a" if not mass else f"{mass[h]:.4f}" if h is not None else f"{min(mass):.4f}")
+            rows.append(row)
+    return header, rows
+
+
+def threshold_table(manifest: dict) -> str:
+    """:func:`threshold_rows` as aligned text, under a line naming the thresholds file (if any)."""
+    header, rows = threshold_rows(manifest)
+    thr = manifest.get("thresholds")
+    title = ("thresholds: " + (f"from {thr['file']} (rule {thr['rule']}, mass budget {thr['budget']:g}; kept "
+                               f"ratio and mass as calibrated)" if thr else "the target's, one set per layer"))
+    if not rows:
+        return title + "\n  (no offloaded call)"
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    fmt = lambda cells: "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([title, fmt(header), *map(fmt, rows)])

@@ -66,6 +66,10 @@ SCHEMA = {
     "offloads": [dict],
     "compile_seconds": Opt(MapOf(NUMBER)),
     "build": Opt(dict),
+    # the thresholds file the sites' parameters came from (tvmc compile --target-energon-thresholds)
+    "thresholds": Opt({"file": str, "sha256": HEX_DIGEST, "rule": str, "budget": NUMBER, "bits": [[int]],
+                       "sites": [{"name": str, "heads": int, "values": [[NUMBER]], "mass_mean": [NUMBER],
+                                  "kept_ratio": [[NUMBER]], "flagged": [int]}]}),
 }
 
 

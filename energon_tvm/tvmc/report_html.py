@@ -399,6 +399,24 @@ def _sites_found(manifest: dict):
     return len(manifest["offloads"]) if found is None else found
 
 
+def _thresholds(result) -> str:
+    """The per layer x head table of thresholds (:func:`~energon_tvm.tvmc.inspect.threshold_rows`), with
+    the kept ratio per head measured in this run (the simulator's per-call ``kept_ratio_by_head``; n/a on
+    the reference backend, which records none)."""
+    from .inspect import threshold_rows
+
+    m = result.manifest
+    if not m.get("calls"):
+        return ""
+    kept = {c.site: c.stats.machine.get("kept_ratio_by_head") for c in result.calls}
+    header, rows = threshold_rows(m, kept)
+    header = [h.replace("kept r", "kept (this run) r") for h in header]
+    thr = m.get("thresholds")
+    caption = (f"from {thr['file']} (rule {thr['rule']}, calibrated to a mean kept mass of {thr['budget']:g} per head)"
+               if thr else "the target's thresholds, one set for every head of a layer (kept ratio: the heads' mean)")
+    return "<h2>Thresholds per layer and head</h2>" + _table(header, rows, caption)
+
+
 def html_report(result, accuracy: dict | None = None) -> str:
     m = result.manifest
     bounds = call_bounds(result)
@@ -443,6 +461,7 @@ ul.notes {{ font-size: 0.9em; color: #333; }}
 <h2>Summary</h2>{_summary(result, rows, total)}
 {acc}
 <h2>Offloaded calls</h2>{calls}
+{_thresholds(result)}
 {breakdowns}
 <h2>Attention sites</h2>{sites}
 <p>energon-tvm {html.escape(m['versions']['energon_tvm'])}, TVM {html.escape(m['versions']['tvm'])}, config

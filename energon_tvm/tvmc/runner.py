@@ -287,9 +287,11 @@ def check_memory(package: Package, programs, budget: int) -> None:
 
 class PackageSession:
     """A loaded package, ready to run many inputs (the library is loaded once, its VM bound to this
-    session's runner)."""
+    session's runner). ``on_call``: the runner's (:class:`~energon_tvm.executor.Runner`), called with
+    every offloaded call's record and operands."""
 
-    def __init__(self, path, *, key: bytes | None = None, memory_budget: int | None = DEFAULT_MEMORY_BUDGET):
+    def __init__(self, path, *, key: bytes | None = None, memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
+                 on_call=None):
         from ..executor import Runner
 
         self._tmp = tempfile.TemporaryDirectory(prefix="energon-pkg-")
@@ -297,7 +299,7 @@ class PackageSession:
             self.package = read_package(path, library_dir=Path(self._tmp.name), key=key)
             # the library runs only the programs the package lists (the ones tvmc inspect shows); they are
             # decoded once by read_package (for its meaning checks) and checked here, into the runner's cache
-            self.runner = Runner(allowed_programs=self.package.program_digests())
+            self.runner = Runner(allowed_programs=self.package.program_digests(), on_call=on_call)
             programs = [self.runner.program(blob, self.package.decoded.get(name))[0]
                         for name, blob in self.package.programs.items()]
             if memory_budget is not None:
@@ -408,6 +410,39 @@ def time_summary(wall_seconds: list[float]) -> dict[str, float]:
         raise TVMCError("no measurement to summarise")
     return {"mean": float(ms.mean()), "median": float(np.median(ms)), "max": float(ms.max()),
             "min": float(ms.min()), "std": float(ms.std())}
+
+
+# -- calibration --------------------------------------------------------------------------------------
+def attention_samples(path, inputs, *, progress: bool = False, key: bytes | None = None,
+                      memory_budget: int | None = DEFAULT_MEMORY_BUDGET) -> dict:
+    """Run the package at ``path`` on the reference backend over every input of the data set ``inputs``
+    (:func:`read_samples`; an .npz of one set of inputs is one sample) and return, per offloaded site,
+    what its attention saw on each input: site -> list of
+    :class:`~energon_tvm.calibration.AttentionSample` (q, k, v, the call's workload mask, the scale).
+    ``progress`` shows a bar over the inputs on stderr."""
+    import sys
+
+    from tqdm import tqdm
+
+    from ..calibration import AttentionSample
+    from ..mpmrf import workload_mask
+
+    samples: dict[str, list] = {}
+
+    def on_call(record) -> None:
+        x, w = record.inputs, record.workload
+        samples.setdefault(record.site, []).append(
+            AttentionSample(x["q"], x["k"], x["v"], workload_mask(w, x["bias"]), w.effective_scale))
+
+    with PackageSession(path, key=key, memory_budget=memory_budget, on_call=on_call) as session:
+        data = read_samples(session.manifest, inputs, memory_budget)
+        feeds = (lambda i: make_inputs(session.manifest, inputs)) if data is None else data.feeds
+        n = 1 if data is None else data.count
+        with tqdm(total=n, unit="input", file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+            for i in range(n):
+                session.run(feeds(i), collect=False, backend="reference")
+                bar.update(1)
+    return samples
 
 
 # -- data sets ----------------------------------------------------------------------------------------

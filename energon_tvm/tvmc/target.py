@@ -19,7 +19,9 @@ OPTIONS = {"energon": {"config": "hardware config: edge, server or a .toml file 
                        "alpha": "mpmrf rule: threshold alpha per filter round in [-1, 1], comma separated, e.g. "
                                 "-1,-1 (default: the project's defaults)",
                        "gap": "gap rule: the gap in logits per filter round, comma separated, e.g. 6,3 (default: "
-                              "the project's defaults)"},
+                              "the project's defaults)",
+                       "thresholds": "per-site, per-head thresholds from a file tvmc calibrate wrote (instead of "
+                                     "--target-energon-rule/-alpha/-gap; tvmc compile)"},
            "llvm": {"mcpu": "CPU to build the host code for, e.g. skylake-avx512 (default: generic x86-64, "
                             "which runs on any x86-64 machine)"}}
 
@@ -34,7 +36,8 @@ def add_target_arguments(p) -> None:
 
 
 def target_options(args) -> dict:
-    """The keyword arguments of ``compile_model`` / ``tune_model`` that the target flags set."""
+    """The keyword arguments of ``compile_model`` / ``tune_model`` that the target flags set (not
+    ``--target-energon-thresholds``, which both take as ``thresholds``; ``tvmc calibrate`` refuses it)."""
     return {"target": args.target, "config": args.target_energon_config, "alpha": args.target_energon_alpha,
             "rounds": args.target_energon_rounds, "rule": args.target_energon_rule, "gap": args.target_energon_gap,
             "mcpu": args.target_llvm_mcpu}
@@ -47,9 +50,10 @@ class Target:
     config: HardwareConfig
     params: MPMRFParams
     mcpu: str | None = None  # the host CPU the llvm code is built for (None: generic)
+    thresholds: str | None = None  # the thresholds file the per-site parameters come from (its name)
 
     def describe(self) -> str:
-        rounds = self.params.describe()
+        rounds = self.params.describe() if self.thresholds is None else f"thresholds {self.thresholds}"
         host = f"{self.host} ({self.mcpu})" if self.mcpu else self.host
         return (f"energon ({self.config.name}; {rounds}), {host}" if self.offload else host)
 
@@ -101,7 +105,11 @@ def parse_params(rounds: str | None = None, rule: str | None = None, alpha: str 
 
 def parse_target(text: str, config: str | None = None, alpha: str | None = None,
                  default_params: MPMRFParams | None = None, rounds: str | None = None,
-                 mcpu: str | None = None, rule: str | None = None, gap: str | None = None) -> Target:
+                 mcpu: str | None = None, rule: str | None = None, gap: str | None = None,
+                 thresholds: str | None = None) -> Target:
+    """The target of ``--target`` and its options. With ``thresholds`` (a thresholds file's path) the
+    parameters are the file's, per site: the rule and values options are refused, and ``rounds`` must be
+    the file's rounds (checked by :func:`~energon_tvm.tvmc.thresholds.read_thresholds`'s caller)."""
     kinds = [k.strip() for k in (text or "").split(",")]
     if not any(kinds):
         raise TVMCError("empty --target; use \"energon, llvm\" or \"llvm\"")
@@ -117,8 +125,15 @@ def parse_target(text: str, config: str | None = None, alpha: str | None = None,
     if any(" " in k for k in kinds):
         raise TVMCError(f"--target {text!r}: give target options as --target-<kind>-<option>, not inline")
     offload = "energon" in kinds
-    if not offload and (config or alpha or rounds or rule or gap):
+    if not offload and (config or alpha or rounds or rule or gap or thresholds):
         raise TVMCError("--target-energon-* options need energon in --target")
+    if thresholds is not None:
+        given = [f"--target-energon-{o}" for o, v in (("rule", rule), ("alpha", alpha), ("gap", gap)) if v is not None]
+        if given:
+            raise TVMCError(f"--target-energon-thresholds sets every site's rule and values; drop {', '.join(given)}")
+        if rounds is not None and rounds.strip().lower() in ("none", "dense", ""):
+            raise TVMCError(f"--target-energon-rounds {rounds} has no filter round for --target-energon-thresholds "
+                            f"to give thresholds to")
     if mcpu is not None:
         from ..host import valid_mcpu
 
@@ -130,4 +145,6 @@ def parse_target(text: str, config: str | None = None, alpha: str | None = None,
         params = default_params
     else:
         params = parse_params(rounds, rule, alpha, gap)
-    return Target(offload, "llvm", cfg, params, mcpu)
+    from pathlib import Path
+
+    return Target(offload, "llvm", cfg, params, mcpu, None if thresholds is None else Path(thresholds).name)

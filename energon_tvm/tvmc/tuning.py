@@ -26,7 +26,8 @@ class TuneModelResult:
 
 def tune_model(model_path, output, *, model_format: str | None = None, target: str = "energon, llvm",
                config: str | None = None, alpha: str | None = None, rounds: str | None = None,
-               rule: str | None = None, gap: str | None = None, mcpu: str | None = None,
+               rule: str | None = None, gap: str | None = None, thresholds: str | None = None,
+               mcpu: str | None = None,
                input_shapes: str | None = None, trials: int = 64, tuner: str = "xgb",
                early_stopping: int | None = None, calibration=None, dask_scheduler: str | None = None,
                seed: int = 0, objective: str = "cycles", verbose: int = 0, log=None) -> TuneModelResult:
@@ -55,7 +56,8 @@ def tune_model(model_path, output, *, model_format: str | None = None, target: s
     if calibration is not None:
         open_user_file(calibration, "--calibration file").close()
     result = compile_model(model_path, model_format=model_format, target=target, config=config, alpha=alpha,
-                           rounds=rounds, rule=rule, gap=gap, mcpu=mcpu, input_shapes=input_shapes, verbose=verbose)
+                           rounds=rounds, rule=rule, gap=gap, thresholds=thresholds, mcpu=mcpu,
+                           input_shapes=input_shapes, verbose=verbose)
     if not result.calls:
         say("no attention call was offloaded: nothing to tune")
         return TuneModelResult(0)

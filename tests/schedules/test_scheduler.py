@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from energon_tvm.isa.config import load_config
 from energon_tvm.isa.errors import ScheduleError
+from energon_tvm.isa.numerics import MPMRFParams
 from energon_tvm.runtime_sim import run_attention
 from energon_tvm.schedules import (
     AttentionWorkload,
@@ -242,7 +243,8 @@ def test_cost_estimate_counts_what_a_plan_moves_and_computes():
     from energon_tvm.schedules.schedule import FILTER_MODES
 
     cfg = CONFIGS["edge"]
-    w = AttentionWorkload(1, 12, 128, 128, 64)
+    # MP-MRF's rule at alpha 0, -0.25: the estimate assumes 1/3, then 1/2 of those, are kept
+    w = AttentionWorkload(1, 12, 128, 128, 64, params=MPMRFParams.from_values("mpmrf", (0.0, -0.25)))
     est = {s: estimate(plan_tiling(w, s, cfg), cfg) for s in
            [Schedule(32, 128, 3, 2, 2, "head", mode, kv) for mode in FILTER_MODES for kv in ("chunk", "head")]}
     store, recompute = (est[Schedule(32, 128, 3, 2, 2, "head", m, "chunk")] for m in FILTER_MODES)

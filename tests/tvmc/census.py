@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-SURFACES = ("compile", "run", "inspect", "tune", "binaries", "packages")
+SURFACES = ("compile", "calibrate", "run", "inspect", "tune", "binaries", "packages")
 OUTCOMES = ("clean", "traceback", "accepted", "leftover", "hang")
 
 
@@ -204,6 +204,27 @@ def _compile(fx: Fixtures, tmp: Path, *extra: str, model: Path | None = None) ->
 def _tune(fx: Fixtures, tmp: Path, *extra: str, model: Path | None = None) -> tuple[list[str], list[Path]]:
     out = tmp / "records.jsonl"
     return ["tune", str(model or fx.model), "-o", str(out), "--trials", "2", *extra], [out]
+
+
+def _thresholds(fx: Fixtures, tmp: Path, edit: Callable[[dict], object] | None = None) -> Path:
+    """A thresholds file for the fixture model (as tvmc calibrate writes one: its two sites of two heads,
+    the model's digest), edited by ``edit`` (which changes the record in place or returns another)."""
+    site = lambda name: {"name": name, "heads": 2, "values": [[6.0, 8.0], [4.0, 4.0]],  # noqa: E731
+                         "mass_mean": [0.99, 0.99], "mass_p10": [0.95, 0.95], "rows": [6, 6],
+                         "kept_ratio": [[0.8, 0.8], [0.6, 0.6]], "flagged": []}
+    record = {"format": "energon-thresholds", "version": 1, "rule": "gap", "bits": [[4, 2], [4, 4]], "budget": 0.99,
+              "view": "msb", "round1_weight": 0.25, "sites": [site("lv13"), site("lv29")],
+              "model": {"path": fx.model.name, "sha256": hashlib.sha256(fx.model.read_bytes()).hexdigest()},
+              "input_shapes": None}
+    if edit is not None:
+        result = edit(record)
+        record = record if result is None else result
+    return _file(tmp, "thresholds.json", json.dumps(record))
+
+
+def _calibrate(fx: Fixtures, tmp: Path, *extra: str, inputs: Path | None = None) -> tuple[list[str], list[Path]]:
+    out = tmp / "thresholds.json"
+    return ["calibrate", str(fx.model), "--calibration", str(inputs or fx.inputs), "-o", str(out), *extra], [out]
 
 
 def _file(tmp: Path, name: str, data: bytes | str) -> Path:
@@ -518,13 +539,69 @@ def _cases() -> list[Case]:
     case("tune", "-o holds garbage records")(
         lambda fx, tmp: (["tune", str(fx.model), "-o", str(_file(tmp, "r.jsonl", b"\xff\xfe garbage\n")),
                           "--trials", "2"], []))
+    # ---- compile --target-energon-thresholds: the thresholds file ----
+    def thresholds_case(name, edit=None, extra=(), compiles=False):
+        case("compile", f"--target-energon-thresholds {name}", compiles)(
+            lambda fx, tmp: _compile(fx, tmp, "--target-energon-thresholds", str(_thresholds(fx, tmp, edit)), *extra))
+
+    case("compile", "--target-energon-thresholds missing")(
+        lambda fx, tmp: _compile(fx, tmp, "--target-energon-thresholds", str(tmp / "absent.json")))
+    case("compile", "--target-energon-thresholds not JSON")(
+        lambda fx, tmp: _compile(fx, tmp, "--target-energon-thresholds", str(_file(tmp, "t.json", b"\xff{"))))
+    thresholds_case("another kind of JSON", lambda r: {"format": "energon-package", "sites": []})
+    thresholds_case("a JSON list", lambda r: [r])
+    thresholds_case("version 2", _set(["version"], 2))
+    thresholds_case("gap out of range", _set(["sites", 0, "values", 0, 0], 1000.0))
+    thresholds_case("gap off the fixed-point grid", _set(["sites", 0, "values", 0, 0], 0.01))
+    thresholds_case("values of one head too few", _set(["sites", 0, "values", 0], [6.0]))
+    thresholds_case("kept ratio rising", _set(["sites", 0, "kept_ratio", 1, 0], 0.9))
+    thresholds_case("unknown field", _set(["sites", 0, "colour"], "red"))
+    thresholds_case("no model record", _delete(["model"]))
+    thresholds_case("another model's digest", _set(["model", "sha256"], "0" * 64))
+    thresholds_case("rounds differ from --target-energon-rounds", extra=("--target-energon-rounds", "4x4,4x4"))
+    thresholds_case("with --target-energon-gap", extra=("--target-energon-gap", "4,2"))
+    thresholds_case("with --target-energon-rule", extra=("--target-energon-rule", "mpmrf"))
+    thresholds_case("with --target-energon-rounds none", extra=("--target-energon-rounds", "none"))
+    thresholds_case("with --target llvm", extra=("--target", "llvm"))
+    thresholds_case("a site the model lacks", _set(["sites", 1, "name"], "lv99"), compiles=True)
+    thresholds_case("a site of the model missing", lambda r: r["sites"].pop() and None, compiles=True)
+    thresholds_case("a head count that differs", lambda r: r["sites"][0].update(
+        heads=3, values=[[6.0, 8.0, 6.0], [4.0, 4.0, 4.0]], mass_mean=[0.99] * 3, mass_p10=[0.95] * 3, rows=[6] * 3,
+        kept_ratio=[[0.8] * 3, [0.6] * 3]), compiles=True)
+
+    # ---- calibrate ----
+    for name, extra in [("--target-energon-quality 0", ["--target-energon-quality", "0"]),
+                        ("--target-energon-quality 1.5", ["--target-energon-quality", "1.5"]),
+                        ("--target-energon-quality nan", ["--target-energon-quality", "nan"]),
+                        ("--target-energon-quality text", ["--target-energon-quality", "high"]),
+                        ("--target-energon-rule bogus", ["--target-energon-rule", "max"]),
+                        ("--target-energon-rounds none", ["--target-energon-rounds", "none"]),
+                        ("--target-energon-rounds bad", ["--target-energon-rounds", "4y2"]),
+                        ("--target-energon-config nosuch", ["--target-energon-config", "nosuch"]),
+                        ("--input-shapes bad", ["--input-shapes", "x:[1,"])]:
+        case("calibrate", name)(lambda fx, tmp, e=extra: _calibrate(fx, tmp, *e))
+    case("calibrate", "missing model")(
+        lambda fx, tmp: (["calibrate", str(tmp / "absent.onnx"), "--calibration", str(fx.inputs), "-o",
+                          str(tmp / "t.json")], [tmp / "t.json"]))
+    case("calibrate", "--calibration missing")(lambda fx, tmp: _calibrate(fx, tmp, inputs=tmp / "absent.npz"))
+    case("calibrate", "-o in a missing folder")(
+        lambda fx, tmp: (["calibrate", str(fx.model), "--calibration", str(fx.inputs), "-o",
+                          str(tmp / "no" / "t.json")], [tmp / "no" / "t.json"]))
+    case("calibrate", "-o is a folder")(
+        lambda fx, tmp: (["calibrate", str(fx.model), "--calibration", str(fx.inputs), "-o", str(tmp)], []))
+    case("calibrate", "--calibration text", compiles=True)(
+        lambda fx, tmp: _calibrate(fx, tmp, inputs=_file(tmp, "c.npz", b"x")))
+    case("calibrate", "--calibration NaN", compiles=True)(
+        lambda fx, tmp: _calibrate(fx, tmp, inputs=_npz(tmp / "c.npz", x=np.full((3, 1, 6, 16), np.nan, np.float32),
+                                                        mask=np.zeros((3, 1, 1, 1, 6), np.float32))))
+
     # which cases get as far as importing the model: the compile and tune cases whose bad input is in
     # an option the command can only check after reading the model, or the model itself
     slow = {"compile": {"graph reads an undefined tensor", "dynamic dim without --input-shapes", "truncated .onnx",
                         "--dump-offloads into a missing folder", "--tuning-records binary",
                         "--tuning-records a JSON list"},
             "tune": {"--calibration NaN", "-o holds garbage records", "--dask-scheduler not an address"}}
-    return [Case(c.surface, c.name, c.build, c.surface in ("compile", "tune") and
+    return [Case(c.surface, c.name, c.build, c.compiles or c.surface in ("compile", "tune") and
                  (c.name.startswith("--input-shapes") or c.name in slow.get(c.surface, ())), c.timeout)
             for c in cases]
 

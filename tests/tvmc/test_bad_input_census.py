@@ -15,7 +15,7 @@ def fixtures(package, model_files, tmp_path_factory):
 
 def test_the_census_covers_every_surface():
     surfaces = {c.surface for c in FAST}
-    assert surfaces == {"compile", "run", "inspect", "tune", "binaries", "packages"}
+    assert surfaces == {"compile", "calibrate", "run", "inspect", "tune", "binaries", "packages"}
     assert len(FAST) >= 150 and len({(c.surface, c.name) for c in CASES}) == len(CASES)
 
 

@@ -78,7 +78,7 @@ def page(result):
 
 def test_every_table_has_a_header_and_every_figure_column_a_unit(page):
     found = tables(page)
-    assert len(found) == 4  # summary, what each call ran, what each call did, sites
+    assert len(found) == 5  # summary, what each call ran, what each call did, thresholds per layer, sites
     for t in found:
         assert t["headers"] and all(t["headers"]), t["headers"]
         assert all(len(row) == len(t["headers"]) for row in t["rows"]), t
@@ -126,7 +126,7 @@ def test_each_call_shows_its_policy_config_schedule_and_bound(result, page):
         assert row["workload BxHxSqxSkxD"] == f"{w.batch}x{w.heads}x{w.seq_q}x{w.seq_k}x{w.head_dim}"
         assert row["mask"] == "padding"
         assert row["MP-MRF policy"] == w.params.describe()
-        assert row["MP-MRF policy"] == "Q4xK2 alpha=0, Q4xK4 alpha=-0.25"  # the default policy
+        assert row["MP-MRF policy"] == "Q4xK2 gap=8, Q4xK4 gap=4"  # the default policy
         assert row["hardware config"] == "edge" == call.stats["config"]
         knobs = entries[call.site]["schedule"]
         assert row["schedule (source)"].endswith("(heuristic)")
@@ -164,7 +164,7 @@ def test_summary_has_the_bound_beside_the_cycles(result, page):
     assert summary["lower bound per inference"].startswith(f"{sum(b.cycles for b in bounds):,} cycles")
     assert summary["simulated / lower bound"] == f"{cycles / sum(b.cycles for b in bounds):.2f}x"
     assert summary["MP-MRF policy (filter rounds: Q bits x K bits, threshold rule and value)"] == (
-        "Q4xK2 alpha=0, Q4xK4 alpha=-0.25 (every call)")
+        "Q4xK2 gap=8, Q4xK4 gap=4 (every call)")
 
 
 def _rows(result):

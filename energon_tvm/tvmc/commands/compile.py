@@ -41,7 +41,7 @@ def run(args) -> int:
     # the build options and the output folders
     t = target_options(args)
     parse_target(t["target"], t["config"], t["alpha"], rounds=t["rounds"], mcpu=t["mcpu"], rule=t["rule"],
-                 gap=t["gap"])
+                 gap=t["gap"], thresholds=args.target_energon_thresholds)
     key = package_key(args.package_key)
     dump_kinds(args.dump_code)
     parse_input_shapes(args.input_shapes)
@@ -55,7 +55,8 @@ def run(args) -> int:
 
     result = compile_model(args.model, model_format=args.model_format, **target_options(args),
                            input_shapes=args.input_shapes, tuning_records=args.tuning_records, build=build,
-                           verbose=verbose, log=say if verbose else None)
+                           verbose=verbose, log=say if verbose else None,
+                           thresholds=args.target_energon_thresholds)
     text = None
     if args.dump_offloads:
         text = result.offloads.format() if result.offloads is not None else "energon is not in the target\n"

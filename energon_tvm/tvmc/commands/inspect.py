@@ -17,7 +17,7 @@ def add_arguments(p) -> None:
 @command("inspect", "show the generated Energon ISA, workloads, schedules, buffer use and cycle estimates")(
     add_arguments)
 def run(args) -> int:
-    from ..inspect import describe_program
+    from ..inspect import describe_program, threshold_table
     from ..package import read_package
 
     path = Path(args.path)
@@ -45,6 +45,8 @@ def run(args) -> int:
     sites = len(m["offloads"]) if sites is None else sites  # packages of earlier versions do not say
     print(f"{len(m['calls'])} offloaded call(s) of {sites} attention site(s)"
           + ("" if m["offload"] else " (compiled for the host only)"))
+    if m["calls"]:
+        print("\n" + threshold_table(m))
     for i, call in enumerate(m["calls"]):
         print(f"\n=== call {i}: site {call['site']} ({call['schedule_source']} schedule) ===")
         print(describe_program(pkg.program(call), code=not args.no_code))

@@ -29,7 +29,8 @@ def run(args) -> int:
     from ..tuning import tune_model
 
     result = tune_model(args.model, args.output, model_format=args.model_format, **target_options(args),
-                        input_shapes=args.input_shapes, trials=args.trials, tuner=args.tuner,
+                        thresholds=args.target_energon_thresholds, input_shapes=args.input_shapes,
+                        trials=args.trials, tuner=args.tuner,
                         early_stopping=args.early_stopping, calibration=args.calibration,
                         dask_scheduler=args.dask_scheduler, seed=args.seed, objective=args.objective,
                         verbose=args.verbose, log=print)
