@@ -219,7 +219,10 @@ def test_report_renders_in_a_browser(browser, report, tmp_path):
     # four charts for a run with filter rounds (cycles, energy, DRAM, kept ratio), each decoded at full size
     assert len(found["images"]) == 4 and all(img["width"] > 300 for img in found["images"])
     # summary, accuracy, the two call tables, sites
-    assert len(found["tables"]) == 5
+    assert len(found["tables"]) == 6
+    # the thresholds of every round per layer x head, with the run's kept ratio per round
+    thresholds = next(t for t in found["tables"] if "kept (this run) r1" in t["headers"])
+    assert thresholds["rows"] == 2  # the two sites of the fixture model, one row each without calibration
     figures = next(t for t in found["tables"] if "x bound (cycles / bound)" in t["headers"])
     assert figures["rows"] == len(result.calls) + 1  # a row per call and the totals
     assert found["title"].startswith("Energon run: ")
