@@ -51,12 +51,11 @@ from .isa.numerics import (
     GAP_MAX,
     MASK_THRESHOLD,
     RULE_RANGE,
-    THRESHOLD_RULES,
     VIEW_RULES,
     FilterRound,
     MPMRFParams,
 )
-from .mpmrf import from_fixed, int16_codes, round_scores, row_threshold, to_fixed, unit_scale
+from .mpmrf import from_fixed, head_fixed, int16_codes, round_scores, row_threshold, to_fixed, unit_scale
 
 __all__ = ["ALPHA_GRID", "GAP_GRID", "KEEP_ALL", "AttentionSample", "Calibration", "CalibrationError",
            "GridTables", "SiteQuality", "SiteThresholds", "ThresholdsError", "calibrate", "evaluate",
@@ -70,6 +69,9 @@ GAP_GRID = tuple(sorted({float(v) for v in np.rint(np.geomspace(0.5, 24.0, 18) *
 #: alpha grid: 1 (keep only the row max) down to -1 (keep all) in steps of 1/8
 ALPHA_GRID = tuple(k / 8 for k in range(8, -9, -1))
 DEFAULT_GRID = {"gap": GAP_GRID, "mpmrf": ALPHA_GRID}
+#: the rules calibration searches: those whose threshold follows from running row statistics (the
+#: ranking rules, top-k and Sanger's, are set by their one knob: docs/policies.md)
+CALIBRATED_RULES = tuple(DEFAULT_GRID)
 #: the default quality budget, from evidence (docs/accuracy.md): the loosest budget of those measured
 #: (0.8, 0.9, 0.95) whose calibrated setting stays within 0.5 accuracy points / 0.01 Spearman of float
 #: attention on every model and task measured (0.9 loses 0.015 Spearman on all-mpnet-base-v2's tweets)
@@ -186,9 +188,7 @@ class Calibration:
         """MP-MRF parameters of ``site``: every round with its per-head values and, as the round's own
         value, the median head's (the lower middle one for an even head count: a value some head has)."""
         s = self.site(site)
-        key = "alpha" if self.rule == "mpmrf" else "gap"
-        rounds = tuple(FilterRound(qb, kb, rule=self.rule, head_values=values,
-                                   **{key: sorted(values)[(len(values) - 1) // 2]})
+        rounds = tuple(FilterRound(qb, kb, rule=self.rule).with_head_values(values)
                        for (qb, kb), values in zip(self.bits, s.values))
         return MPMRFParams(rounds, self.view)
 
@@ -210,7 +210,7 @@ class Calibration:
             _fail("format", d["format"], f"must be {FORMAT!r}")
         if isinstance(d["version"], bool) or d["version"] != VERSION:
             _fail("version", d["version"], f"must be {VERSION} (the only version this reader knows)")
-        rule = _choice(d["rule"], "rule", THRESHOLD_RULES, ThresholdsError)
+        rule = _choice(d["rule"], "rule", CALIBRATED_RULES, ThresholdsError)
         bits = _bits(d["bits"], "bits", ThresholdsError)
         budget = _number(d["budget"], "budget", 0.0, 1.0, ThresholdsError, low_open=True)
         view = _choice(d["view"], "view", VIEW_RULES, ThresholdsError)
@@ -283,15 +283,11 @@ def _prepare(sample: AttentionSample, rounds: Sequence[FilterRound], view: str) 
     return _Prepared(scores, units, cand, prob, valid)
 
 
-def _head_fixed(rule: str, values: Sequence[float]) -> np.ndarray:
-    return np.array([to_fixed(rule, v) for v in values], np.int64).reshape(1, len(values), 1, 1)
-
-
 def _kept(prep: _Prepared, rounds: Sequence[FilterRound]) -> tuple[np.ndarray, ...]:
     heads = prep.cand.shape[1]
     keep, out = prep.cand, []
     for r, s, unit in zip(rounds, prep.scores, prep.units):
-        keep = keep & (s >= row_threshold(s, keep, r.rule, _head_fixed(r.rule, r.values(heads)), unit))
+        keep = keep & (s >= row_threshold(s, keep, r.rule, head_fixed(r.rule, r.values(heads)), unit))
         out.append(keep)
     return tuple(out)
 
@@ -397,7 +393,7 @@ def grid_tables(samples: Sequence[AttentionSample], *, rule: str = "gap", bits=D
                 grid: Sequence[float] | None = None, view: str = "msb", progress_bar=None) -> GridTables:
     """Statistics of one site's ``samples`` for every combination of one value of ``grid`` (default
     :data:`GAP_GRID` / :data:`ALPHA_GRID`) per round of ``bits`` under ``rule``, all heads at once."""
-    rule, bits, view = _choice(rule, "rule", THRESHOLD_RULES, CalibrationError), \
+    rule, bits, view = _choice(rule, "rule", CALIBRATED_RULES, CalibrationError), \
         _bits(bits, "bits", CalibrationError), _choice(view, "view", VIEW_RULES, CalibrationError)
     grid = _grid(rule, grid)
     heads = _check_heads(samples, "samples")
@@ -442,7 +438,7 @@ def calibrate(samples: Mapping[str, Sequence[AttentionSample]], *, rule: str = "
     """Per site and head, the threshold value of every round of least cost whose mean kept mass over the
     site's ``samples`` reaches ``budget`` (module docstring). ``progress``: a tqdm bar over the samples when
     truthy (a string is its description). ``grid``: the threshold values searched (default by rule)."""
-    rule = _choice(rule, "rule", THRESHOLD_RULES, CalibrationError)
+    rule = _choice(rule, "rule", CALIBRATED_RULES, CalibrationError)
     bits = _bits(bits, "bits", CalibrationError)
     budget = _number(budget, "budget", 0.0, 1.0, CalibrationError, low_open=True)
     view = _choice(view, "view", VIEW_RULES, CalibrationError)

@@ -23,6 +23,12 @@ K [Sk, D], V [Sk, D], an optional additive mask/bias M broadcastable to [Sq, Sk]
    * ``gap``: ``theta = X - G`` with ``G = floor(g / (64 u))`` in FP64, g = rint(gap * 64) the gap in
      1/64 logits and ``u = sq * sk * s * 2**(16 - qb) * 2**(16 - kb)`` the logits one score step stands
      for: the keys whose estimated logit is within ``gap`` of the row's best.
+   * ``topk``: theta is the k-th largest candidate score of the row, ``k = max(1, ceil(f n / 65536))``,
+     f = rint(fraction * 65536); keys tied with the k-th are kept too.
+   * ``sanger``: with ``d = X - x`` a candidate's score steps below the row's best, its weight in the
+     predicted softmax is ``e = SANGER_EXP[min(floor(d u 16), 255)]`` (``floor(65536 exp(-i / 16))``)
+     and it is kept when ``65536 e >= t sum(e)`` over the row's candidates, t = rint(probability *
+     65536), or when d = 0. theta is the lowest score kept: e falls as the score does.
 
    A round's threshold value may differ per head (``FilterRound.head_values``). The row maximum always
    survives.
@@ -45,14 +51,26 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .isa.numerics import ALPHA_ONE, GAP_ONE, MASK_THRESHOLD, FilterRound, MPMRFParams, from_fixed, to_fixed
+from .isa.numerics import (
+    ALPHA_ONE,
+    GAP_ONE,
+    KEEP_ONE,
+    MASK_THRESHOLD,
+    RANKING_RULES,
+    SANGER_EXP,
+    SANGER_STEPS,
+    FilterRound,
+    MPMRFParams,
+    from_fixed,
+    to_fixed,
+)
 
 if TYPE_CHECKING:
     from .schedules.workload import AttentionWorkload
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
-__all__ = ["FilterRound", "MPMRFParams", "MPMRFResult", "float_attention", "from_fixed", "int16_codes",
+__all__ = ["FilterRound", "MPMRFParams", "MPMRFResult", "float_attention", "from_fixed", "head_fixed", "int16_codes",
            "mpmrf_attention", "reference_attention", "round_scores", "row_threshold", "to_fixed", "unit_scale",
            "workload_mask"]
 
@@ -158,18 +176,33 @@ def round_scores(q16, k16, bias, qk_scale, r: FilterRound, view: str = "msb") ->
 
 def row_threshold(scores, cand, rule: str, fixed, unit) -> np.ndarray:
     """Every row's threshold theta (int64 [..., Sq, 1]; keep ``cand & (scores >= theta)``) under ``rule``
-    with the fixed-point threshold value ``fixed`` (alpha * 1024 or gap * 64) broadcastable against
-    [..., B, H, 1, 1]: a leading grid axis gives one threshold per grid value. ``unit`` [B, H, 1, 1] is
+    with the fixed-point threshold value ``fixed`` (alpha * 1024, gap * 64, fraction or probability *
+    65536) broadcastable against [..., B, H, 1, 1]: for mpmrf and gap a leading grid axis gives one
+    threshold per grid value. ``unit`` [B, H, 1, 1] is
     :func:`unit_scale`. Rows without candidates get an arbitrary theta (nothing to keep)."""
     big = np.iinfo(np.int64).max
     hi = np.where(cand, scores, -big).max(axis=-1, keepdims=True)
     fixed = np.asarray(fixed, dtype=np.int64)
+    if rule in RANKING_RULES and fixed.ndim > cand.ndim:
+        raise ValueError(f"the {rule} rule takes one threshold value per head, not a grid of them")
+    if rule == "topk":
+        n = cand.sum(axis=-1, keepdims=True).astype(np.int64)
+        k = np.minimum(np.maximum(1, -(-(fixed * n) // KEEP_ONE)), scores.shape[-1])  # [..., Sq, 1]
+        ranked = -np.sort(-np.where(cand, scores, -big), axis=-1)  # descending, non-candidates last
+        return np.where(n > 0, np.take_along_axis(ranked, k - 1, axis=-1), big)
+    if rule == "sanger":
+        steps = np.where(cand, hi - scores, 0).astype(np.float64)  # d >= 0 on candidates
+        index = np.minimum(np.floor(steps * np.asarray(unit, np.float64) * SANGER_STEPS), len(SANGER_EXP) - 1)
+        weight = np.where(cand, SANGER_EXP[index.astype(np.int64)], 0)
+        total = weight.sum(axis=-1, keepdims=True)
+        keep = cand & ((KEEP_ONE * weight >= fixed * total) | (steps == 0))
+        return np.where(keep, scores, big).min(axis=-1, keepdims=True)
     if rule == "gap":
         gap = np.floor(fixed / (GAP_ONE * np.asarray(unit, np.float64)))
         hi = np.maximum(hi, INT32_MIN)  # a row without candidates: no wrap-around below -2**63
         return hi - np.clip(gap, 0, 2.0 ** 40).astype(np.int64)
     if rule != "mpmrf":
-        raise ValueError(f"threshold rule {rule!r} is not mpmrf or gap")
+        raise ValueError(f"threshold rule {rule!r} is not mpmrf, gap, topk or sanger")
     n = cand.sum(axis=-1, keepdims=True).astype(np.int64)
     total = np.where(cand, scores, 0).sum(axis=-1, keepdims=True)
     lo = np.where(cand, scores, big).min(axis=-1, keepdims=True)
@@ -178,9 +211,11 @@ def row_threshold(scores, cand, rule: str, fixed, unit) -> np.ndarray:
     return -(-rhs // (ALPHA_ONE * np.maximum(n, 1)))
 
 
-def _head_fixed(r: FilterRound, heads: int) -> np.ndarray:
-    """Round ``r``'s fixed-point threshold value of every head, shaped [1, H, 1, 1]."""
-    return np.array([to_fixed(r.rule, v) for v in r.values(heads)], np.int64).reshape(1, heads, 1, 1)
+def head_fixed(rule: str, values) -> np.ndarray:
+    """The fixed-point threshold value of every head under ``rule`` (``FilterRound.values``), shaped
+    [1, H, 1, 1] to broadcast against [B, H, Sq, Sk]."""
+    values = list(values)
+    return np.array([to_fixed(rule, v) for v in values], np.int64).reshape(1, len(values), 1, 1)
 
 
 def mpmrf_attention(q, k, v, mask=None, params: MPMRFParams | None = None,
@@ -210,7 +245,7 @@ def mpmrf_attention(q, k, v, mask=None, params: MPMRFParams | None = None,
     kept = cand
     for r in params.rounds:
         try:
-            fixed = _head_fixed(r, h)
+            fixed = head_fixed(r.rule, r.values(h))
         except ValueError as err:
             raise ValueError(f"{err} (q has shape {q.shape})") from None
         scores = round_scores(q16, k16, bias, qk_scale, r, params.view)

@@ -1,15 +1,16 @@
-"""Number formats of the Energon machine and the parameters of MP-MRF (DESIGN.md section 5).
+"""Number formats of the Energon machine and the parameters of its selection policies (DESIGN.md section 5).
 
 This module is the contract between the compiler, the simulator and the numpy reference
-(``energon_tvm.mpmrf``): what INT16 quantisation, the MSB low-precision views, the two threshold rules
-(MP-MRF's mean/max coefficient alpha and the gap below the row maximum), their fixed-point forms, the
-per-head threshold values and the mask convention mean. The reference re-implements the arithmetic on its own
+(``energon_tvm.mpmrf``): what INT16 quantisation, the MSB low-precision views, the threshold rules
+(MP-MRF's mean/max coefficient alpha, the gap below the row maximum, top-k, and Sanger's predicted
+probability), their fixed-point forms, the per-head threshold values, the policies built from them
+and the mask convention mean. The reference re-implements the arithmetic on its own
 so that it stays an independent oracle; the simulator's driver uses the functions here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,16 +24,35 @@ ALPHA_ONE = 1 << ALPHA_FRAC_BITS
 FILTER_SCORE_BITS = 32
 VIEW_RULES = ("msb", "round")
 #: a round's threshold rule: ``mpmrf`` (the paper's: theta between the row's mean and its max or min,
-#: by alpha) or ``gap`` (keep the scores within ``gap`` logits of the row's maximum)
-THRESHOLD_RULES = ("mpmrf", "gap")
+#: by alpha), ``gap`` (keep the scores within ``gap`` logits of the row's maximum), ``topk`` (keep the
+#: ``fraction`` of the row's candidates that score highest, SpAtten's top-k) or ``sanger`` (keep the keys
+#: whose predicted softmax probability reaches ``probability``, Sanger's rule)
+THRESHOLD_RULES = ("mpmrf", "gap", "topk", "sanger")
+#: rules whose theta depends on the whole row's scores, not on running statistics: the select that
+#: applies them must see every key of the row at once
+RANKING_RULES = ("topk", "sanger")
+#: the attribute of :class:`FilterRound` that holds each rule's threshold value
+RULE_VALUE = {"mpmrf": "alpha", "gap": "gap", "topk": "fraction", "sanger": "probability"}
 #: the gap (logits) is held in fixed point with this many fraction bits (1/64-logit steps), 12 bits wide
 GAP_FRAC_BITS = 6
 GAP_ONE = 1 << GAP_FRAC_BITS
 GAP_FIXED_MAX = (1 << 12) - 1
 GAP_MAX = GAP_FIXED_MAX / GAP_ONE
+#: top-k's fraction and Sanger's probability are held with this many fraction bits (17-bit field: 1.0
+#: is 65536)
+KEEP_FRAC_BITS = 16
+KEEP_ONE = 1 << KEEP_FRAC_BITS
+#: Sanger's exponential: the logit distance below the row maximum in 1/16-logit steps, clipped to the
+#: table; ``SANGER_EXP[x] = floor(65536 * exp(-x / 16))``, the threshold unit's 256-entry table
+#: (``exp(-16) * 65536 < 1``: a key 16 logits below the best weighs 0 in the predicted softmax)
+SANGER_STEPS = 16
+SANGER_EXP = np.floor(KEEP_ONE * np.exp(-np.arange(256, dtype=np.float64) / SANGER_STEPS)).astype(np.int64)
+SANGER_EXP.setflags(write=False)
 #: the range of each rule's threshold value, and its fixed-point scale
-RULE_RANGE = {"mpmrf": (-1.0, 1.0), "gap": (0.0, GAP_MAX)}
-RULE_ONE = {"mpmrf": ALPHA_ONE, "gap": GAP_ONE}
+RULE_RANGE = {"mpmrf": (-1.0, 1.0), "gap": (0.0, GAP_MAX), "topk": (1.0 / KEEP_ONE, 1.0), "sanger": (0.0, 1.0)}
+RULE_ONE = {"mpmrf": ALPHA_ONE, "gap": GAP_ONE, "topk": KEEP_ONE, "sanger": KEEP_ONE}
+#: what each rule's value is called, for messages and descriptions
+RULE_UNIT = {"mpmrf": "", "gap": " logits", "topk": " of the row's candidates", "sanger": " (probability)"}
 #: the uncalibrated default: rule and threshold value per round of the default rounds (Q4xK2, Q4xK4),
 #: and each rule's own defaults, chosen by evidence across models and tasks (docs/accuracy.md)
 DEFAULT_VALUES = {"mpmrf": (0.0, -0.25), "gap": (8.0, 4.0)}
@@ -53,26 +73,33 @@ def _check_value(rule: str, value, what: str) -> float:
     lo, hi = RULE_RANGE[rule]
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not lo <= float(value) <= hi:
-        unit = " logits" if rule == "gap" else ""
-        raise ValueError(f"filter round {what} = {value!r} must be a number in [{lo:g}, {hi:g}]{unit}")
+        raise ValueError(f"filter round {what} = {value!r} must be a number in [{lo:g}, {hi:g}]{RULE_UNIT[rule]}")
     return float(value)
 
 
 @dataclass(frozen=True)
 class FilterRound:
-    """One MP-MRF filter round: scores of Q at ``q_bits`` against K at ``k_bits``, then per row a threshold
-    theta over the row's candidate scores, keeping those that reach it. ``rule`` says how theta is set:
+    """One filter round: scores of Q at ``q_bits`` against K at ``k_bits``, then per row a threshold theta
+    over the row's candidate scores, keeping those that reach it. ``rule`` says how theta is set:
 
     * ``mpmrf`` (MP-MRF's rule): ``theta = mean + alpha * (max - mean)`` (alpha >= 0) or
       ``mean + alpha * (mean - min)`` (alpha < 0), alpha in [-1, 1];
     * ``gap``: ``theta = max - G``, G the gap of ``gap`` logits in the round's integer score units
       (``floor(gap_fixed / (GAP_ONE * unit))``, unit = the logits one score step stands for). A key whose
       estimated logit is more than ``gap`` below the row's best is dropped: the fraction kept adapts to
-      how peaked the row is, where mean/max keeps a roughly constant fraction.
+      how peaked the row is, where mean/max keeps a roughly constant fraction;
+    * ``topk`` (SpAtten's top-k): theta is the k-th largest candidate score, ``k = max(1, ceil(f * n /
+      KEEP_ONE))`` for n candidates and ``f = rint(fraction * KEEP_ONE)``; every key tied with the k-th is
+      kept too, so a row keeps at least k;
+    * ``sanger`` (Sanger's predicted probability): each candidate's weight in the softmax of the
+      round's estimated logits is ``e = SANGER_EXP[min(floor(d * unit * SANGER_STEPS), 255)]``, d its
+      score steps below the row's best; a key is kept when ``KEEP_ONE * e >= t * sum(e)``,
+      ``t = rint(probability * KEEP_ONE)``, and the row's best is always kept.
 
-    ``head_values`` optionally gives the threshold value (alpha or gap, by ``rule``) of every head of the
-    attention, in head order; ``alpha`` / ``gap`` is then what a head without a value of its own would use
-    (calibration sets it to the median head's)."""
+    Every rule keeps the row maximum, so no row with a candidate is left empty. ``head_values``
+    optionally gives the threshold value (alpha, gap, fraction or probability, by ``rule``) of every
+    head of the attention, in head order; the rule's own attribute is then what a head without a value
+    of its own would use (calibration sets it to the median head's)."""
 
     q_bits: int
     k_bits: int
@@ -80,6 +107,8 @@ class FilterRound:
     rule: str = "mpmrf"
     gap: float = 0.0
     head_values: tuple[float, ...] | None = None
+    fraction: float = 1.0
+    probability: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("q_bits", "k_bits"):
@@ -88,19 +117,27 @@ class FilterRound:
                 raise ValueError(f"filter round {name} = {bits!r} must be an integer in 1..16")
         if self.rule not in THRESHOLD_RULES:
             raise ValueError(f"threshold rule {self.rule!r} is not one of {', '.join(THRESHOLD_RULES)}")
-        _check_value("mpmrf", self.alpha, "alpha")
-        _check_value("gap", self.gap, "gap")
+        for rule, attr in RULE_VALUE.items():
+            _check_value(rule, getattr(self, attr), attr)
+        if self.rule == "topk" and to_fixed("topk", self.fraction) < 1:
+            raise ValueError(f"filter round fraction = {self.fraction!r} rounds to 0 in 1/{KEEP_ONE} steps; "
+                             f"it must be at least 1/{KEEP_ONE}")
         if self.head_values is not None:
-            values = tuple(_check_value(self.rule, v, f"head {h} {'alpha' if self.rule == 'mpmrf' else 'gap'}")
-                           for h, v in enumerate(self.head_values))
+            name = RULE_VALUE[self.rule]
+            values = tuple(_check_value(self.rule, v, f"head {h} {name}") for h, v in enumerate(self.head_values))
             if not values:
                 raise ValueError("filter round head_values is empty: give one value per head, or None")
             object.__setattr__(self, "head_values", values)
 
     @property
     def value(self) -> float:
-        """The round's threshold value under its rule (alpha or gap)."""
-        return float(self.alpha if self.rule == "mpmrf" else self.gap)
+        """The round's threshold value under its rule (alpha, gap, fraction or probability)."""
+        return float(getattr(self, RULE_VALUE[self.rule]))
+
+    @property
+    def ranking(self) -> bool:
+        """Whether theta depends on the whole row's scores (top-k, Sanger), not on running statistics."""
+        return self.rule in RANKING_RULES
 
     def values(self, heads: int) -> tuple[float, ...]:
         """The threshold value of each of ``heads`` heads."""
@@ -121,16 +158,18 @@ class FilterRound:
         """alpha as the threshold unit holds it: round(alpha * 2**ALPHA_FRAC_BITS)."""
         return alpha_to_fixed(self.alpha)
 
+    def with_value(self, value: float) -> FilterRound:
+        """This round with ``value`` as its rule's threshold value (no per-head values)."""
+        return replace(self, head_values=None, **{RULE_VALUE[self.rule]: float(value)})
+
     def with_head_values(self, values) -> FilterRound:
         values = tuple(float(v) for v in values)
         median = sorted(values)[(len(values) - 1) // 2]  # the lower median: a value some head has
-        scalar = {"alpha": median} if self.rule == "mpmrf" else {"gap": median}
-        return FilterRound(self.q_bits, self.k_bits, **{"alpha": self.alpha, "gap": self.gap, **scalar},
-                           rule=self.rule, head_values=values)
+        return replace(self, head_values=values, **{RULE_VALUE[self.rule]: median})
 
     def describe(self) -> str:
-        """``Q4xK2 alpha=0`` / ``Q4xK4 gap=3.5`` / ``Q4xK4 gap=1.5..6 per head``."""
-        name = "alpha" if self.rule == "mpmrf" else "gap"
+        """``Q4xK2 alpha=0`` / ``Q4xK4 gap=3.5`` / ``Q4xK4 fraction=0.25`` / ``Q4xK4 gap=1.5..6 per head``."""
+        name = RULE_VALUE[self.rule]
         if self.head_values is None:
             return f"Q{self.q_bits}xK{self.k_bits} {name}={self.value:g}"
         return (f"Q{self.q_bits}xK{self.k_bits} {name}={min(self.head_values):g}..{max(self.head_values):g} "
@@ -155,10 +194,9 @@ class FilterRound:
                              f"heads; got {d!r}")
         (qb, kb), rule, value = d["bits"], str(d["rule"]), d["value"]
         heads = d.get("heads")
-        key = "alpha" if rule == "mpmrf" else "gap"
         if rule not in THRESHOLD_RULES:
             raise ValueError(f"threshold rule {rule!r} is not one of {', '.join(THRESHOLD_RULES)}")
-        return cls(int(qb), int(kb), rule=rule, **{key: value},
+        return cls(int(qb), int(kb), rule=rule, **{RULE_VALUE[rule]: value},
                    head_values=None if heads is None else tuple(heads))
 
 
@@ -176,7 +214,7 @@ class MPMRFParams:
     #: 0.5 accuracy points / 0.01 Spearman of float attention on every model and task measured; MP-MRF's
     #: mean/max rule at its former default (alpha 0, -0.25) is not (-0.018 and -0.030 Spearman on tweets)
     rounds: tuple[FilterRound, ...] = tuple(
-        FilterRound(qb, kb, rule=DEFAULT_RULE, **{"alpha" if DEFAULT_RULE == "mpmrf" else "gap": v})
+        FilterRound(qb, kb, rule=DEFAULT_RULE, **{RULE_VALUE[DEFAULT_RULE]: v})
         for (qb, kb), v in zip(DEFAULT_BITS, DEFAULT_VALUES[DEFAULT_RULE]))
     #: low-precision view rule: "msb" (x16 >> (16 - b), what K's bit-planes give the machine) or
     #: "round" (round-to-nearest to b bits; a reference-only alternative, compared by measured accuracy)
@@ -217,8 +255,36 @@ class MPMRFParams:
         values = list(values)
         if len(values) != len(bits):
             raise ValueError(f"{len(values)} threshold value(s) given for {len(bits)} filter rounds")
-        key = "alpha" if rule == "mpmrf" else "gap"
-        return cls(tuple(FilterRound(qb, kb, rule=rule, **{key: float(v)}) for (qb, kb), v in zip(bits, values)))
+        if rule not in THRESHOLD_RULES:
+            raise ValueError(f"threshold rule {rule!r} is not one of {', '.join(THRESHOLD_RULES)}")
+        return cls(tuple(FilterRound(qb, kb, rule=rule, **{RULE_VALUE[rule]: float(v)})
+                         for (qb, kb), v in zip(bits, values)))
+
+    @classmethod
+    def for_policy(cls, policy: str, value: float | None = None) -> MPMRFParams:
+        """The rounds of ``policy`` (:data:`POLICIES`) at its default value, or at ``value`` (top-k's
+        fraction, Sanger's probability: the policies of one round; ``mpmrf`` takes its values per round
+        through :meth:`from_values`)."""
+        if policy not in POLICIES:
+            raise ValueError(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
+        rounds = POLICY_ROUNDS[policy]
+        if value is not None:
+            if len(rounds) != 1:
+                raise ValueError(f"policy {policy!r} has {len(rounds)} rounds; give its values per round")
+            rounds = (rounds[0].with_value(value),)
+        return cls(rounds)
+
+    @property
+    def policy(self) -> str:
+        """The selection policy these rounds implement: ``dense`` without a round, else the policy whose
+        rules every round uses (``mpmrf`` for MP-MRF's and the gap rule); rounds mixing policies are named
+        by theirs in round order, e.g. ``mpmrf+topk``."""
+        names = []
+        for r in self.rounds:
+            name = next(p for p, rules in POLICY_RULES.items() if r.rule in rules)
+            if name not in names:
+                names.append(name)
+        return "+".join(names) or "dense"
 
     def describe(self) -> str:
         """``Q4xK2 alpha=0, Q4xK4 alpha=-0.25``; ``dense`` without a filter round."""
@@ -236,6 +302,20 @@ class MPMRFParams:
             return cls(tuple(FilterRound.from_json(r) for r in d["rounds"]), str(d.get("view", "msb")))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"malformed MP-MRF parameters {d!r}: {err}") from None
+
+
+#: the selection policies a program can run, side by side on one machine (docs/policies.md): the rules
+#: their rounds use and their default rounds. ``mpmrf`` is the paper's multi-round filtering (its
+#: mean/max rule or the gap rule: the uncalibrated default above); ``topk`` and ``sanger`` are one Q4xK4
+#: round of their rule (SpAtten's top-k; Sanger's 4-bit prediction); ``dense`` has no round
+POLICIES = ("mpmrf", "topk", "sanger", "dense")
+POLICY_RULES = {"mpmrf": ("mpmrf", "gap"), "topk": ("topk",), "sanger": ("sanger",), "dense": ()}
+POLICY_ROUNDS = {
+    "mpmrf": MPMRFParams().rounds,
+    "topk": (FilterRound(4, 4, rule="topk", fraction=0.25),),
+    "sanger": (FilterRound(4, 4, rule="sanger", probability=0.01),),
+    "dense": (),
+}
 
 
 def quant_scale(x: np.ndarray) -> np.ndarray:
