@@ -208,6 +208,35 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import json
+
+    from . import compare, tasks, zoo
+
+    if args.model not in zoo.MODELS:
+        raise EnergonError(f"--model {args.model!r}: one of {', '.join(zoo.MODELS)}")
+    task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    for name in task_names:
+        tasks.task_spec(name)
+    if not task_names:
+        raise EnergonError("--tasks is empty: give at least one task")
+    settings = compare.sweep_settings([p.strip() for p in args.policies.split(",") if p.strip()])
+    if args.n_machine < 2:
+        raise EnergonError(f"--n-machine {args.n_machine}: at least 2 sentences (a standard error needs two)")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    result = compare.compare(args.model, task_names, settings, config=args.config, n_test=args.n_test,
+                             n_machine=args.n_machine, seed=args.seed, batch=args.batch,
+                             progress=not args.no_progress)
+    (out / "policies.json").write_text(json.dumps(result.to_dict(), indent=1))
+    text = compare.markdown(result)
+    (out / "policies.md").write_text(text + "\n")
+    compare.plot(result, out / "policies.png")
+    print(text)
+    print(f"wrote {out / 'policies.json'}, {out / 'policies.md'}, {out / 'policies.png'} [{result.seconds:.0f} s]")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m energon_tvm.models", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="count", default=0,
@@ -292,6 +321,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-o", "--output", default="out/accuracy", help="folder for accuracy.json, accuracy.md, "
                     "pareto.png")
     ev.set_defaults(run=_evaluate)
+
+    cp = sub.add_parser("compare", help="selection policies side by side: task metric, kept ratio, simulated "
+                        "cycles and energy per policy and knob")
+    cp.add_argument("--model", default="all-MiniLM-L6-v2", help="a model of the zoo (all-MiniLM-L6-v2)")
+    cp.add_argument("--tasks", default="movies-polarity,tweets-intensity",
+                    help="comma-separated tasks (movies-polarity,tweets-intensity)")
+    cp.add_argument("--policies", default="mpmrf,topk,sanger,dense",
+                    help="comma-separated policies, each at its sweep of three operating points "
+                         "(mpmrf,topk,sanger,dense)")
+    cp.add_argument("--config", default="edge", help="the machine the policies are simulated on (edge)")
+    cp.add_argument("--n-test", type=int, default=None, help="score only the first N test items (default all)")
+    cp.add_argument("--n-machine", type=int, default=16, help="test sentences simulated per setting, one "
+                    "inference each (16)")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--batch", type=int, default=64)
+    cp.add_argument("--no-progress", action="store_true")
+    cp.add_argument("-o", "--output", default="out/policies", help="folder for policies.json, policies.md, "
+                    "policies.png")
+    cp.set_defaults(run=_compare)
     return parser
 
 

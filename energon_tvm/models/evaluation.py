@@ -183,14 +183,16 @@ def evaluate_model(model_name: str, task_names: Sequence[str], *, budgets: Seque
         say(f"{model_name} / {task_name}: dense {spec.metric} {dense.metric:.4f} +- {dense.se:.4f} "
             f"(n = {len(test_y)}) [{rows[0].seconds:.0f} s]", flush=True)
 
-        rng = np.random.default_rng(seed + 1)
-        cal_texts = [data.train_texts[i] for i in rng.choice(len(data.train_texts), n_calibration, replace=False)]
-        t0 = time.perf_counter()
-        samples = calibration_samples(lambda t: embed(t), hook, cal_texts)
-        calibrations = {b: calibrate(samples, rule=rule, budget=b) for b in budgets}
-        cal_seconds = time.perf_counter() - t0
-        say(f"  calibrated {len(samples)} layers on {n_calibration} training sentences at budgets "
-            f"{', '.join(f'{b:g}' for b in budgets)} [{cal_seconds:.0f} s]", flush=True)
+        calibrations, cal_seconds, samples = {}, 0.0, {}
+        if budgets:
+            rng = np.random.default_rng(seed + 1)
+            cal_texts = [data.train_texts[i] for i in rng.choice(len(data.train_texts), n_calibration, replace=False)]
+            t0 = time.perf_counter()
+            samples = calibration_samples(lambda t: embed(t), hook, cal_texts)
+            calibrations = {b: calibrate(samples, rule=rule, budget=b) for b in budgets}
+            cal_seconds = time.perf_counter() - t0
+            say(f"  calibrated {len(samples)} layers on {n_calibration} training sentences at budgets "
+                f"{', '.join(f'{b:g}' for b in budgets)} [{cal_seconds:.0f} s]", flush=True)
 
         settings = dict(fixed)
         for b, cal in calibrations.items():

