@@ -33,9 +33,16 @@ Conventions the fields rely on (registers are set by ``SETR`` in the program hea
 * A head's slot in the param buffer holds two FP64 values: ``qk_scale = sq * sk * scale`` and ``sv``.
 * Thresholds are immediates of F.SELECT / F.RESELECT, which name their head: a program whose heads have
   thresholds of their own (calibrated per layer, head and round) gives each head's selects that head's
-  value; nothing in the param buffer changes. With the ``gap`` rule the threshold unit turns the gap in
-  logits into score units with the round's unit ``qk_scale * 2**(16-qb) * 2**(16-kb)``, latched by the
-  round's first F.SCORE (or F.RESELECT) with the row statistics.
+  value; nothing in the param buffer changes. The ``rule`` field says which immediate holds it and how
+  theta is set (``isa.numerics``): ``mpmrf`` from the latched mean, max and min by ``alpha``; ``gap``
+  at the latched max less ``gap`` logits, turned into score steps with the round's unit
+  ``qk_scale * 2**(16-qb) * 2**(16-kb)``, latched by the round's first F.SCORE with the
+  row statistics; ``topk`` (SpAtten's top-k) at the k-th largest candidate score of the row,
+  ``k = max(1, ceil(keep * n / 65536))`` for the latched candidate count n; ``sanger`` (Sanger's
+  predicted probability) at the lowest score whose weight ``SANGER_EXP[min(floor(d * unit * 16),
+  255)]``, d its steps below the latched max, reaches ``keep / 65536`` of the row's summed weights (the
+  row's max is always kept). ``topk`` and ``sanger`` rank the whole row: their select must cover every
+  key of it (``k0 = 0``, ``keys = SEQ_K``) in one instruction, or it traps.
 """
 
 from __future__ import annotations
@@ -48,8 +55,11 @@ from typing import Any
 
 from .config import HardwareConfig
 from .errors import EncodingError
+from .numerics import KEEP_ONE, THRESHOLD_RULES
 
-ISA_VERSION = 1
+#: 2: F.SELECT / F.RESELECT's `rule` field is 2 bits and a `keep` field follows `gap` (top-k, Sanger);
+#: binaries of version 1 are refused (recompile the model)
+ISA_VERSION = 2
 WORD_BITS = 256
 WORD_BYTES = WORD_BITS // 8
 OPCODE_BITS = 6
@@ -175,19 +185,55 @@ class BiasMode(enum.IntEnum):
 
 
 class ThresholdRule(enum.IntEnum):
-    """How the threshold unit sets a row's theta from the latched statistics (``isa.numerics``)."""
+    """How the threshold unit sets a row's theta (``isa.numerics``): from the latched statistics
+    (``mpmrf``, ``gap``), or by ranking the select's whole row of scores (``topk``, ``sanger``)."""
 
-    MPMRF = 0  # theta = mean + alpha * (max - mean), or mean + alpha * (mean - min) for alpha < 0
-    GAP = 1    # theta = max - floor(gap / unit): the keys within `gap` logits of the row's best
+    MPMRF = 0   # theta = mean + alpha * (max - mean), or mean + alpha * (mean - min) for alpha < 0
+    GAP = 1     # theta = max - floor(gap / unit): the keys within `gap` logits of the row's best
+    TOPK = 2    # theta = the k-th largest candidate score, k = max(1, ceil(keep * n / 65536)); ties kept
+    SANGER = 3  # keep a key whose predicted probability (256-entry exp table) reaches keep / 65536; max kept
+
+    @classmethod
+    def of(cls, rule: str) -> ThresholdRule:
+        """The rule named ``rule`` in ``isa.numerics.THRESHOLD_RULES``."""
+        return cls[rule.upper()]
+
+    @property
+    def value_field(self) -> str:
+        """The F.SELECT / F.RESELECT field that holds this rule's threshold value."""
+        return RULE_FIELD[self]
+
+    @property
+    def ranking(self) -> bool:
+        """Whether theta depends on the whole row of scores, so the select must see every key at once."""
+        return self in (ThresholdRule.TOPK, ThresholdRule.SANGER)
+
+    @property
+    def compares(self) -> int:
+        """Threshold-unit compares per (row, key) of a select under this rule (billed as ``Work.compares``):
+        1 for the statistics rules (the compare with theta); 2 for top-k (its ranking pass, then the
+        select); 3 for Sanger (the exp-table lookup, the accumulation of the row's weights, the compare)."""
+        return SELECT_COMPARES[self]
+
+
+#: the field of F.SELECT / F.RESELECT holding each rule's threshold value (fixed point, isa.numerics)
+RULE_FIELD = {ThresholdRule.MPMRF: "alpha", ThresholdRule.GAP: "gap", ThresholdRule.TOPK: "keep",
+              ThresholdRule.SANGER: "keep"}
+#: our assumption of the threshold unit's compares per (row, key) of a select, by rule (docs/energy.md)
+SELECT_COMPARES = {ThresholdRule.MPMRF: 1, ThresholdRule.GAP: 1, ThresholdRule.TOPK: 2, ThresholdRule.SANGER: 3}
+assert tuple(m.name.lower() for m in ThresholdRule) == THRESHOLD_RULES
 
 
 _DRAM = Field("dram", 32, "DRAM byte address")
 _FLAG_BIAS = Field("biasmode", 2, "none | tile ([rows, keys] at `bias`) | row ([1, keys], shared by all rows)",
                    enum=BiasMode, default=0)
 _TOKEN = Field("token", 4, "dependency token (counting semaphore) 0..15")
-_RULE = Field("rule", 1, "threshold rule: mpmrf (theta from `alpha`) | gap (theta = row max - `gap`)",
-               enum=ThresholdRule, default=0)
+_RULE = Field("rule", 2, "threshold rule: mpmrf (theta from `alpha`) | gap (theta = row max - `gap`) | topk "
+               "(keep the `keep` fraction of the row's candidates) | sanger (keep the keys whose predicted "
+               "probability reaches `keep`)", enum=ThresholdRule, default=0)
 _GAP = Field("gap", 12, "gap rule: logits below the row maximum, fixed point (64 = 1.0 logit)", default=0)
+_KEEP = Field("keep", 17, f"topk: the fraction of the row's candidates kept; sanger: the probability threshold; "
+              f"fixed point ({KEEP_ONE} = 1.0)", hi=KEEP_ONE, default=0)
 _NARROW = Field("narrow", 1, "1: scores stored as INT16, for a round whose range fits (no bias, and "
                 "D * 2**(qb-1) * 2**(kb-1) <= 32767); 0: INT32", default=0)
 
@@ -277,11 +323,18 @@ OPS: tuple[OpSpec, ...] = (
                   signed=True),
             _rows(), Field("q0", 16, "absolute index of the tile's first query (for statistics)"),
             Field("k0", 16, "absolute index of the chunk's first key (for statistics)"), _keys(),
-            _addr("score", "sc"), _addr("index", "idx"), _head(), _NARROW, _RULE, _GAP),
+            _addr("score", "sc"), _addr("index", "idx"), _head(), _NARROW, _RULE, _GAP, _KEEP),
            ("score", "index"), ("index",),
-           "Per-row threshold from the latched statistics and the head's threshold (`alpha` or `gap`, by "
-           "`rule`); clear the kept bit of every "
-           "candidate scoring below it. `head`, `q0` and `k0` place the tile for statistics and for "
+           "Per-row threshold theta under `rule` with the head's threshold value (`alpha`, `gap` or `keep`); "
+           "clear the kept bit of every candidate scoring below it. MP-MRF's rule and the gap rule set theta "
+           "from the latched statistics (one compare per row and key). Top-k (topk) ranks the row's "
+           "candidate scores and sets theta at the k-th largest, k = max(1, ceil(keep * n / 65536)) for the "
+           "latched count n, keeping its ties (two compares per row and key: the ranking pass, then the "
+           "select). Sanger's rule (sanger) looks up each candidate's weight SANGER_EXP[min(floor(d * unit * "
+           "16), 255)], d its score steps below the latched max, accumulates the row's weights and keeps the "
+           "keys whose weight reaches keep / 65536 of their sum, and the max (three: lookup, accumulate, "
+           "compare). Both rank the whole row: their select must cover every key of it (k0 = 0, keys = "
+           "SEQ_K), or it traps. The `head`, `q0` and `k0` fields place the tile for statistics and for "
            "timing-only runs driven by a sparsity profile."),
     OpSpec("F.RESELECT", 19, Unit.FILTER,
            (Field("qb", 5, "Q bits of this round's low-precision view", lo=1, hi=16),
@@ -292,11 +345,12 @@ OPS: tuple[OpSpec, ...] = (
             _rows(), Field("q0", 16, "absolute index of the tile's first query (for statistics)"),
             Field("k0", 16, "absolute index of the chunk's first key (for statistics)"), _keys(),
             _addr("q"), _addr("kplane", "kp"), _addr("index", "idx"), _addr("bias"), _head(), _FLAG_BIAS,
-            _RULE, _GAP),
+            _RULE, _GAP, _KEEP),
            ("q", "kplane", "index", "bias", "param"), ("index",),
-           "Recompute this round's scores for a tile x chunk (as F.SCORE) and select against the "
-           "latched statistics (as F.SELECT), without the score buffer: twice the low-bit MACs, "
-           "but query tiles are no longer bounded by the score buffer's size."),
+           "Recompute this round's scores for a tile x chunk (as F.SCORE) and select among them (as "
+           "F.SELECT), without the score buffer: twice the low-bit MACs, but query tiles are no longer "
+           "bounded by the score buffer's size. Every rule of F.SELECT applies, at its compares per row and "
+           "key; a topk or sanger select must cover the whole row (k0 = 0, keys = SEQ_K), or it traps."),
     # ATTEND ---------------------------------------------------------------------------------------
     OpSpec("A.INIT", 24, Unit.ATTEND, (_rows(),), (), (),
            "Reset the online-softmax state (running max, sum, accumulator) of the tile's rows."),

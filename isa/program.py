@@ -221,7 +221,7 @@ class Program:
                                     f"version {FORMAT_VERSION})", 4)
         if isa != ISA_VERSION:
             raise BinaryFormatError(f"ISA version {isa} is not supported (this build implements ISA "
-                                    f"version {ISA_VERSION})", 6)
+                                    f"version {ISA_VERSION}): recompile the model", 6)
         if reserved:
             raise BinaryFormatError(f"reserved header field is {reserved}, must be 0", 26)
         if total != len(blob):

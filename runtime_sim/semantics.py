@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..isa.instructions import BiasMode, Reg, ThresholdRule
-from ..isa.numerics import ALPHA_ONE, GAP_ONE, MASK_THRESHOLD, from_bitplanes
+from ..isa.numerics import ALPHA_ONE, GAP_ONE, KEEP_ONE, MASK_THRESHOLD, SANGER_EXP, SANGER_STEPS, from_bitplanes
 from .traps import BufferOverflow, IllegalInstruction, NumericFault, UninitializedRead
 from .work import Work
 
@@ -347,11 +347,51 @@ def _filter_scores(run, w: Work, a: dict, pc) -> tuple[np.ndarray, np.ndarray | 
     return cand, scores, qk_scale
 
 
+def _latched_unit(run, a: dict, rows: int, pc) -> np.ndarray:
+    """The logits one score step of the round stands for, per row (latched with the statistics)."""
+    unit = run.state.f_unit[:rows]
+    if not np.all(np.isfinite(unit) & (unit > 0)):
+        raise NumericFault(f"head {a['head']}'s latched score unit is {float(unit.min()):g}: the threshold cannot "
+                           f"be turned into score steps; a head's qk_scale must be positive and finite", pc)
+    return unit
+
+
+def _check_whole_row(run, a: dict, rule: ThresholdRule, pc, ins) -> None:
+    """A ranking rule's select must see every key of its rows: theta depends on the whole row."""
+    seq_k = run.state.seq_k
+    if a["k0"] != 0 or a["keys"] != seq_k:
+        raise IllegalInstruction(f"{rule.name.lower()} select covers keys {a['k0']}..{a['k0'] + a['keys'] - 1} of "
+                                 f"SEQ_K = {seq_k}: a ranking rule sees the whole row at once, so its select "
+                                 f"must cover keys 0..{seq_k - 1} (k0 = 0, keys = {seq_k})", pc, ins)
+
+
+def _ranked_threshold(run, a: dict, rule: ThresholdRule, cand: np.ndarray, scores: np.ndarray, pc) -> np.ndarray:
+    """Every row's theta under a ranking rule, from the select's whole row of scores, its candidate bits
+    and the latched count (top-k) or max and unit (Sanger); BIG for a row without candidates."""
+    st, rows = run.state, cand.shape[0]
+    if rule == ThresholdRule.TOPK:
+        n = st.f_n[:rows]
+        k = np.minimum(np.maximum(1, -(-(a["keep"] * n) // KEEP_ONE)), cand.shape[1])
+        ranked = -np.sort(-np.where(cand, scores, -BIG), axis=1)  # descending, non-candidates last
+        return np.where(n > 0, np.take_along_axis(ranked, (k - 1)[:, None], axis=1)[:, 0], BIG)
+    # Sanger: weight = SANGER_EXP[min(floor(d * unit * SANGER_STEPS), 255)] for d steps below the row's max
+    unit = _latched_unit(run, a, rows, pc)
+    steps = np.where(cand, st.f_max[:rows, None] - scores, 0).astype(np.float64)
+    index = np.minimum(np.floor(steps * unit[:, None] * SANGER_STEPS), len(SANGER_EXP) - 1)
+    weight = np.where(cand, SANGER_EXP[index.astype(np.int64)], 0)
+    total = weight.sum(axis=1, keepdims=True)
+    keep = cand & ((KEEP_ONE * weight >= a["keep"] * total) | (steps == 0))
+    return np.where(keep, scores, BIG).min(axis=1)  # weights fall as scores do: the lowest kept score
+
+
 def _select(run, w: Work, a: dict, cand: np.ndarray, scores: np.ndarray | None, pc, ins) -> None:
-    """Threshold a round's scores against the latched per-row statistics; write the kept bits."""
+    """Threshold a round's scores under the select's rule; write the kept bits."""
     st, rows, keys = run.state, a["rows"], a["keys"]
     _check_chunk(run, a["k0"], keys, a["q0"], rows, pc, ins)  # q0 and k0 place the tile's statistics
-    w.compares += rows * keys
+    rule = ThresholdRule(a["rule"])
+    if rule.ranking:
+        _check_whole_row(run, a, rule, pc, ins)
+    w.compares += rows * keys * rule.compares
     if not st.f_valid[:rows].all():
         raise IllegalInstruction("selection without statistics: no F.SCORE with first=1 for these rows", pc, ins)
     if run.profile is not None:
@@ -359,12 +399,11 @@ def _select(run, w: Work, a: dict, cand: np.ndarray, scores: np.ndarray | None, 
         if np.any(kept & ~cand):
             raise IllegalInstruction("sparsity profile keeps a key that is not a candidate here: the profile "
                                      "does not belong to this program", pc, ins)
-    elif a["rule"] == ThresholdRule.GAP:
+    elif rule.ranking:
+        kept = cand & (scores >= _ranked_threshold(run, a, rule, cand, scores, pc)[:, None])
+    elif rule == ThresholdRule.GAP:
         # theta = max - floor(gap / (GAP_ONE * unit)): the gap in logits as whole score steps (FP64)
-        unit = st.f_unit[:rows]
-        if not np.all(np.isfinite(unit) & (unit > 0)):
-            raise NumericFault(f"head {a['head']}'s latched score unit is {float(unit.min()):g}: the gap cannot be "
-                               f"turned into score steps; a head's qk_scale must be positive and finite", pc)
+        unit = _latched_unit(run, a, rows, pc)
         steps = np.floor(a["gap"] / (GAP_ONE * unit))
         some = st.f_n[:rows] > 0  # a row without candidates keeps nothing (and its max is -BIG)
         threshold = np.where(some, st.f_max[:rows] - np.clip(np.where(some, steps, 0), 0, 2.0 ** 40).astype(np.int64),

@@ -224,6 +224,11 @@ class MachineState:
         return self.regs[Reg.HEAD_DIM]
 
     @property
+    def seq_k(self) -> int:
+        """Keys per head (SEQ_K): a whole row of the index buffer, and what a ranking select must cover."""
+        return self.regs[Reg.SEQ_K]
+
+    @property
     def index_row_bytes(self) -> int:
-        return (self.regs[Reg.SEQ_K] + 7) // 8
+        return (self.seq_k + 7) // 8
 

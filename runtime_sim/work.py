@@ -24,7 +24,7 @@ class Work:
     fu_macs: int = 0          # low-bit multiply-accumulates
     fu_passes: int = 1        # native multiplier passes per MAC at this precision
     fu_precision: str = ""    # e.g. "int4xint2"
-    compares: int = 0         # threshold / mask compares of the Filtering Unit
+    compares: int = 0         # threshold / mask compares of the Filtering Unit (a select's: ThresholdRule.compares)
     au_macs: int = 0          # INT16 multiply-accumulates (Q.K and P.V)
     exps: int = 0             # softmax exponentials
     norms: int = 0            # final normalisation multiplies

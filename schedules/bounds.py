@@ -17,8 +17,12 @@ data):
   of ``cfg.fu_passes(q_bits, k_bits)`` passes each, at ``fu_macs_per_cycle``; plus the compares of the
   threshold unit, which every schedule makes for candidate building and again for every round's
   selection over each row's causal-allowed keys at least (tiles cover those whatever the chunking), at
-  ``fu_select_per_cycle``. A schedule that recomputes scores (F.RESELECT) does the MACs twice; the bound
-  counts them once. MACs and compares add: an FU instruction does one after the other.
+  ``fu_select_per_cycle``: one per key for candidate building, and per key of a select its rule's
+  ``ThresholdRule.compares`` (1 for MP-MRF's and the gap rule, 2 for top-k, 3 for Sanger's). A workload
+  with a ranking round (top-k, Sanger) is only scheduled whole-row (``TilingPlan.whole_row``), so each of
+  its compares covers every key of every row, causal or not. A schedule that recomputes scores
+  (F.RESELECT) does the MACs twice; the bound counts them once. MACs and compares add: an FU
+  instruction does one after the other.
 * **attention** (Attention Unit): ``2 * kept * D`` INT16 MACs (Q.K and P.V) against ``kept + rows``
   exponentials (rows: the query rows with any causal-allowed key), whichever is slower, plus the
   normalisation's ``Sq * D`` multiplies per head. Pipeline fill/drain is a per-instruction overhead,
@@ -67,8 +71,9 @@ import numpy as np
 
 from ..isa.config import HardwareConfig
 from ..isa.errors import ScheduleError
+from ..isa.instructions import ThresholdRule
 from .emit import plan_memory
-from .schedule import PLANE_MODES, Schedule, buffer_usage, check_fits, fits
+from .schedule import PLANE_MODES, Schedule, buffer_usage, check_fits, fits, ranking_rules
 from .workload import AttentionWorkload
 
 BINDS = ("filter", "attention", "dram")
@@ -259,7 +264,7 @@ def _bound(w: AttentionWorkload, cfg: HardwareConfig, sparsity, from_counts: boo
     rows_by_mode = {mode: _max_rows(w, cfg, mode) for mode in PLANE_MODES}
     rows = max(rows_by_mode.values())
     if not rows:  # no tiling fits: say which buffers overflow, as default_schedule does
-        check_fits(w, Schedule(1, 8, 1, 1, 1, "chunk", "recompute"), cfg)
+        check_fits(w, Schedule(1, 8, 1, 1, 1, "head" if ranking_rules(w) else "chunk", "recompute"), cfg)
         raise ScheduleError(f"no schedule of workload {w.key()} fits {cfg.name}")
     planes_streamed = rows_by_mode["head"] == 0
     mm = plan_memory(w)
@@ -274,7 +279,10 @@ def _bound(w: AttentionWorkload, cfg: HardwareConfig, sparsity, from_counts: boo
     allowed = _allowed(w)
 
     fu = sum(c * d * cfg.fu_passes(r.q_bits, r.k_bits) for c, r in zip(sp.candidates, rounds)) / cfg.fu_macs_per_cycle
-    fu += (1 + len(rounds)) * heads * int(allowed.sum()) / cfg.fu_select_per_cycle
+    # whole-row filtering (the only kind a ranking round runs under) compares every key of every row
+    covered = w.seq_q * w.seq_k if any(r.ranking for r in rounds) else int(allowed.sum())
+    compares = 1 + sum(ThresholdRule.of(r.rule).compares for r in rounds)
+    fu += compares * heads * covered / cfg.fu_select_per_cycle
     live_rows = heads * int(allowed.any(axis=1).sum())
     au = max(2 * sp.kept * d / cfg.au_macs_per_cycle, (sp.kept + live_rows) / cfg.au_exp_per_cycle)
     au += heads * w.seq_q * d / cfg.au_macs_per_cycle

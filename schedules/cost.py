@@ -12,12 +12,12 @@ loader and store.
 Sparsity is not known when a program is compiled, so the estimate assumes it: a round with threshold
 coefficient ``alpha`` keeps a third of its candidates at alpha 0, falling linearly to none at 1 and
 rising linearly to all at -1 (the default rounds then keep 0.17 of the pairs; structured Q/K keep
-0.18-0.24), and a key is in the union of ``n`` rows' kept sets with probability
-``1 - (1 - kept) ** n`` (rows keep keys independently). The units overlap as far as the tile slots let
-them: with ``tile_slots`` query tiles in flight the non-binding units' time adds to the binding one's
-by :data:`OVERLAP` of it (all of it with one slot: each unit waits for the previous one's tile). These
-factors are what measured schedules show (docs/scheduler.md): the heuristic ranks tilings by this
-estimate, it does not predict cycles to the percent.
+0.18-0.24; the other rules' assumptions are :func:`round_keep`'s), and a key is in the union of ``n``
+rows' kept sets with probability ``1 - (1 - kept) ** n`` (rows keep keys independently). The units
+overlap as far as the tile slots let them: with ``tile_slots`` query tiles in flight the non-binding
+units' time adds to the binding one's by :data:`OVERLAP` of it (all of it with one slot: each unit
+waits for the previous one's tile). These factors are what measured schedules show (docs/scheduler.md):
+the heuristic ranks tilings by this estimate, it does not predict cycles to the percent.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..isa.config import HardwareConfig
-from ..isa.instructions import BiasMode
+from ..isa.instructions import BiasMode, ThresholdRule
 from .schedule import TilingPlan
 
 #: share of the non-binding units' time that adds to the binding unit's, by query tiles in flight
@@ -59,10 +59,22 @@ KEEP_AT_GAP_1 = 0.11
 GAP_EXPONENT = 1.0
 
 
+#: the assumed fraction of its candidates a Sanger round keeps: kept ~ min(1, KEEP_AT_SANGER_1PCT *
+#: (probability / 0.01) ** -SANGER_EXPONENT), all of them at probability 0. A rough fit (least squares in
+#: log-log) to the kept ratios of one Q4xK4 round on the structured Q/K of bench/scheduler.py (MiniLM S=128
+#: D=32, BERT-base S=128 and S=512 D=64) at probabilities 0.001 to 0.1: 0.026-0.063 at 0.01, 0.070-0.115
+#: at 0.001, 0.0044-0.020 at 0.1. The kept fraction falls with the row length too (a probability is shared
+#: by more keys), which this estimate leaves out: at 0.01 it is 1.5x the measured at S=512, 0.65x at S=128
+KEEP_AT_SANGER_1PCT = 0.04
+SANGER_EXPONENT = 0.44
+
+
 def round_keep(r) -> float:
     """The assumed fraction of a round's candidates it keeps. MP-MRF's rule: :data:`KEEP_AT_MEAN` at alpha
     0, falling linearly to none at alpha 1 and rising linearly to all at alpha -1. The gap rule:
-    :data:`KEEP_AT_GAP_1` at one logit, growing with the gap. Per-head values count by their mean."""
+    :data:`KEEP_AT_GAP_1` at one logit, growing with the gap. Top-k: its fraction. Sanger's rule:
+    :data:`KEEP_AT_SANGER_1PCT` at probability 0.01, falling as a power of the probability. Per-head
+    values count by their mean."""
     values = r.head_values if r.head_values is not None else (r.value,)
     return float(np.mean([_keep(r.rule, v) for v in values]))
 
@@ -70,6 +82,10 @@ def round_keep(r) -> float:
 def _keep(rule: str, alpha: float) -> float:
     if rule == "gap":
         return min(1.0, KEEP_AT_GAP_1 * alpha ** GAP_EXPONENT)
+    if rule == "topk":
+        return alpha
+    if rule == "sanger":
+        return 1.0 if alpha <= 0 else min(1.0, KEEP_AT_SANGER_1PCT * (alpha / 0.01) ** -SANGER_EXPONENT)
     if alpha >= 0:
         return max(0.0, KEEP_AT_MEAN * (1.0 - alpha))
     return min(1.0, KEEP_AT_MEAN + (1.0 - KEEP_AT_MEAN) * -alpha)
@@ -92,7 +108,8 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
         fu += passes * candidates * d * cfg.fu_passes(r.q_bits, r.k_bits) / cfg.fu_macs_per_cycle
         candidates *= round_keep(r)
     kept_pairs = candidates
-    fu += (1 + len(rounds)) * pairs / cfg.fu_select_per_cycle
+    # candidate building, then each round's select at its rule's compares per (row, key)
+    fu += (1 + sum(ThresholdRule.of(r.rule).compares for r in rounds)) * pairs / cfg.fu_select_per_cycle
     fu_instructions = tiles * (1 if plan.whole_row else chunks_per_tile) * (1 + 2 * len(rounds))
     fu = max(fu, fu_instructions)
 
@@ -122,7 +139,10 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
         plane_loads = tiles * chunks_per_tile * passes * len(rounds)
     bias_bytes = 0.0
     bias_loads = 0
-    if plan.bias_mode != BiasMode.NONE:
+    if plan.bias_mode != BiasMode.NONE and plan.whole_row:  # the padding row over all of Sk, at once
+        bias_bytes = tiles * sk * 4
+        bias_loads = tiles
+    elif plan.bias_mode != BiasMode.NONE:
         bias_bytes = tiles * plan.bias_rows * covered * 4
         bias_loads = tiles * chunks_per_tile
     q_bytes, out_bytes = heads * sq * d * 2, heads * sq * d * 4

@@ -217,7 +217,8 @@ class _Emitter:
         self.sync(Unit.LOAD, "WAIT", TILE_FREE, lab)
         self.put(Unit.LOAD, lab, "LD.Q", dram=self.dram_q(t), rows=t.rows, buf=self.q_addr(i))
         if self.bias_mode != BiasMode.NONE:
-            for k0, keys in self.chunks(t):
+            # a whole-row filter reads the tile's padding row over every key: one row, all of Sk, at once
+            for k0, keys in self.filter_chunks(t):
                 rows = t.rows if self.bias_mode == BiasMode.TILE else 1
                 self.put(Unit.LOAD, t.chunk_label(k0, keys), "LD.BIAS", dram=self.dram_bias(t, k0),
                          rows=rows, keys=keys, buf=self.bias_addr(i, k0))
@@ -299,10 +300,8 @@ class _Emitter:
     def threshold(self, r, t: Tile) -> dict[str, int]:
         """The threshold fields of round ``r``'s selects for tile ``t``: its head's own value (a head of
         every batch element shares it), under the round's rule."""
-        fixed = r.fixed(t.h)
-        if r.rule == "gap":
-            return {"rule": int(ThresholdRule.GAP), "gap": fixed, "alpha": 0}
-        return {"rule": int(ThresholdRule.MPMRF), "alpha": fixed, "gap": 0}
+        rule = ThresholdRule.of(r.rule)
+        return {"rule": int(rule), "alpha": 0, "gap": 0, "keep": 0, rule.value_field: r.fixed(t.h)}
 
     def planes_in(self, t: Tile, k0: int, label: str) -> int:
         """Where the filter reads a chunk's planes; streamed planes are waited for first."""

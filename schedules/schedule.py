@@ -8,7 +8,9 @@ whole head resident, or streamed chunk by chunk).
 :func:`plan_tiling` turns a (workload, schedule, machine) into its :class:`TilingPlan`, the one place
 where tile and chunk sizes and every buffer's slots are computed: the fit check, the emitter's buffer
 addresses and the tuner's features all read it. A schedule that does not fit is rejected with the
-buffer, the bytes needed and the capacity.
+buffer, the bytes needed and the capacity. A workload with ranking rounds (top-k, Sanger: theta from
+the whole row) runs only on a plan that filters whole rows (``TilingPlan.whole_row``); one that cannot
+is rejected with the reason.
 
 :func:`default_schedule` is the heuristic: of the schedules that fit, the one an analytic cost
 (:mod:`.cost`: the units' work and the DRAM bytes the plan moves) ranks first.
@@ -221,10 +223,12 @@ def plan_tiling(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareCo
     return TilingPlan(
         workload=w, schedule=s, rows=rows, keys=keys, tiles=-(-w.seq_q // rows), key_chunks=-(-w.seq_k // keys),
         plane_bits=planes,
-        # With a head's planes resident and no bias tile, the Filtering Unit takes a query tile's whole key
-        # row in one instruction: its work is the same, the instruction count (and simulation time) is not.
-        # Bias tiles are laid out chunk by chunk for the Attention Unit, so biased workloads filter by chunk.
-        whole_row=filtering and s.plane_mode == "head" and bias_mode == BiasMode.NONE,
+        # With a head's planes resident and no per-row bias tile, the Filtering Unit takes a query tile's
+        # whole key row in one instruction: the same MACs in far fewer instructions (under a causal mask its
+        # compares cover the masked chunks too). Bias is laid out chunk-major, [chunk][bias row][key]: a
+        # padding row (one bias row) is then one row over all keys, loaded and read whole; per-row tiles
+        # [rows, keys] are not, and filter by chunk. Ranking rounds (top-k, Sanger) need whole rows.
+        whole_row=filtering and s.plane_mode == "head" and bias_rows <= 1,
         bias_mode=bias_mode, bias_rows=bias_rows, score_bytes=score_bytes,
         buffers=MappingProxyType({name: buffers[name] for name in BUFFERS}),
     )
@@ -235,9 +239,23 @@ def buffer_usage(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareC
     return plan_tiling(workload, schedule, cfg).usage()
 
 
+def ranking_rules(workload: AttentionWorkload) -> list[str]:
+    """The ranking rules (top-k, Sanger) the workload's rounds use, in round order, each once."""
+    return list(dict.fromkeys(r.rule for r in workload.params.rounds if r.ranking))
+
+
+def _ranking_refusal(workload: AttentionWorkload, why: str) -> ScheduleError:
+    rules = " and ".join(ranking_rules(workload))
+    return ScheduleError(f"workload {workload.key()} has {rules} round(s), which rank a tile's whole key row in one "
+                         f"select, but {why}; use policy mpmrf (MP-MRF's or the gap rule) for it")
+
+
 def check_workload(workload: AttentionWorkload, cfg: HardwareConfig) -> None:
     """Reject, early and by name, workloads this machine cannot take whatever the tiling."""
     w = workload
+    if ranking_rules(w) and w.bias_shape4 is not None and w.bias_shape4[2] != 1:
+        raise _ranking_refusal(w, f"its bias {list(w.bias_shape)} has a row per query: per-row bias tiles are "
+                                  f"laid out chunk by chunk, so no tiling filters a whole row at once")
     if w.head_dim > cfg.max_head_dim:
         raise ScheduleError(f"head dim {w.head_dim} is wider than the {cfg.name} datapath "
                             f"(max_head_dim = {cfg.max_head_dim})")
@@ -262,6 +280,10 @@ def check_plan(plan: TilingPlan, cfg: HardwareConfig) -> None:
     """:func:`check_fits` of a plan already made."""
     check_workload(plan.workload, cfg)
     s = plan.schedule
+    if ranking_rules(plan.workload) and not plan.whole_row:
+        raise _ranking_refusal(plan.workload, f"this schedule streams K's bit-planes chunk by chunk (plane_mode "
+                                              f"{s.plane_mode!r}) and so filters by chunk; with plane_mode 'head' "
+                                              f"it filters whole rows")
     if plan.rows > cfg.max_query_tile:
         raise ScheduleError(f"query tile of {plan.rows} rows exceeds the threshold unit's {cfg.max_query_tile} "
                             f"row lanes on {cfg.name}")
@@ -310,7 +332,15 @@ def _ranked_first(workload: AttentionWorkload, cfg: HardwareConfig) -> Schedule:
                     best = (key, plan.schedule)
                 break
     if best is None:
-        check_fits(workload, Schedule(1, 8, 1, 1, 1, "chunk", "recompute"), cfg)  # raises, naming the buffers
+        # the smallest schedule that may qualify: raises, naming the buffers
+        smallest = Schedule(1, 8, 1, 1, 1, "head" if ranking_rules(workload) else "chunk", "recompute")
+        try:
+            check_fits(workload, smallest, cfg)
+        except ScheduleError as err:
+            if not ranking_rules(workload):
+                raise
+            raise _ranking_refusal(workload, f"no schedule that filters whole rows (a head's K bit-planes "
+                                             f"resident) fits {cfg.name}: {err}") from None
         raise ScheduleError(f"no schedule of workload {workload.key()} fits {cfg.name}")
     return best[1]
 

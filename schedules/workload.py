@@ -18,10 +18,15 @@ from ..isa.numerics import MPMRFParams
 DTYPES = ("float32", "float16")
 
 
+#: the letter that names each threshold rule in a workload key, before its fixed-point value
+RULE_LETTERS = {"mpmrf": "a", "gap": "g", "topk": "t", "sanger": "p"}
+
+
 def _round_key(r) -> str:
     """A round in a workload key: ``q4k2a0`` (MP-MRF's rule, alpha fixed point), ``q4k4g192`` (gap, 1/64
-    logits), with ``h`` and a digest of the per-head values when the heads have their own."""
-    key = f"q{r.q_bits}k{r.k_bits}{'a' if r.rule == 'mpmrf' else 'g'}{r.fixed()}"
+    logits), ``q4k4t16384`` (top-k's fraction) and ``q4k4p655`` (Sanger's probability), both in 1/65536,
+    with ``h`` and a digest of the per-head values when the heads have their own."""
+    key = f"q{r.q_bits}k{r.k_bits}{RULE_LETTERS[r.rule]}{r.fixed()}"
     if r.head_values is not None:
         digest = hashlib.sha256(",".join(str(r.fixed(h)) for h in range(len(r.head_values))).encode())
         key += f"h{digest.hexdigest()[:8]}"

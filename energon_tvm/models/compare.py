@@ -37,7 +37,7 @@ POLICY_SWEEP: dict[str, dict[str, MPMRFParams]] = {
               "gap 6/3": MPMRFParams.from_values("gap", (6.0, 3.0)),
               "mpmrf 0/-0.25": MPMRFParams.from_values("mpmrf", (0.0, -0.25))},
     "topk": {f"topk {f:g}": MPMRFParams.for_policy("topk", f) for f in (0.5, 0.35, 0.2)},
-    "sanger": {f"sanger {p:g}": MPMRFParams.for_policy("sanger", p) for p in (0.005, 0.01, 0.02)},
+    "sanger": {f"sanger {p:g}": MPMRFParams.for_policy("sanger", p) for p in (0.002, 0.01, 0.02)},
     "dense": {"dense INT16": MPMRFParams.for_policy("dense")},
 }
 SYNTHETIC = ("BERT-base S=512", 12, 512, 64)

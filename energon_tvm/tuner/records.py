@@ -335,6 +335,26 @@ def check_cycles(record: TuningRecord, floor: CallBound | None, cfg: HardwareCon
                            f"than {floor.cycles:,} ({floor.binds} bound with no pair kept); refused")
 
 
+def round_rules(params) -> tuple[str, ...]:
+    """The threshold rule of each filter round of an :class:`~energon_tvm.isa.numerics.MPMRFParams`: what
+    names its selection policy (``params.policy``) round by round."""
+    return tuple(r.rule for r in params.rounds)
+
+
+def same_selection(record: TuningRecord, workload: AttentionWorkload) -> bool:
+    """Whether ``record`` was measured on a workload selecting keys as ``workload`` does: the same rule in
+    every round, so the same policy. The workload key names a round's rule only as MP-MRF's or not, so
+    a top-k or Sanger round can share its key with a gap round (or with each other); the record's own
+    workload tells them apart. A record without its workload (written before records carried it, and
+    before the ranking rules existed) is for MP-MRF's rounds, and only used for them."""
+    if record.workload is None:
+        return workload.params.policy in ("mpmrf", "dense")
+    try:
+        return round_rules(AttentionWorkload.from_dict(record.workload).params) == round_rules(workload.params)
+    except (*_MALFORMED, AttributeError):
+        return False
+
+
 def best_record(records, workload: AttentionWorkload, cfg: HardwareConfig) -> TuningRecord | None:
     """The best measured record for ``workload`` on ``cfg`` in the objective the records state (first of
     equals), or None.
@@ -344,14 +364,15 @@ def best_record(records, workload: AttentionWorkload, cfg: HardwareConfig) -> Tu
     from an older scheduler) is skipped. Each record states the objective its session minimised
     (``cycles`` when it does not say): the last matching record's objective decides, and the record
     with the lowest value of it among those of that objective wins. A matching record that claims fewer
-    cycles than :func:`cycles_floor` is a :class:`RecordsError` naming its origin.
+    cycles than :func:`cycles_floor` is a :class:`RecordsError` naming its origin. A record of a workload
+    that selects by another policy (another rule in some round) never matches (:func:`same_selection`).
     """
     key, fp = workload.key(), cfg.fingerprint.hex()
     matching = []
     floor: CallBound | None = None
     checked = False
     for n, r in enumerate(as_records(records)):
-        if not (r.ok and r.workload_key == key and r.config_fingerprint == fp):
+        if not (r.ok and r.workload_key == key and r.config_fingerprint == fp and same_selection(r, workload)):
             continue
         if not checked:  # once per call: the bound takes a millisecond
             floor, checked = cycles_floor(workload, cfg), True

@@ -2,11 +2,12 @@
 
 The Python API mirrors the command line: :func:`compile_model` takes the same options and returns a
 :class:`CompileResult`; :func:`write` turns it into the package (:mod:`.package`). The command line's
-options become one :class:`~energon_tvm.executor.EnergonTarget` (config, MP-MRF parameters, schedule
-source) handed to ``partition_for_energon``; its offload report says, per site, which program and
-schedule the call got, and the package is written from that report. ``-O`` and ``--pass-config``
-become one :class:`BuildOptions`, the ``PassContext`` the host build runs in (recorded in the
-manifest's ``build``); both are checked against TVM's registered options before any model is read.
+options become one :class:`~energon_tvm.executor.EnergonTarget` (config, the selection policy's
+parameters, schedule source) handed to ``partition_for_energon``; its offload report says, per site,
+which program and schedule the call got, and the package is written from that report. ``-O`` and
+``--pass-config`` become one :class:`BuildOptions`, the ``PassContext`` the host build runs in
+(recorded in the manifest's ``build``); both are checked against TVM's registered options before any
+model is read.
 """
 
 from __future__ import annotations
@@ -120,11 +121,14 @@ def _output_specs(mod, names) -> list[TensorSpec]:
 
 def compile_model(model_path, *, model_format: str | None = None, target: str = "energon, llvm",
                   config: str | None = None, alpha: str | None = None, rounds: str | None = None,
-                  rule: str | None = None, gap: str | None = None,
+                  rule: str | None = None, gap: str | None = None, policy: str | None = None,
+                  topk: str | None = None, sanger: str | None = None,
                   mcpu: str | None = None, input_shapes: str | None = None, tuning_records: str | None = None,
                   build: BuildOptions | None = None, verbose: int = 0, log=None,
                   thresholds=None) -> CompileResult:
-    """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines. ``build``: the
+    """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines. ``policy`` is the
+    selection policy (``--target-energon-policy``, default mpmrf) and ``topk`` / ``sanger`` the value of
+    the one-round policy of that name (:func:`~energon_tvm.tvmc.target.parse_params`). ``build``: the
     PassContext of the host build (:func:`build_options`); ``verbose`` 0 hides the third-party output
     known to be harmless (:mod:`.noise`) during the import and the build. ``thresholds``: a thresholds
     file of ``tvmc calibrate`` (:mod:`.thresholds`), which gives every site its parameters per head; it
@@ -135,7 +139,8 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
         raise TVMCError(f"model file {str(model_path)!r} does not exist")
     say = log or (lambda _msg: None)
     tgt = parse_target(target, config, alpha, rounds=rounds, mcpu=mcpu, rule=rule, gap=gap,
-                       thresholds=None if thresholds is None else str(thresholds))
+                       thresholds=None if thresholds is None else str(thresholds), policy=policy, topk=topk,
+                       sanger=sanger)
     model_sha256 = sha256(Path(model_path).read_bytes())
     thr, site_params = None, {}
     if thresholds is not None:  # the file, its model and its rounds are checked before the import

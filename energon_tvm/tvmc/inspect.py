@@ -7,9 +7,11 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..isa.asm import disassemble
 from ..isa.config import HardwareConfig
+from ..isa.numerics import RULE_VALUE
 from ..isa.program import Program
 from ..runtime_sim import Simulator, SparsityProfile
 from ..schedules import AttentionWorkload, Schedule, buffer_usage, call_bound, check_program
+from .target import selection_text
 
 
 def upper_bound_profile(w: AttentionWorkload) -> SparsityProfile:
@@ -41,7 +43,7 @@ def describe_program(blob: bytes, cfg: HardwareConfig | None = None, code: bool 
         w = check_program(prog)
         s = Schedule.from_dict(prog.meta["schedule"])
         lines.append(f"workload: B={w.batch} H={w.heads} Sq={w.seq_q} Sk={w.seq_k} D={w.head_dim} mask={w.mask_kind} "
-                     f"scale={w.effective_scale:.6g}; MP-MRF " + w.params.describe())
+                     f"scale={w.effective_scale:.6g}; policy " + selection_text(w.params))
         lines.append(f"schedule: {s.to_json()}")
         usage = buffer_usage(w, s, cfg)
         lines.append("buffer use: " + ", ".join(f"{b} {n}/{cfg.buffer(b)} B ({n / cfg.buffer(b):.0%})"
@@ -63,7 +65,29 @@ def describe_program(blob: bytes, cfg: HardwareConfig | None = None, code: bool 
 
 
 def _value_text(rule: str, value: float) -> str:
-    return f"{'alpha' if rule == 'mpmrf' else 'gap'} {value:g}"
+    """``alpha 0`` / ``gap 8`` / ``fraction 0.25`` / ``probability 0.01``: a round's value by its name."""
+    return f"{RULE_VALUE[rule]} {value:g}"
+
+
+def selection_lines(manifest: dict) -> list[str]:
+    """What a package's calls select by: one line when every call has the same policy and rounds (the
+    target's, or per-head values of one policy), else one line per policy with its sites."""
+    from ..isa.numerics import MPMRFParams
+
+    calls = manifest["calls"]
+    if not calls:
+        return [f"selection: {selection_text(MPMRFParams.from_dict(manifest['params']))} (no offloaded call)"]
+    by_policy: dict[str, list[str]] = {}
+    texts = set()
+    for c in calls:
+        params = MPMRFParams.from_dict(c["workload"]["params"])
+        by_policy.setdefault(params.policy, []).append(c["site"])
+        texts.add(selection_text(params))
+    if len(texts) == 1:
+        return [f"selection: {texts.pop()}, every call"]
+    if len(by_policy) == 1:
+        return [f"selection: policy {next(iter(by_policy))}, values per call (table below)"]
+    return ["selection: policies differ per call"] + [f"  {p}: {', '.join(sites)}" for p, sites in by_policy.items()]
 
 
 def threshold_rows(manifest: dict, kept_by_site: dict | None = None) -> tuple[list[str], list[list[str]]]:

@@ -1,6 +1,6 @@
 """The HTML report of ``tvmc run --report``: one self-contained page (charts embedded as PNG) with the
 package and its machine, the figures of one inference against their lower bounds, each offloaded call
-(its MP-MRF policy, machine, schedule, cycles against its bound and what binds it, per-unit busy time),
+(its selection policy and rounds, machine, schedule, cycles against its bound and what binds it, per-unit busy time),
 cycle / energy / DRAM breakdowns, kept ratio per layer and head, and accuracy against a reference run
 when one is given.
 
@@ -21,10 +21,15 @@ import numpy as np
 
 from ..isa.config import HardwareConfig, load_config
 from ..isa.errors import ConfigError
+from ..isa.numerics import POLICIES
 from ..schedules.bounds import call_bound_from_stats, total_bound
 from ..schedules.schedule import Schedule
+from .target import selection_text
 
 KIB, MIB = 1 << 10, 1 << 20
+#: the summary's row naming what the calls select by
+POLICY_LABEL = (f"selection policy ({', '.join(POLICIES[:-1])} or {POLICIES[-1]}; its filter rounds: Q bits x K "
+                f"bits, threshold rule and value)")
 
 #: the machine's four units, by the label the simulator's statistics use (runtime_sim/machine.py)
 UNIT_ROLES = {
@@ -81,8 +86,9 @@ def bound_total(bounds: list):
 
 # -- what each call was compiled with ----------------------------------------------------------------
 def policy_text(params) -> str:
-    """An MP-MRF parameter set as the target string writes it: ``Q4xK2 alpha=0, Q4xK4 alpha=-0.25``."""
-    return params.describe() if params.rounds else "dense (no filter round)"
+    """A call's selection as the target string writes it: the policy and its rounds, ``mpmrf (Q4xK2
+    alpha=0, Q4xK4 alpha=-0.25)``, ``topk (Q4xK4 fraction=0.25)``, ``dense (no filter round)``."""
+    return selection_text(params)
 
 
 def schedule_text(entry: dict | None) -> str:
@@ -272,7 +278,7 @@ def _table(headers, rows, caption: str = "", cls: str = "") -> str:
 def _policy(rows: list[CallRow]) -> str:
     texts = {policy_text(r.record.workload.params) for r in rows}
     if len(texts) == 1:
-        return f"{texts.pop()} (every call)"
+        return f"{texts.pop()}, every call"
     return "differs per call (see the table of offloaded calls)" if texts else "n/a (no offloaded call)"
 
 
@@ -295,7 +301,7 @@ def _summary(result, rows: list[CallRow], total) -> str:
         ["target", m["target"]],
         ["hardware config", f"{cfg.get('name', '?')} (fingerprint {cfg.get('fingerprint', '?')}"
                             + (f", clock {clock:g} GHz)" if clock else ")")],
-        ["MP-MRF policy (filter rounds: Q bits x K bits, threshold rule and value)", _policy(rows)],
+        [POLICY_LABEL, _policy(rows)],
         ["inputs", ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in m["inputs"])],
         ["outputs", ", ".join(f"{o['name']} {o['dtype']}{o['shape']}" for o in m["outputs"])],
         ["attention sites", f"{_sites_found(m)} found, {len(m['calls'])} offloaded" if m.get("offload", True)
@@ -339,7 +345,7 @@ def _compiled_table(rows: list[CallRow]) -> str:
         w = r.record.workload
         body.append([r.index, r.record.site, f"{w.batch}x{w.heads}x{w.seq_q}x{w.seq_k}x{w.head_dim}", w.mask_kind,
                      policy_text(w.params), r.stats.get("config", "n/a (not simulated)"), schedule_text(r.entry)])
-    return _table(["#", "site", "workload BxHxSqxSkxD", "mask", "MP-MRF policy", "hardware config",
+    return _table(["#", "site", "workload BxHxSqxSkxD", "mask", "selection policy", "hardware config",
                    "schedule (source)"], body, "What each call ran: its workload, policy, machine and schedule")
 
 

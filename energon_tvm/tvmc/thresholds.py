@@ -185,16 +185,20 @@ def calibrate_model(model_path, inputs, *, quality: float = DEFAULT_BUDGET, rule
     import tempfile
     import time
 
-    from ..calibration import calibrate
-    from ..isa.numerics import THRESHOLD_RULES
+    from ..calibration import CALIBRATED_RULES, calibrate
     from .compiler import compile_model, write
     from .errors import TVMCError
     from .runner import attention_samples
     from .shapes import format_input_shapes, parse_input_shapes
 
     budget = parse_quality(quality)
-    if rule not in THRESHOLD_RULES:
-        raise ThresholdsError(f"--target-energon-rule {rule!r}: one of {', '.join(THRESHOLD_RULES)}")
+    if rule not in CALIBRATED_RULES:
+        from .target import KNOB_POLICIES
+
+        hint = (f"; {rule} is a policy set by its one value (tvmc compile --target-energon-policy {rule} "
+                f"--target-energon-{rule} VALUE)" if rule in KNOB_POLICIES else "")
+        raise ThresholdsError(f"--target-energon-rule {rule!r}: one of {', '.join(CALIBRATED_RULES)} (the rules "
+                              f"calibration searches){hint}")
     bits = parse_calibration_rounds(rounds)
     if not Path(model_path).is_file():
         raise TVMCError(f"model file {str(model_path)!r} does not exist")

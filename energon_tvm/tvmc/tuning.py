@@ -26,7 +26,8 @@ class TuneModelResult:
 
 def tune_model(model_path, output, *, model_format: str | None = None, target: str = "energon, llvm",
                config: str | None = None, alpha: str | None = None, rounds: str | None = None,
-               rule: str | None = None, gap: str | None = None, thresholds: str | None = None,
+               rule: str | None = None, gap: str | None = None, policy: str | None = None,
+               topk: str | None = None, sanger: str | None = None, thresholds: str | None = None,
                mcpu: str | None = None,
                input_shapes: str | None = None, trials: int = 64, tuner: str = "xgb",
                early_stopping: int | None = None, calibration=None, dask_scheduler: str | None = None,
@@ -42,6 +43,7 @@ def tune_model(model_path, output, *, model_format: str | None = None, target: s
     from .package import check_output
     from .runner import PackageSession, make_inputs
     from .shapes import parse_input_shapes
+    from .target import parse_target
 
     say = log or (lambda _msg: None)
     if objective not in OBJECTIVES:
@@ -50,13 +52,16 @@ def tune_model(model_path, output, *, model_format: str | None = None, target: s
         raise TVMCError("tvmc tune tunes Energon schedules: put energon in --target")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise TVMCError(f"--seed {seed!r}: must be a non-negative integer")
+    parse_target(target, config, alpha, rounds=rounds, mcpu=mcpu, rule=rule, gap=gap, thresholds=thresholds,
+                 policy=policy, topk=topk, sanger=sanger)
     parse_input_shapes(input_shapes)
     if Path(check_output(output, "-o")).exists():
         read_records(output)  # a file that is not tuning records is refused before any work
     if calibration is not None:
         open_user_file(calibration, "--calibration file").close()
     result = compile_model(model_path, model_format=model_format, target=target, config=config, alpha=alpha,
-                           rounds=rounds, rule=rule, gap=gap, thresholds=thresholds, mcpu=mcpu,
+                           rounds=rounds, rule=rule, gap=gap, policy=policy, topk=topk, sanger=sanger,
+                           thresholds=thresholds, mcpu=mcpu,
                            input_shapes=input_shapes, verbose=verbose)
     if not result.calls:
         say("no attention call was offloaded: nothing to tune")

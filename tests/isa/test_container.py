@@ -177,7 +177,7 @@ def test_sections_exactly_once_in_order(blob, edge, kinds, offset, fragment):
 
 
 def test_section_table_past_the_end(edge):
-    header_only = reseal(b"ENGN" + bytes([2, 0, 1, 0]) + edge.fingerprint + bytes([4, 0]) + bytes(6) + bytes(8))
+    header_only = reseal(b"ENGN" + bytes([2, 0, 2, 0]) + edge.fingerprint + bytes([4, 0]) + bytes(6) + bytes(8))
     rejects(header_only, 32, "section table of 4 entries ends at byte 80, past the end of the 32-byte body")
 
 

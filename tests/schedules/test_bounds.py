@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from energon_tvm.isa.config import load_config
 from energon_tvm.isa.errors import ScheduleError
-from energon_tvm.isa.numerics import FilterRound, MPMRFParams
+from energon_tvm.isa.numerics import RULE_RANGE, RULE_VALUE, FilterRound, MPMRFParams
 from energon_tvm.runtime_sim import Simulator, SparsityProfile
 from energon_tvm.schedules import (
     AttentionWorkload,
@@ -156,6 +156,9 @@ def reference_masks(w, rng, bias):
 
 
 ROUND = st.tuples(st.sampled_from([2, 4, 8]), st.sampled_from([1, 2, 4, 8]), st.floats(-1, 1))
+#: a round's threshold rule and its value (in the rule's range); MP-MRF's rule takes the drawn alpha
+RULE = st.sampled_from(["mpmrf", "gap", "topk", "sanger"]).flatmap(
+    lambda rule: st.tuples(st.just(rule), st.floats(*RULE_RANGE[rule])))
 
 
 @st.composite
@@ -165,7 +168,10 @@ def cases(draw):
     d = 8 * draw(st.integers(1, 8))
     rounds = draw(st.lists(ROUND, max_size=3))
     qbits, kbits = sorted(r[0] for r in rounds), sorted(r[1] for r in rounds)  # bits never shrink
-    params = MPMRFParams(tuple(FilterRound(qb, kb, a) for qb, kb, (_, _, a) in zip(qbits, kbits, rounds)))
+    rules = [draw(RULE) for _ in rounds]
+    params = MPMRFParams(tuple(
+        FilterRound(qb, kb, a) if rule == "mpmrf" else FilterRound(qb, kb, rule=rule, **{RULE_VALUE[rule]: value})
+        for qb, kb, (_, _, a), (rule, value) in zip(qbits, kbits, rounds, rules)))
     causal, mask = draw(st.booleans()), draw(st.sampled_from(["none", "padding", "bias"]))
     bias_shape = {"none": None, "padding": (b, 1, 1, sk), "bias": (1, h, sq, sk)}[mask]
     w = AttentionWorkload(b, h, sq, sk, d, causal=causal, bias_shape=bias_shape, params=params)

@@ -99,7 +99,7 @@ def test_head_values_must_match_the_workload_heads():
 @pytest.mark.parametrize("kwargs, message", [
     ({"rule": "gap", "gap": -0.5}, r"gap = -0.5 must be a number in \[0, 63.98"),
     ({"rule": "gap", "gap": 64.0}, "must be a number in"),
-    ({"rule": "topk"}, "threshold rule 'topk' is not one of mpmrf, gap"),
+    ({"rule": "best"}, "threshold rule 'best' is not one of mpmrf, gap, topk, sanger"),
     ({"head_values": (0.0, 1.5)}, r"head 1 alpha = 1.5 must be a number in \[-1, 1\]"),
     ({"rule": "gap", "head_values": ()}, "head_values is empty"),
     ({"rule": "gap", "head_values": (1.0, True)}, "head 1 gap = True"),

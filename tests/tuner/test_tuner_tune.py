@@ -111,9 +111,15 @@ def test_xgb_session_is_reproducible_and_beats_the_heuristic(tmp_path, cfg, work
     assert a.best_cycles == min(r.cycles for r in a.records) <= a.heuristic.cycles
     assert read_records(path) == list(a.records)
     assert best_schedule(path, workload, cfg) == a.best_schedule
-    # the cost model steers: after the first (random) batches, xgb's picks beat random's on average
-    r = session(workload, cfg, profile, small_knobs, trials=20, seed=1, tuner="random")
-    assert np.mean([x.cycles for x in a.records[9:]]) < np.mean([x.cycles for x in r.records[9:]])
+    # the cost model steers: after the first (random) batches, xgb's picks beat random's on average over
+    # four seeds (one seed's eleven picks are too few to tell: seed 1 alone goes either way)
+    xgb, rnd = [], []
+    for seed in (1, 2, 3, 4):
+        xgb += [x.cycles for x in (a if seed == 1 else session(workload, cfg, profile, small_knobs, trials=20,
+                                                                seed=seed)).records[9:]]
+        rnd += [x.cycles for x in session(workload, cfg, profile, small_knobs, trials=20, seed=seed,
+                                          tuner="random").records[9:]]
+    assert np.mean(xgb) < np.mean(rnd)
 
 
 def test_early_stopping_ends_a_session_without_progress(cfg, workload, profile, small_knobs):

@@ -286,6 +286,31 @@ def _cases() -> list[Case]:
             lambda fx, tmp, o=option, v=value: _compile(fx, tmp, f"--target-energon-{o}={v}"))
     case("compile", "--target-energon-alpha with the gap rule")(
         lambda fx, tmp: _compile(fx, tmp, "--target-energon-rule=gap", "--target-energon-alpha=0,0"))
+    # ---- compile: the selection policy and each policy's own option ----
+    def policy(name, *more):
+        return ["--target-energon-policy", name, *more]
+    for name, extra in [("--target-energon-policy bogus", policy("spatten")),
+                        ("--target-energon-policy empty", ["--target-energon-policy="]),
+                        ("--target-energon-topk without its policy", ["--target-energon-topk", "0.5"]),
+                        ("--target-energon-sanger, policy topk", policy("topk", "--target-energon-sanger", "0.1")),
+                        ("--target-energon-topk, policy mpmrf", policy("mpmrf", "--target-energon-topk", "0.5")),
+                        ("--target-energon-topk, policy dense", policy("dense", "--target-energon-topk", "0.5")),
+                        ("--target-energon-topk 0", policy("topk", "--target-energon-topk", "0")),
+                        ("--target-energon-topk 1.5", policy("topk", "--target-energon-topk=1.5")),
+                        ("--target-energon-topk -0.5", policy("topk", "--target-energon-topk=-0.5")),
+                        ("--target-energon-topk nan", policy("topk", "--target-energon-topk", "nan")),
+                        ("--target-energon-topk below one step", policy("topk", "--target-energon-topk", "1e-6")),
+                        ("--target-energon-topk a list", policy("topk", "--target-energon-topk", "0.25,0.5")),
+                        ("--target-energon-sanger -0.1", policy("sanger", "--target-energon-sanger=-0.1")),
+                        ("--target-energon-sanger 2", policy("sanger", "--target-energon-sanger", "2")),
+                        ("--target-energon-sanger text", policy("sanger", "--target-energon-sanger", "high")),
+                        ("--target-energon-rule, policy topk", policy("topk", "--target-energon-rule", "gap")),
+                        ("--target-energon-alpha, policy sanger", policy("sanger", "--target-energon-alpha=0,0")),
+                        ("--target-energon-gap, policy dense", policy("dense", "--target-energon-gap", "8,4")),
+                        ("--target-energon-rounds, policy topk", policy("topk", "--target-energon-rounds", "4x4")),
+                        ("--target-energon-rule sanger", ["--target-energon-rule", "sanger"]),
+                        ("--target-energon-policy with --target llvm", ["--target", "llvm", *policy("topk")])]:
+        case("compile", name)(lambda fx, tmp, e=extra: _compile(fx, tmp, *e))
     case("compile", "--target-llvm-mcpu bogus")(lambda fx, tmp: _compile(fx, tmp, "--target-llvm-mcpu", "pentium9000"))
     case("compile", "energon option with --target llvm")(
         lambda fx, tmp: _compile(fx, tmp, "--target", "llvm", "--target-energon-config", "edge"))
@@ -525,7 +550,11 @@ def _cases() -> list[Case]:
                         ("--trials x", ["--trials", "x"]), ("--tuner bogus", ["--tuner", "bogus"]),
                         ("--early-stopping 0", ["--early-stopping", "0"]), ("--seed -1", ["--seed", "-1"]),
                         ("--dask-scheduler not an address", ["--dask-scheduler", "not an address"]),
-                        ("--target-energon-config nosuch", ["--target-energon-config", "nosuch"])]:
+                        ("--target-energon-config nosuch", ["--target-energon-config", "nosuch"]),
+                        ("--target-energon-policy bogus", ["--target-energon-policy", "bogus"]),
+                        ("--target-energon-topk without its policy", ["--target-energon-topk", "0.5"]),
+                        ("--target-energon-sanger 2", policy("sanger", "--target-energon-sanger", "2")),
+                        ("--target-energon-gap, policy topk", policy("topk", "--target-energon-gap", "8,4"))]:
         case("tune", name)(lambda fx, tmp, e=extra: _tune(fx, tmp, *e))
     case("tune", "--calibration missing")(lambda fx, tmp: _tune(fx, tmp, "--calibration", str(tmp / "c.npz")))
     case("tune", "--calibration text")(lambda fx, tmp: _tune(fx, tmp, "--calibration", str(_file(tmp, "c.npz", b"x"))))
@@ -563,6 +592,8 @@ def _cases() -> list[Case]:
     thresholds_case("with --target-energon-rule", extra=("--target-energon-rule", "mpmrf"))
     thresholds_case("with --target-energon-rounds none", extra=("--target-energon-rounds", "none"))
     thresholds_case("with --target llvm", extra=("--target", "llvm"))
+    thresholds_case("with --target-energon-policy topk", extra=("--target-energon-policy", "topk"))
+    thresholds_case("with --target-energon-sanger", extra=("--target-energon-sanger", "0.1"))
     thresholds_case("a site the model lacks", _set(["sites", 1, "name"], "lv99"), compiles=True)
     thresholds_case("a site of the model missing", lambda r: r["sites"].pop() and None, compiles=True)
     thresholds_case("a head count that differs", lambda r: r["sites"][0].update(
@@ -575,6 +606,9 @@ def _cases() -> list[Case]:
                         ("--target-energon-quality nan", ["--target-energon-quality", "nan"]),
                         ("--target-energon-quality text", ["--target-energon-quality", "high"]),
                         ("--target-energon-rule bogus", ["--target-energon-rule", "max"]),
+                        ("--target-energon-rule topk (a policy)", ["--target-energon-rule", "topk"]),
+                        ("--target-energon-rule sanger (a policy)", ["--target-energon-rule", "sanger"]),
+                        ("--target-energon-policy (not a calibrate option)", policy("topk")),
                         ("--target-energon-rounds none", ["--target-energon-rounds", "none"]),
                         ("--target-energon-rounds bad", ["--target-energon-rounds", "4y2"]),
                         ("--target-energon-config nosuch", ["--target-energon-config", "nosuch"]),

@@ -125,8 +125,8 @@ def test_each_call_shows_its_policy_config_schedule_and_bound(result, page):
         assert row["site"] == call.site
         assert row["workload BxHxSqxSkxD"] == f"{w.batch}x{w.heads}x{w.seq_q}x{w.seq_k}x{w.head_dim}"
         assert row["mask"] == "padding"
-        assert row["MP-MRF policy"] == w.params.describe()
-        assert row["MP-MRF policy"] == "Q4xK2 gap=8, Q4xK4 gap=4"  # the default policy
+        assert row["selection policy"] == f"{w.params.policy} ({w.params.describe()})"
+        assert row["selection policy"] == "mpmrf (Q4xK2 gap=8, Q4xK4 gap=4)"  # the default policy
         assert row["hardware config"] == "edge" == call.stats["config"]
         knobs = entries[call.site]["schedule"]
         assert row["schedule (source)"].endswith("(heuristic)")
@@ -163,8 +163,7 @@ def test_summary_has_the_bound_beside_the_cycles(result, page):
     assert summary["simulated cycles per inference"] == f"{cycles:,} cycles ({micros:,.1f} µs)"
     assert summary["lower bound per inference"].startswith(f"{sum(b.cycles for b in bounds):,} cycles")
     assert summary["simulated / lower bound"] == f"{cycles / sum(b.cycles for b in bounds):.2f}x"
-    assert summary["MP-MRF policy (filter rounds: Q bits x K bits, threshold rule and value)"] == (
-        "Q4xK2 gap=8, Q4xK4 gap=4 (every call)")
+    assert summary[rh.POLICY_LABEL] == "mpmrf (Q4xK2 gap=8, Q4xK4 gap=4), every call"
 
 
 def _rows(result):

@@ -19,7 +19,8 @@ def add_arguments(p) -> None:
     p.add_argument("--target-energon-quality", default=None, metavar="BUDGET",
                    help="mean fraction of each row's softmax mass the kept keys hold, per head, in (0, 1] "
                         "(default 0.95, chosen across models and tasks: docs/accuracy.md)")
-    p.add_argument("--target-energon-rule", default="gap", help="threshold rule: gap (default) or mpmrf")
+    p.add_argument("--target-energon-rule", default="gap", help="threshold rule of the mpmrf policy to calibrate: "
+                   "gap (default) or mpmrf (the topk and sanger policies are set by their one value, not calibrated)")
     p.add_argument("--target-energon-rounds", help="filter rounds as QxK bits (default 4x2,4x4)")
     p.add_argument("--target-energon-config", help="hardware config: edge, server or a .toml file (default edge)")
     p.add_argument("--input-shapes", help='fix input shapes: "name:[1,128],mask:[1,128]"')

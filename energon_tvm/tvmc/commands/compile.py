@@ -40,8 +40,7 @@ def run(args) -> int:
     # what would fail after the compile fails before it: the target, the key, the dump kinds, the shapes,
     # the build options and the output folders
     t = target_options(args)
-    parse_target(t["target"], t["config"], t["alpha"], rounds=t["rounds"], mcpu=t["mcpu"], rule=t["rule"],
-                 gap=t["gap"], thresholds=args.target_energon_thresholds)
+    parse_target(t.pop("target"), thresholds=args.target_energon_thresholds, **t)
     key = package_key(args.package_key)
     dump_kinds(args.dump_code)
     parse_input_shapes(args.input_shapes)

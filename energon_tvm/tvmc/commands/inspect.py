@@ -17,7 +17,8 @@ def add_arguments(p) -> None:
 @command("inspect", "show the generated Energon ISA, workloads, schedules, buffer use and cycle estimates")(
     add_arguments)
 def run(args) -> int:
-    from ..inspect import describe_program, threshold_table
+    from ...isa.numerics import MPMRFParams
+    from ..inspect import describe_program, selection_lines, threshold_table
     from ..package import read_package
 
     path = Path(args.path)
@@ -45,9 +46,12 @@ def run(args) -> int:
     sites = len(m["offloads"]) if sites is None else sites  # packages of earlier versions do not say
     print(f"{len(m['calls'])} offloaded call(s) of {sites} attention site(s)"
           + ("" if m["offload"] else " (compiled for the host only)"))
+    if m["offload"]:
+        print("\n".join(selection_lines(m)))
     if m["calls"]:
         print("\n" + threshold_table(m))
     for i, call in enumerate(m["calls"]):
-        print(f"\n=== call {i}: site {call['site']} ({call['schedule_source']} schedule) ===")
+        policy = MPMRFParams.from_dict(call["workload"]["params"]).policy
+        print(f"\n=== call {i}: site {call['site']}, policy {policy} ({call['schedule_source']} schedule) ===")
         print(describe_program(pkg.program(call), code=not args.no_code))
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...isa.numerics import POLICIES
 from ..errors import TVMCError
 from ..main import command
 
@@ -52,22 +53,32 @@ def _against(bound, cycles) -> str:
     return f"{'n/a':>8} {'':<9}" if bound is None else f"{bound.ratio(cycles):>7.2f}x {bound.binds:<9}"
 
 
+#: the width of the policy column of --profile and --print-top (the longest policy name)
+POLICY_WIDTH = max(len(p) for p in POLICIES)
+
+
+def _policies(result) -> str:
+    """The policy of every call, for the totals row: the one name, or ``mixed``."""
+    names = {c.workload.params.policy for c in result.calls}
+    return names.pop() if len(names) == 1 else "mixed" if names else "-"
+
+
 def _profile_lines(result) -> list[str]:
     from ..report_html import bound_total, call_bounds, kept_text
 
     bounds = call_bounds(result)
     lines = [f"{'call':>4}  {'site':<28} {'cycles':>12} {'DRAM KiB':>10} {'energy uJ':>10} {'x bound':>8} "
-             f"{'binds':<9}  kept ratio per round"]
+             f"{'binds':<9} {'policy':<{POLICY_WIDTH}}  kept ratio per round"]
     for i, (call, bound) in enumerate(zip(result.calls, bounds)):
         s = call.stats
         dram = (s["dram_bytes"]["read_total"] + s["dram_bytes"]["write_total"]) / 1024
         lines.append(f"{i:>4}  {call.site[:28]:<28} {s['cycles']:>12,} {dram:>10.1f} "
-                     f"{s['energy_pj']['total'] / 1e6:>10.3f} {_against(bound, s['cycles'])}  "
-                     f"{kept_text(s.get('kept_ratio', []))}")
+                     f"{s['energy_pj']['total'] / 1e6:>10.3f} {_against(bound, s['cycles'])} "
+                     f"{call.workload.params.policy:<{POLICY_WIDTH}}  {kept_text(s.get('kept_ratio', []))}")
     t = result.totals()
     lines.append(f"{'all':>4}  {t['calls']} call(s){'':<19} {t['cycles']:>12,} {t['dram_bytes'] / 1024:>10.1f} "
-                 f"{t['energy_pj'] / 1e6:>10.3f} {_against(bound_total(bounds), t['cycles'])}  "
-                 f"{kept_text(t['kept_ratio'])}")
+                 f"{t['energy_pj'] / 1e6:>10.3f} {_against(bound_total(bounds), t['cycles'])} "
+                 f"{_policies(result):<{POLICY_WIDTH}}  {kept_text(t['kept_ratio'])}")
     if any(b is not None for b in bounds):
         lines.append("x bound: simulated cycles over the fewest any schedule could take on this machine with the "
                      "kept counts of the run (docs/scheduler.md, Lower bounds)")
@@ -83,12 +94,13 @@ def _top_lines(result, n: int) -> list[str]:
     bounds = call_bounds(result)
     order = sorted(range(len(result.calls)), key=lambda i: -result.calls[i].stats["cycles"])[:n]
     lines = [f"the {len(order)} slowest of {len(result.calls)} accelerator call(s):",
-             f"{'rank':>4} {'call':>4}  {'site':<28} {'cycles':>12} {'x bound':>8} {'binds':<9}  kept ratio per round"]
+             f"{'rank':>4} {'call':>4}  {'site':<28} {'cycles':>12} {'x bound':>8} {'binds':<9} "
+             f"{'policy':<{POLICY_WIDTH}}  kept ratio per round"]
     for rank, i in enumerate(order, 1):
         call = result.calls[i]
         cycles = call.stats["cycles"]
-        lines.append(f"{rank:>4} {i:>4}  {call.site[:28]:<28} {cycles:>12,} {_against(bounds[i], cycles)}  "
-                     f"{kept_text(call.stats.get('kept_ratio', []))}")
+        lines.append(f"{rank:>4} {i:>4}  {call.site[:28]:<28} {cycles:>12,} {_against(bounds[i], cycles)} "
+                     f"{call.workload.params.policy:<{POLICY_WIDTH}}  {kept_text(call.stats.get('kept_ratio', []))}")
     return lines
 
 
@@ -217,9 +229,10 @@ _SINGLE_RUN = (("trace", "--trace"), ("report", "--report"), ("reference", "--re
                ("print_top", "--print-top"), ("print_time", "--print-time"))
 
 
-def dataset_lines(result) -> list[str]:
+def dataset_lines(result, policies: dict | None = None) -> list[str]:
     """--profile of a data set: mean / p50 / p95 cycles, energy and DRAM per inference, and the mean
-    final kept ratio of each offloaded call."""
+    final kept ratio of each offloaded call, beside its selection policy (``policies``: site -> policy
+    name, from the package's manifest)."""
     a = result.aggregates()
     rate = result.count / result.wall_seconds if result.wall_seconds else float("inf")
     lines = [f"{result.count} input(s) on the {result.backend} backend in {result.wall_seconds:.2f} s "
@@ -233,10 +246,18 @@ def dataset_lines(result) -> list[str]:
             v = a[key]
             lines.append(f"{label:<16} {v['mean'] / scale:>14,.3f} {v['p50'] / scale:>14,.3f} "
                          f"{v['p95'] / scale:>14,.3f}")
-    lines.append(f"{'call':>4}  {'site':<28} mean final kept ratio")
+    policies = policies or {}
+    lines.append(f"{'call':>4}  {'site':<28} {'policy':<{POLICY_WIDTH}}  mean final kept ratio")
     for i, (site, r) in enumerate(zip(result.sites, a["kept_ratio_mean"])):
-        lines.append(f"{i:>4}  {site[:28]:<28} {r:.4f}")
+        lines.append(f"{i:>4}  {site[:28]:<28} {policies.get(site, '?'):<{POLICY_WIDTH}}  {r:.4f}")
     return lines
+
+
+def manifest_policies(manifest: dict) -> dict[str, str]:
+    """Site -> the selection policy of its call, from a package's manifest."""
+    from ...isa.numerics import MPMRFParams
+
+    return {c["site"]: MPMRFParams.from_dict(c["workload"]["params"]).policy for c in manifest["calls"]}
 
 
 def _run_dataset(args, key, budget) -> int:
@@ -258,7 +279,9 @@ def _run_dataset(args, key, budget) -> int:
         atomic_write(args.outputs, buffer.getvalue())
         print(f"wrote {args.outputs}", file=sys.stderr)
     if args.profile:
-        print("\n".join(dataset_lines(result)))
+        from ..package import read_package
+
+        print("\n".join(dataset_lines(result, manifest_policies(read_package(args.package, key=key).manifest))))
     elif not args.outputs:
         a = result.aggregates()
         print(f"ran {Path(args.package).name} on {result.count} input(s) ({args.backend} backend): mean "

@@ -1,4 +1,4 @@
-; Energon ISA v1 program for config edge: 28 instructions, 5 regions
+; Energon ISA v2 program for config edge: 28 instructions, 5 regions
 .config edge 4d4d6af1c117c83af3007f5151780bf6
 .region params offset=0x00000000 dtype=float64 shape=1,2 layout=HS
 .region q offset=0x00000100 dtype=int16 shape=1,1,64,64 layout=BHSD
@@ -18,9 +18,9 @@
     wait      unit=FILTER token=0 @""                            ;    8 filter
     f.cand    rows=64 q0=0 k0=0 keys=128 idx=0x0000 bias=0x0000 head=0 causal=0 biasmode=NONE @"b0 h0 q0:64 k0:128" ;    9 filter
     f.score   qb=4 kb=2 rows=64 q=0x0000 kp=0x0000 keys=128 sc=0x0000 idx=0x0000 bias=0x0000 head=0 first=1 biasmode=NONE store=1 narrow=0 @"b0 h0 q0:64 k0:128 round 1" ;   10 filter
-    f.select  round=1 alpha=-256 rows=64 q0=0 k0=0 keys=128 sc=0x0000 idx=0x0000 head=0 narrow=0 rule=MPMRF gap=0 @"b0 h0 q0:64 k0:128 round 1" ;   11 filter
+    f.select  round=1 alpha=-256 rows=64 q0=0 k0=0 keys=128 sc=0x0000 idx=0x0000 head=0 narrow=0 rule=MPMRF gap=0 keep=0 @"b0 h0 q0:64 k0:128 round 1" ;   11 filter
     f.score   qb=4 kb=4 rows=64 q=0x0000 kp=0x0000 keys=128 sc=0x0000 idx=0x0000 bias=0x0000 head=0 first=1 biasmode=NONE store=1 narrow=0 @"b0 h0 q0:64 k0:128 round 2" ;   12 filter
-    f.select  round=2 alpha=0 rows=64 q0=0 k0=0 keys=128 sc=0x0000 idx=0x0000 head=0 narrow=0 rule=MPMRF gap=0 @"b0 h0 q0:64 k0:128 round 2" ;   13 filter
+    f.select  round=2 alpha=0 rows=64 q0=0 k0=0 keys=128 sc=0x0000 idx=0x0000 head=0 narrow=0 rule=MPMRF gap=0 keep=0 @"b0 h0 q0:64 k0:128 round 2" ;   13 filter
     signal    unit=FILTER token=1 @""                            ;   14 filter
     signal    unit=FILTER token=2 @""                            ;   15 filter
     wait      unit=LOAD token=1 @""                              ;   16 load
