@@ -47,13 +47,14 @@ the smallest schedule of a plane mode fits: rows drive the q, index, out and bia
 chunks only add to them). Then:
 
 * if the kv buffer cannot hold a head's gathered K and V (``buffer_usage`` of a one-slot schedule whose
-  chunk is the whole key row), every query tile gathers its own kept K/V. A key kept by ``n`` rows of a
-  head is in at least ``ceil(n / R)`` tiles, and a tile gathers at least as many keys as its busiest
-  row keeps (with the rows' kept counts sorted, the tiles' maxima sum to at least every R-th of them);
-  the larger of the two counts is gathered. With counts only: ``ceil(kept / R)``.
+  chunk is the whole key row), every query tile gathers its own kept K/V: the union of its rows' kept
+  keys. Tiles are runs of consecutive query rows (an instruction addresses a tile by ``q0`` and
+  ``rows``), so the fewest gathers of any tiling is the split of each head's rows into runs of at most
+  R rows whose unions add up to the least (:func:`tile_loads`, exact by dynamic programming). With
+  counts only: ``ceil(kept / R)`` and the fewest keys that hold the kept pairs.
 * if no head-mode schedule fits (a head's planes do not fit the kplane buffer), round r of every tile
-  streams planes ``0 .. k_bits(r)`` of its candidates: ``ceil(n_r / R)`` tiles per key with ``n_r``
-  round-r candidate rows.
+  streams planes ``0 .. k_bits(r)`` of its candidates: the same fewest split, over round r's
+  candidates.
 * otherwise the operand counts once, as in the compulsory bytes. Q, the bias, the params and the output
   count once in any tiling.
 
@@ -164,12 +165,8 @@ def _from_masks(w: AttentionWorkload, cfg: HardwareConfig, masks, rows: int, row
             raise ScheduleError(f"sparsity mask {r} sets {int(outside.sum())} pair(s) that {what}")
 
     def keys_and_loads(m: np.ndarray) -> tuple[int, int, np.ndarray]:
-        per_key = m.sum(axis=1)  # [heads, Sk]: rows that have the key
-        keys = np.count_nonzero(per_key, axis=1)
-        by_key = (-(-per_key // rows)).sum(axis=1)
-        # tiles' busiest rows: with row counts sorted descending, tile j's maximum >= the (j*rows)-th
-        by_row = -np.sort(-m.sum(axis=2), axis=1)[:, ::rows].sum(axis=1)
-        loads = np.maximum(by_key, by_row)
+        keys = np.count_nonzero(m.any(axis=1), axis=1)
+        loads = tile_loads(m, rows)
         return int(keys.sum()), int(loads.sum()), loads
 
     rk, rl = zip(*(keys_and_loads(m)[:2] for m in masks[:-1])) if rounds else ((), ())
@@ -184,6 +181,31 @@ def _from_masks(w: AttentionWorkload, cfg: HardwareConfig, masks, rows: int, row
     load_bursts = np.maximum(run_bursts, _bursts(loads_h * row_bytes, cfg))
     return _Sparsity(tuple(int(m.sum()) for m in masks[:-1]), int(kept.sum()), tuple(rk), tuple(rl),
                      kv_keys, kv_loads, int(run_bursts.sum()), int(load_bursts.sum()))
+
+
+_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)
+
+
+def tile_loads(m: np.ndarray, rows: int) -> np.ndarray:
+    """int64 [heads]: the fewest (tile, key) loads of any split of each head's query rows into tiles of at
+    most ``rows`` consecutive rows (the ISA's tiles: ``q0`` and ``rows``), a tile loading the union of its
+    rows' keys of ``m`` (bool [heads, Sq, Sk]). Exact, by dynamic programming over where tiles end:
+    ``best[j] = min over l <= rows of best[j - l] + |union of rows j-l .. j-1|``."""
+    heads, sq, _ = m.shape
+    rows = max(1, min(int(rows), sq))
+    packed = np.packbits(m, axis=2)  # [heads, Sq, Sk/8]
+    union = np.zeros_like(packed)    # union[:, i] grows to rows i .. i+l-1
+    big = np.iinfo(np.int64).max // 4
+    cost = np.full((rows, heads, sq), big, np.int64)  # cost[l-1, h, i]: keys of rows i .. i+l-1
+    for length in range(1, rows + 1):
+        n = sq - length + 1
+        union[:, :n] |= packed[:, length - 1:]
+        cost[length - 1, :, :n] = _POPCOUNT[union[:, :n]].sum(axis=2, dtype=np.int64)
+    best = np.zeros((heads, sq + 1), np.int64)
+    for j in range(1, sq + 1):
+        lengths = np.arange(1, min(rows, j) + 1)
+        best[:, j] = (best[:, j - lengths] + cost[lengths - 1, :, j - lengths].T).min(axis=1)
+    return best[:, sq]
 
 
 def _from_counts(w: AttentionWorkload, cfg: HardwareConfig, candidates: int, kept_per_round: Sequence[int],

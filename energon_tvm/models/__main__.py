@@ -221,13 +221,19 @@ def _compare(args: argparse.Namespace) -> int:
     if not task_names:
         raise EnergonError("--tasks is empty: give at least one task")
     settings = compare.sweep_settings([p.strip() for p in args.policies.split(",") if p.strip()])
-    if args.n_machine < 2:
+    if args.settings:
+        names = [n.strip() for n in args.settings.split(",") if n.strip()]
+        unknown = [n for n in names if n not in settings]
+        if unknown:
+            raise EnergonError(f"--settings {unknown[0]!r}: one of {', '.join(settings)}")
+        settings = {n: settings[n] for n in names}
+    if args.n_machine < 2 and not args.skip_machine:
         raise EnergonError(f"--n-machine {args.n_machine}: at least 2 sentences (a standard error needs two)")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     result = compare.compare(args.model, task_names, settings, config=args.config, n_test=args.n_test,
-                             n_machine=args.n_machine, seed=args.seed, batch=args.batch,
-                             progress=not args.no_progress)
+                             n_machine=0 if args.skip_machine else args.n_machine, seed=args.seed,
+                             batch=args.batch, synthetic=not args.skip_machine, progress=not args.no_progress)
     (out / "policies.json").write_text(json.dumps(result.to_dict(), indent=1))
     text = compare.markdown(result)
     (out / "policies.md").write_text(text + "\n")
@@ -332,8 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "(mpmrf,topk,sanger,dense)")
     cp.add_argument("--config", default="edge", help="the machine the policies are simulated on (edge)")
     cp.add_argument("--n-test", type=int, default=None, help="score only the first N test items (default all)")
+    cp.add_argument("--settings", help="comma-separated settings of those policies' sweeps to run (default all)")
     cp.add_argument("--n-machine", type=int, default=16, help="test sentences simulated per setting, one "
                     "inference each (16)")
+    cp.add_argument("--skip-machine", action="store_true", help="accuracy only: no simulation (a model whose "
+                    "attention has a per-row bias cannot run top-k or Sanger's rule on the machine)")
     cp.add_argument("--seed", type=int, default=0)
     cp.add_argument("--batch", type=int, default=64)
     cp.add_argument("--no-progress", action="store_true")

@@ -180,7 +180,8 @@ def compare(model_name: str = "all-MiniLM-L6-v2", task_names: Sequence[str] = ("
             settings: Mapping[str, MPMRFParams] | None = None, *, config: str = "edge", n_test: int | None = None,
             n_machine: int = 16, seed: int = 0, batch: int = 64, synthetic: bool = True,
             progress: bool = True) -> Comparison:
-    """Every setting (default: :func:`sweep_settings`) on ``model_name``'s tasks and on the machine."""
+    """Every setting (default: :func:`sweep_settings`) on ``model_name``'s tasks and on the machine
+    (``n_machine`` 0: accuracy only; ``synthetic``: also the BERT-base S=512 synthetic call)."""
     from ..isa.config import load_config
     from . import tasks, zoo
 
@@ -192,8 +193,10 @@ def compare(model_name: str = "all-MiniLM-L6-v2", task_names: Sequence[str] = ("
     hook = evaluation.LayerAttention()
     model = zoo.load_model(model_name, attention=hook)
     texts = list(tasks.load_task(task_names[0], seed=seed).test_texts[:n_machine])
-    samples = evaluation.calibration_samples(lambda t: zoo.embed(model_name, model, t, batch=1), hook, texts)
-    machine = machine_figures(model_inferences(samples), settings, cfg, progress)
+    machine = []
+    if n_machine:
+        samples = evaluation.calibration_samples(lambda t: zoo.embed(model_name, model, t, batch=1), hook, texts)
+        machine = machine_figures(model_inferences(samples), settings, cfg, progress)
     synth = machine_figures([synthetic_inference(seed)], settings, cfg, progress) if synthetic else []
     return Comparison(model_name, config, tuple(accuracy), tuple(machine), tuple(synth), time.perf_counter() - t0)
 
@@ -263,14 +266,14 @@ def plot(c: Comparison, path) -> None:
         tol = evaluation.TOLERANCE[r.metric_name]
         for policy, sweep in POLICY_SWEEP.items():
             pts = [(acc[(r.task, name)], machine.get(name)) for name in sweep if (r.task, name) in acc]
-            pts = [(s, m) for s, m in pts if m is not None]
-            if not pts:
-                continue
             for ax, (_, x) in zip(row, xs):
-                ax.errorbar([x(s, m) for s, m in pts], [s.diff / tol for s, _ in pts],
-                            yerr=[s.diff_se / tol for s, _ in pts], fmt=markers.get(policy, "o") + "-", capsize=2,
-                            label=policy)
-                for s, m in pts:
+                shown = pts if x is xs[0][1] else [(s, m) for s, m in pts if m is not None]  # kept needs no run
+                if not shown:
+                    continue
+                ax.errorbar([x(s, m) for s, m in shown], [s.diff / tol for s, _ in shown],
+                            yerr=[s.diff_se / tol for s, _ in shown], fmt=markers.get(policy, "o") + "-",
+                            capsize=2, label=policy)
+                for s, m in shown:
                     ax.annotate(s.setting.split(" ", 1)[-1], (x(s, m), s.diff / tol), fontsize=6,
                                 xytext=(3, 3), textcoords="offset points")
         for ax, (label, _) in zip(row, xs):

@@ -102,6 +102,13 @@ def test_report_round_trip_and_plot(tmp_path):
     assert "| 1.25x | 0.82 |" in text  # topk: 1000 / 800 cycles, 1.8 / 2.2 uJ against dense
     compare.plot(c, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 10_000
+    # accuracy only (no machine rows): the kept panel alone, and no machine tables
+    from dataclasses import replace
+
+    bare = replace(c, machine=(), synthetic=())
+    assert "cycles" not in compare.markdown(bare)
+    compare.plot(bare, tmp_path / "q.png")
+    assert (tmp_path / "q.png").stat().st_size > 10_000
 
 
 def test_command_refuses_bad_options(capsys):
@@ -111,3 +118,5 @@ def test_command_refuses_bad_options(capsys):
     assert "bogus" in capsys.readouterr().err
     assert main(["compare", "--model", "nope"]) != 0
     assert main(["compare", "--n-machine", "1"]) != 0
+    assert main(["compare", "--settings", "topk 0.5,nope"]) != 0
+    assert "'nope'" in capsys.readouterr().err

@@ -81,6 +81,38 @@ def test_gathered_kv_restreamed_per_query_tile_when_it_cannot_stay_resident():
     assert roomy.tiling_min_dram_bytes == roomy.compulsory_dram_bytes
 
 
+def _compositions(n: int, most: int):
+    """Every split of n consecutive rows into runs of 1..most rows (lengths in order)."""
+    if n == 0:
+        yield ()
+        return
+    for first in range(1, min(most, n) + 1):
+        for rest in _compositions(n - first, most):
+            yield (first,) + rest
+
+
+def test_tile_loads_is_the_fewest_over_every_split_into_consecutive_tiles():
+    from energon_tvm.schedules.bounds import tile_loads
+
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        heads, sq, sk, rows = int(rng.integers(1, 3)), int(rng.integers(1, 10)), int(rng.integers(1, 12)), \
+            int(rng.integers(1, 5))
+        m = rng.random((heads, sq, sk)) < rng.random()
+        want = []
+        for h in range(heads):  # enumerate the splits: no recurrence shared with the implementation
+            costs = []
+            for split in _compositions(sq, rows):
+                edges = np.cumsum((0,) + split)
+                costs.append(sum(int(m[h, a:b].any(axis=0).sum()) for a, b in zip(edges[:-1], edges[1:])))
+            want.append(min(costs))
+        assert tile_loads(m, rows).tolist() == want
+    # rows that keep disjoint keys gain nothing from sharing a tile; identical rows load their keys once
+    eye = np.eye(6, dtype=bool)[None]
+    assert tile_loads(eye, 3).tolist() == [6]
+    assert tile_loads(np.ones((1, 6, 5), bool), 4).tolist() == [10]  # ceil(6 / 4) tiles x 5 keys
+
+
 def test_filter_rounds_by_hand():
     # one round Q4xK2 on edge: candidates = the causal pairs (36 of 8x8); the FU scores each once
     w = AttentionWorkload(1, 1, 8, 8, 8, causal=True, params=MPMRFParams((FilterRound(4, 2, 0.0),)))
