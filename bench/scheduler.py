@@ -1,9 +1,10 @@
 """Scheduler: heuristic MP-MRF and dense schedules against the machine's own limits.
 
-    python bench/scheduler.py [--config edge|server|both] [--skip-long]
+    python bench/scheduler.py [--config edge|server|both] [--skip-long] [--setting NAME]
 
 For BERT-base-like (H=12, D=64, S=128/512/2048) and MiniLM-like (H=12, D=32, S=128) attention with
-structured Q/K (energon_tvm.workloads), default MP-MRF parameters and the heuristic's schedules
+structured Q/K (energon_tvm.workloads), the default selection (or ``--setting``, one of the policy
+sweep's settings, e.g. ``"mpmrf 0/-0.25"`` or ``"topk 0.35"``) and the heuristic's schedules
 (default_schedule): one table per machine with each schedule's cycles against its lower bound
 (energon_tvm.schedules.bounds, from the kept sets of the numpy reference on the same data), MP-MRF's
 DRAM bytes against the compulsory bytes and the tiling minimum, the speedup over dense against what
@@ -23,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table  # noqa: E402
 from energon_tvm.isa.config import load_config  # noqa: E402
+from energon_tvm.isa.numerics import MPMRFParams  # noqa: E402
 from energon_tvm.runtime_sim import Simulator  # noqa: E402
 from energon_tvm.schedules import (  # noqa: E402
     AttentionWorkload,
@@ -32,6 +34,7 @@ from energon_tvm.schedules import (  # noqa: E402
     emit_program,
 )
 
+from energon_tvm.models.compare import sweep_settings  # noqa: E402
 from energon_tvm.tuner import profile_from_arrays  # noqa: E402
 from energon_tvm.workloads import structured_qkv  # noqa: E402
 
@@ -60,7 +63,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="both", choices=["edge", "server", "both"])
     ap.add_argument("--skip-long", action="store_true", help="leave out S=2048")
+    ap.add_argument("--setting", help="a setting of energon_tvm.models.compare.POLICY_SWEEP (default: the "
+                    "default MP-MRF parameters)")
     args = ap.parse_args()
+    params = MPMRFParams()
+    if args.setting is not None:
+        settings = sweep_settings()
+        if args.setting not in settings:
+            ap.error(f"--setting {args.setting!r}: one of {', '.join(settings)}")
+        params = settings[args.setting]
     configs = ["edge", "server"] if args.config == "both" else [args.config]
     for name in configs:
         cfg = load_config(name)
@@ -70,7 +81,7 @@ def main() -> None:
                 continue
             t0 = time.perf_counter()
             q, k, v = structured_qkv(np.random.default_rng(0), 1, h, s, s, d)
-            w = AttentionWorkload(1, h, s, s, d)
+            w = AttentionWorkload(1, h, s, s, d, params=params)
             sched, st, bound = simulate(w, cfg, q, k, v)
             dsched, dst, dbound = simulate(dense_workload(w), cfg, q, k, v)
             speedup, allowed = dst["cycles"] / st["cycles"], dbound.cycles / bound.cycles
@@ -90,7 +101,7 @@ def main() -> None:
         print(table(["workload (H=12)", "kept", "MP-MRF schedule", "MP-MRF cycles", "bound", "x bound",
                      "dense schedule", "dense cycles", "bound", "x bound", "MP-MRF DRAM MB", "x compulsory",
                      "x tiling min", "dense DRAM x tiling min", "speedup", "bound allows", "of allowed",
-                     "energy vs dense", "wall s"], rows, f"Heuristic schedules on {name}"))
+                     "energy vs dense", "wall s"], rows, f"Heuristic schedules on {name}, {params.describe()}"))
 
 
 if __name__ == "__main__":

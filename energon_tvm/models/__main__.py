@@ -208,6 +208,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    import json
+
+    from . import evaluation
+
+    results = []
+    for path in args.inputs:
+        try:
+            results += [evaluation.TaskResult.from_dict(d) for d in json.loads(Path(path).read_text())]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise EnergonError(f"{path}: not an accuracy.json of python -m energon_tvm.models evaluate "
+                               f"({type(err).__name__}: {err})") from None
+    merged = evaluation.merge(results)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "accuracy.json").write_text(json.dumps([r.to_dict() for r in merged], indent=1))
+    (out / "accuracy.md").write_text(evaluation.markdown(merged) + "\n")
+    evaluation.plot(merged, out / "pareto.png")
+    print(f"merged {len(results)} table(s) of {len(args.inputs)} file(s) into {len(merged)}: wrote "
+          f"{out / 'accuracy.json'}, {out / 'accuracy.md'}, {out / 'pareto.png'}")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     import json
 
@@ -327,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-o", "--output", default="out/accuracy", help="folder for accuracy.json, accuracy.md, "
                     "pareto.png")
     ev.set_defaults(run=_evaluate)
+
+    mg = sub.add_parser("merge", help="merge accuracy.json files of evaluate runs of one protocol (same test "
+                        "items) into one table per model and task")
+    mg.add_argument("inputs", nargs="+", help="accuracy.json files")
+    mg.add_argument("-o", "--output", default="out/accuracy", help="folder for the merged accuracy.json, "
+                    "accuracy.md, pareto.png")
+    mg.set_defaults(run=_merge)
 
     cp = sub.add_parser("compare", help="selection policies side by side: task metric, kept ratio, simulated "
                         "cycles and energy per policy and knob")

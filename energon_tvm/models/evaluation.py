@@ -218,6 +218,43 @@ def evaluate_model(model_name: str, task_names: Sequence[str], *, budgets: Seque
     return results
 
 
+def _setting_order(name: str) -> tuple:
+    """dense first, then the fixed settings (in :data:`FIXED_SETTINGS` order, others by name), then the
+    calibrated budgets, loosest first."""
+    if name == "dense":
+        return (0, 0.0, "")
+    if name.startswith("calibrated@"):
+        return (2, float(name.split("@", 1)[1]), "")
+    fixed = list(FIXED_SETTINGS)
+    return (1, float(fixed.index(name)) if name in fixed else float(len(fixed)), name)
+
+
+def merge(results: Sequence[TaskResult]) -> list[TaskResult]:
+    """Runs of one protocol merged per model and task (a later run's setting replaces an earlier one of
+    the same name): every run must have scored the same test items, so its dense baseline must be the
+    same, else the paired differences would not compare."""
+    from ..isa.errors import EnergonError
+
+    merged: dict[tuple[str, str], TaskResult] = {}
+    for r in results:
+        key = (r.model, r.task)
+        if key not in merged:
+            merged[key] = r
+            continue
+        old = merged[key]
+        dense_old = next(s for s in old.settings if s.setting == "dense")
+        dense_new = next(s for s in r.settings if s.setting == "dense")
+        if (old.n_test, old.n_train, dense_old.metric) != (r.n_test, r.n_train, dense_new.metric):
+            raise EnergonError(f"{r.model} / {r.task}: runs differ in test items or dense baseline "
+                               f"(n_test {old.n_test} vs {r.n_test}, dense {dense_old.metric:.6f} vs "
+                               f"{dense_new.metric:.6f}): they cannot be merged")
+        settings = {s.setting: s for s in old.settings} | {s.setting: s for s in r.settings}
+        merged[key] = TaskResult(r.model, r.task, r.metric_name, r.n_train, r.n_test,
+                                 tuple(sorted(settings.values(), key=lambda s: _setting_order(s.setting))),
+                                 max(old.calibration_seconds, r.calibration_seconds), old.extra | r.extra)
+    return list(merged.values())
+
+
 def markdown(results: Sequence[TaskResult]) -> str:
     """One table per model x task: setting, kept per round, metric +- SE, paired difference to dense."""
     out = []

@@ -88,3 +88,26 @@ def test_markdown_reports_points_and_paired_errors():
     assert "| calibrated@0.9 | 0.500 | 0.250 | 77.60 | 0.66 | -0.40 | 0.31 |" in text
     back = TaskResult.from_dict(TaskResult("m", "t", "spearman", 1, 2, rows).to_dict())
     assert back.settings == rows
+
+
+def test_merge_unites_runs_of_one_protocol_and_refuses_others():
+    from energon_tvm.isa.errors import EnergonError
+    from energon_tvm.models.evaluation import merge
+
+    def row(name, metric):
+        return SettingResult(name, (0.5,), metric, 0.01, metric - 0.78, 0.002, 1.0)
+
+    a = TaskResult("m", "t", "accuracy", 10, 20, (row("dense", 0.78), row("calibrated@0.95", 0.77),
+                                                   row("gap 8/4", 0.775)))
+    b = TaskResult("m", "t", "accuracy", 10, 20, (row("dense", 0.78), row("calibrated@0.9", 0.76),
+                                                   row("mpmrf 0/-0.25", 0.74), row("gap 8/4", 0.776)))
+    other = TaskResult("m", "u", "accuracy", 10, 20, (row("dense", 0.7),))
+    merged = merge([a, b, other])
+    assert [r.task for r in merged] == ["t", "u"]
+    # dense, fixed settings in their declared order, budgets loosest first; the later run's gap 8/4 wins
+    assert [s.setting for s in merged[0].settings] == ["dense", "mpmrf 0/-0.25", "gap 8/4", "calibrated@0.9",
+                                                        "calibrated@0.95"]
+    assert next(s for s in merged[0].settings if s.setting == "gap 8/4").metric == 0.776
+    shifted = TaskResult("m", "t", "accuracy", 10, 20, (row("dense", 0.79),))
+    with pytest.raises(EnergonError, match="cannot be merged"):
+        merge([a, shifted])
