@@ -15,5 +15,10 @@ def test_main_job_on_the_real_model(tmp_path, capsys):
     assert "speedup over dense" in out and "cosine similarity to onnxruntime" in out
     cos = float(out.split("cosine similarity to onnxruntime's dense embeddings: mean ")[1].split(",")[0])
     assert cos > 0.8
+    # every figure beside its bound: no run is faster than what bounds it
+    line = out.split("lower bounds per inference")[1].split("\n")[0]
+    ratios = line.split("the runs are ")[1].replace(" their bounds", "").replace("x", "").split(" and ")
+    ratios = [float(r) for r in ratios]
+    assert len(ratios) == 2 and all(r >= 1.0 for r in ratios)
     dense = float(out.split("(dense INT16: mean ")[1].split(")")[0])
     assert dense > 0.999  # with every key kept, only INT16 quantisation separates it from onnxruntime
