@@ -280,7 +280,7 @@ def plot(c: Comparison, path) -> None:
             ax.axhline(0, color="k", lw=1)
             ax.axhspan(-1, 1, color="k", alpha=0.07)
             ax.set_xlabel(label)
-            ax.set_ylabel(f"{r.task}: change / tolerance")
+        row[0].set_ylabel(f"{r.task}:\nchange vs float / tolerance")
         row[0].legend(fontsize=7, title="policy", title_fontsize=7, loc="lower right")
     fig.suptitle(f"{c.model}: task metric against kept pairs, cycles and energy on {c.config} "
                  f"(band: within {evaluation.TOLERANCE['accuracy'] * 100:g} points / "
