@@ -288,7 +288,7 @@ def plot(results: Sequence[TaskResult], path) -> None:
     models = sorted({r.model for r in results})
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for n, r in enumerate(r for r in results if r.model == model):
+        for n, r in enumerate(sorted((r for r in results if r.model == model), key=lambda r: r.task)):
             tol = TOLERANCE[r.metric_name]
             pts = sorted((s for s in r.settings if s.kept), key=lambda s: s.kept[-1])
             cal = [s for s in pts if s.setting.startswith("calibrated")]
