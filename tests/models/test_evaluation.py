@@ -92,6 +92,7 @@ def test_markdown_reports_points_and_paired_errors():
 
 def test_merge_unites_runs_of_one_protocol_and_refuses_others():
     from energon_tvm.isa.errors import EnergonError
+
     from energon_tvm.models.evaluation import merge
 
     def row(name, metric):
