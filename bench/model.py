@@ -1,20 +1,32 @@
-"""The benchmark suite on the real model: all-MiniLM-L6-v2 (seq_len 128) end to end.
+"""The benchmark suite on the real models: all-MiniLM-L6-v2 (seq_len 128) end to end, and the host build
+of it and of a ViT-S/16-shaped model against onnxruntime.
 
-    python bench/model.py [--sentences 4] [--out out]
+    python bench/model.py [--sentences 4] [--out out] [--host-db DB_DIR] [--repeat 10] [--threads N]
+                          [--skip-simulation]
 
 Prints, in one run:
-1. compile time of `tvmc compile` (energon, llvm) against an llvm-only build of the same model;
-2. host wall time per inference: the llvm-only package, the Energon package (host + simulator), and
+1. host ms per inference, side by side: onnxruntime, the TVM host build (target llvm) for generic
+   x86-64, for the compiling CPU's x86-64 level (the default build) and, with ``--host-db``, with the
+   MetaSchedule database ``tvmc tune --host`` wrote; for all-MiniLM-L6-v2 at S=128 and ViT-S/16 (224 x
+   224, random weights of a fixed seed). Each figure is the median of ``--repeat`` rounds, each round
+   running every build once in turn (common.timed), so a slow spell on a shared machine hits all, with
+   a pause before each run (onnxruntime's and TVM's thread pools spin after a run and would slow
+   whichever runs next);
+2. compile time of `tvmc compile` (energon, llvm) against an llvm-only build of the same model;
+3. host wall time per inference: the llvm-only package, the Energon package (host + simulator), and
    onnxruntime on the same model on this machine;
-3. per inference on `edge` and `server`: simulated cycles, energy, DRAM traffic, FU/AU utilisation and
+4. per inference on `edge` and `server`: simulated cycles, energy, DRAM traffic, FU/AU utilisation and
    the speedup over the dense INT16 schedule on the same machine;
-4. a design-space sweep of the edge machine (DRAM bandwidth x buffer scale): the speedup over dense,
+5. a design-space sweep of the edge machine (DRAM bandwidth x buffer scale): the speedup over dense,
    from timing-only runs driven by the sparsity the real sentences produced (plot in docs/).
+
+``--skip-simulation`` prints the first table only (2-5 run the Energon simulator: minutes).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table  # noqa: E402
+from common import table, timed  # noqa: E402
 from energon_tvm.isa.config import load_config  # noqa: E402
 from energon_tvm.runtime_sim import Simulator, SparsityProfile  # noqa: E402
 from energon_tvm.schedules import default_schedule, dense_workload, emit_program  # noqa: E402
@@ -91,16 +103,114 @@ def design_space(captured_runs, out_png):
     return bandwidths, scales, grid
 
 
+def host_models(out: Path) -> list[tuple[str, Path, dict]]:
+    """(name, ONNX file, inputs) of the host benchmark's models, exported into ``out`` when missing."""
+    from energon_tvm.models import vit
+
+    minilm_path, vit_path = out / "minilm-s128.onnx", out / "vit-s16.onnx"
+    if not minilm_path.exists():
+        minilm.export_onnx(minilm_path, seq_len=128)
+    if not vit_path.exists():
+        vit.export_onnx(vit_path, vit.VIT_S16, seed=0)
+    tokens = minilm.tokenize([SENTENCES[0]], 128)
+    return [("all-MiniLM-L6-v2, S=128", minilm_path, {k: tokens[k] for k in minilm.INPUT_NAMES}),
+            ("ViT-S/16 (random weights), 224 x 224", vit_path, {vit.INPUT_NAME: vit.random_images(1, vit.VIT_S16)})]
+
+
+def host_builds(onnx_path: Path, out: Path, stem: str, host_db: str | None) -> dict:
+    """The llvm-only packages of one model: generic x86-64, the detected level, and tuned (with
+    ``host_db``); name -> (package path, CompileResult)."""
+    builds = {"generic": {"mcpu": "x86-64"}, "detected": {}}
+    if host_db:
+        builds["tuned"] = {"host_database": host_db}
+    packages = {}
+    for name, options in builds.items():
+        result = compile_model(onnx_path, target="llvm", **options)
+        path = out / f"host-{stem}-{name}.tar"
+        write(result, path)
+        packages[name] = (path, result)
+    return packages
+
+
+#: seconds between two timed runs of the host table: both runtimes' thread pools spin-wait after a run,
+#: and on two cores the spinning threads of the one just timed slow the next down 2-3x (measured)
+SETTLE = 0.2
+
+
+def settled_timed(fns: dict, repeat: int) -> dict:
+    """:func:`common.timed`'s interleaved rounds (each round runs every function once, in turn) with
+    :data:`SETTLE` seconds before each run, untimed: the medians and bests of ``repeat`` rounds."""
+    import statistics
+
+    from common import Timing
+
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            time.sleep(SETTLE)
+            times[name].append(timed({name: fn}, 1)[name].best)
+    return {name: Timing(min(t), statistics.median(t), None) for name, t in times.items()}
+
+
+def host_row(name: str, onnx_path: Path, feeds: dict, stem: str, out: Path, host_db: str | None, repeat: int,
+             threads: int) -> list[str]:
+    """One model's row of :func:`host_table`: onnxruntime and the TVM host builds timed interleaved."""
+    import onnxruntime as ort
+
+    packages = host_builds(onnx_path, out, stem, host_db)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    sessions = {k: PackageSession(path) for k, (path, _) in packages.items()}
+    try:
+        fns = {"onnxruntime": lambda: session.run(None, feeds)}
+        fns.update({k: (lambda s=s: s.run(feeds, collect=False)) for k, s in sessions.items()})
+        for fn in fns.values():
+            fn()  # warm-up: first touch of the weights, the thread pools
+        t = settled_timed(fns, repeat)
+    finally:
+        for s in sessions.values():
+            s.close()
+    ref = t["onnxruntime"].median
+
+    def cell(k: str) -> str:
+        return f"{t[k].median * 1e3:.1f} ({t[k].median / ref:.2f}x)" if k in t else "-"
+
+    tuned = packages["tuned"][1].host_tuning if "tuned" in packages else None
+    return [name, f"{ref * 1e3:.1f}", cell("generic"), f"{cell('detected')} [{packages['detected'][1].target.mcpu}]",
+            cell("tuned") + (f" ({tuned.tuned} of {tuned.kernels} kernels)" if tuned else "")]
+
+
+def host_table(out: Path, host_db: str | None, repeat: int, threads: int) -> str:
+    """Host ms per inference of onnxruntime and the TVM host builds, per model, measured interleaved."""
+    rows = [host_row(name, path, feeds, stem, out, host_db, repeat, threads)
+            for (name, path, feeds), stem in zip(host_models(out), ("minilm", "vit"))]
+    return table(["model", "onnxruntime ms", "TVM x86-64 ms (x ort)", "TVM detected level ms (x ort)",
+                  "TVM tuned ms (x ort)"], rows,
+                 f"Host ms per inference, median of {repeat} interleaved rounds, {threads} thread(s) each, "
+                 f"{SETTLE:g} s pause before each run "
+                 f"(tuned: {host_db or 'no --host-db given'})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sentences", type=int, default=4)
     ap.add_argument("--out", default="out")
     ap.add_argument("--plot", default=str(Path(__file__).resolve().parents[1] / "docs" / "design_space.png"))
+    ap.add_argument("--host-db", help="a MetaSchedule database folder (tvmc tune --host) for the tuned column")
+    ap.add_argument("--repeat", type=int, default=10, help="interleaved rounds of the host table (10)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="threads of onnxruntime and of TVM's runtime in the host table (default: the CPUs)")
+    ap.add_argument("--skip-simulation", action="store_true", help="print the host table only")
     args = ap.parse_args()
+    # TVM's runtime sizes its thread pool from this when it starts (by default half the logical CPUs)
+    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(host_table(out, args.host_db, args.repeat, args.threads))
+    if args.skip_simulation:
+        return
     onnx_path = out / "minilm-s128.onnx"
-    if not onnx_path.exists():
-        minilm.export_onnx(onnx_path, seq_len=128)
     sentences = SENTENCES[:args.sentences]
 
     compile_model(onnx_path, target="llvm")  # warm-up: the first build pays TVM's one-time start-up costs

@@ -82,3 +82,138 @@ def test_mcpu_is_validated():
     from energon_tvm import host
 
     assert host.valid_mcpu("x86-64-v2") and not host.valid_mcpu("pentium-9000")
+
+
+def _run_both(mod, *arrays, mcpu=None):
+    """(the scheduled build's output, TVM's unscheduled build's) of ``mod`` on ``arrays``."""
+    import tvm
+    from tvm import relax
+
+    from energon_tvm import host
+
+    def run(ex):
+        return relax.VirtualMachine(ex, tvm.cpu())["main"](*map(tvm.runtime.tensor, arrays)).numpy()
+
+    return run(host.build(mod, mcpu)), run(tvm.compile(mod, target=host.host_target(mcpu)))
+
+
+def _kernels(mod, mcpu=None):
+    import tvm
+
+    from energon_tvm import host
+
+    target = host.host_target(mcpu)
+    with target:
+        scheduled = host.schedules()(host.kernels(mod, target))
+    return {gv.name_hint: f for gv, f in scheduled.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def _module(params, body):
+    """A Relax ``main(*params)`` whose one output is ``body(*vars)``."""
+    from tvm import relax
+
+    vars_ = [relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in params]
+    bb = relax.BlockBuilder()
+    with bb.function("main", vars_):
+        with bb.dataflow():
+            out = bb.emit_output(body(bb, *vars_))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_a_patch_embedding_becomes_a_matmul_that_sums_in_the_convolutions_order():
+    from tvm import relax
+
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((8, 3, 4, 4)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+
+    def patches(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=(4, 4)))
+        return relax.op.add(y, relax.const(b.reshape(1, 8, 1, 1)))
+
+    mod = _module([("x", (1, 3, 16, 12))], patches)
+    kernels = _kernels(mod)
+    assert not any("conv2d" in name for name in kernels) and any("matmul" in name for name in kernels)
+    assert all("tirx.is_scheduled" in f.attrs for f in kernels.values())
+    x = rng.standard_normal((1, 3, 16, 12)).astype(np.float32)
+    scheduled, plain = _run_both(mod, x)
+    np.testing.assert_array_equal(scheduled, plain)  # plain: TVM's conv2d loop nest, channel-row-column sums
+    blocks = x.reshape(1, 3, 4, 4, 3, 4).transpose(0, 2, 4, 1, 3, 5).reshape(1, 12, 48).astype(np.float64)
+    want = (blocks @ w.reshape(8, 48).T.astype(np.float64)).transpose(0, 2, 1).reshape(1, 8, 4, 3)
+    np.testing.assert_allclose(scheduled, want + b.reshape(1, 8, 1, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_other_convolutions_stay_convolutions():
+    from tvm import relax
+
+    w = np.ones((4, 3, 3, 3), np.float32)
+    mod = _module([("x", (1, 3, 8, 8))], lambda bb, x: relax.op.nn.conv2d(x, relax.const(w), padding=1))
+    assert any("conv2d" in name for name in _kernels(mod))
+
+
+@pytest.mark.parametrize("mcpu", [None, "x86-64-v3"])
+def test_matmuls_of_any_shape_are_tiled_and_compute_what_the_plain_loops_do(mcpu):
+    """Rows not a multiple of the tile's six, columns no vector divides (ViT's 197 x 197 scores: padded),
+    and a batch of heads."""
+    from tvm import relax
+
+    rng = np.random.default_rng(3)
+    q, k = (rng.standard_normal(s).astype(np.float32) for s in ((1, 2, 7, 8), (1, 2, 8, 13)))
+
+    def scores(bb, q_, k_):
+        return relax.op.multiply(bb.emit(relax.op.matmul(q_, k_)), relax.const(0.5, "float32"))
+
+    mod = _module([("q", q.shape), ("k", k.shape)], scores)
+    kernels = _kernels(mod, mcpu)
+    matmul = next(f for name, f in kernels.items() if "matmul" in name)
+    assert "T.parallel" in matmul.script() and "T.vectorized" in matmul.script() and "_pad" in matmul.script()
+    scheduled, plain = _run_both(mod, q, k, mcpu=mcpu)
+    if mcpu is None:
+        np.testing.assert_array_equal(scheduled, plain)
+    np.testing.assert_allclose(scheduled, (q.astype(np.float64) @ k) * 0.5, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mcpu, lanes", [(None, 4), ("x86-64-v2", 4), ("x86-64-v3", 8), ("x86-64-v4", 16)])
+def test_the_register_tile_follows_the_vector_width(mcpu, lanes):
+    from energon_tvm import host
+
+    tile = host.MicroKernel.for_target(host.host_target(mcpu))
+    assert (tile.lanes, tile.rows, tile.width) == (lanes, 6, 2 * lanes)
+
+
+@pytest.mark.parametrize("extent, block", [(1536, (32, 1536)), (64, (32, 64)), (24, (8, 24)),
+                                           (197, (16, 208)), (6, (4, 8))])
+def test_columns_are_blocked_evenly_or_padded_by_at_most_an_eighth(extent, block):
+    from energon_tvm.host import MicroKernel
+
+    assert MicroKernel(lanes=16).column_block(extent) == block
+
+
+def test_row_reductions_interleave_rows_and_keep_each_rows_order():
+    from tvm import relax
+
+    from energon_tvm import host
+
+    mod, _ = _block()
+    kernels = _kernels(mod)
+    for name in ("softmax", "layer_norm"):
+        script = kernels[name].script()
+        assert "T.parallel" in script and "T.unroll" in script, name  # rows unrolled inside each sum
+    # rows that no block of eight divides (ViT's 197 a head): the last block has a tail
+    x = np.random.default_rng(5).standard_normal((1, 2, 7, 9)).astype(np.float32)
+    scheduled, plain = _run_both(_module([("x", x.shape)], lambda bb, v: relax.op.nn.softmax(v, -1)), x)
+    np.testing.assert_array_equal(scheduled, plain)
+    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+    np.testing.assert_allclose(scheduled, e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)
+    # a sum over a middle axis is not a row reduction: TVM's dlight rule takes it, outputs unchanged
+    x = np.random.default_rng(4).standard_normal((4, 6, 8)).astype(np.float32)
+    col = _module([("x", x.shape)], lambda bb, v: relax.op.sum(v, axis=[1]))
+    import tvm
+
+    target = host.host_target()
+    func = next(f for f in host.kernels(col, target).functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    assert host.RowReduction().apply(func, target, False) is None
+    scheduled, plain = _run_both(col, x)
+    np.testing.assert_array_equal(scheduled, plain)
+    np.testing.assert_allclose(scheduled, x.astype(np.float64).sum(1), rtol=1e-5, atol=1e-5)

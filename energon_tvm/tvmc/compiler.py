@@ -8,6 +8,13 @@ which program and schedule the call got, and the package is written from that re
 ``--pass-config`` become one :class:`BuildOptions`, the ``PassContext`` the host build runs in
 (recorded in the manifest's ``build``); both are checked against TVM's registered options before any
 model is read.
+
+The host code is built for ``--target-llvm-mcpu`` or, when it is not given, for the highest x86-64
+level the compiling CPU has (:func:`energon_tvm.host.default_mcpu`); the manifest's ``host`` says which
+and the CPU features that needs (:class:`energon_tvm.host.HostCPU`), and ``tvmc run`` refuses a CPU
+that lacks one. ``--target-llvm-mcpu x86-64`` builds the portable package. ``--tuning-records`` names
+Energon tuning records (a file) or a MetaSchedule database of the host kernels (a folder, written by
+``tvmc tune --host``); both may be given.
 """
 
 from __future__ import annotations
@@ -81,6 +88,8 @@ class CompileResult:
     attention_sites: int = 0  # attention-shaped sites found, offloaded or not (also with --target llvm)
     build: BuildOptions = field(default_factory=BuildOptions)
     thresholds: object = None  # ThresholdsFile the per-site parameters came from (None: the target's params)
+    host: object = None  # energon_tvm.host.HostCPU: the mcpu of the host code and the CPU features it needs
+    host_tuning: object = None  # energon_tvm.host_tuning.AppliedDatabase (None: no host database given)
 
     def manifest(self) -> dict:
         import tvm
@@ -103,6 +112,7 @@ class CompileResult:
             "compile_seconds": self.timings,
             "build": self.build.to_dict(),
             "thresholds": None if self.thresholds is None else self.thresholds.manifest_record(),
+            "host": None if self.host is None else self.host.to_dict(),
         }
 
 
@@ -119,20 +129,37 @@ def _output_specs(mod, names) -> list[TensorSpec]:
     return specs
 
 
-def compile_model(model_path, *, model_format: str | None = None, target: str = "energon, llvm",
-                  config: str | None = None, alpha: str | None = None, rounds: str | None = None,
-                  rule: str | None = None, gap: str | None = None, policy: str | None = None,
-                  topk: str | None = None, sanger: str | None = None,
-                  mcpu: str | None = None, input_shapes: str | None = None, tuning_records: str | None = None,
-                  build: BuildOptions | None = None, verbose: int = 0, log=None,
-                  thresholds=None) -> CompileResult:
-    """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines. ``policy`` is the
-    selection policy (``--target-energon-policy``, default mpmrf) and ``topk`` / ``sanger`` the value of
-    the one-round policy of that name (:func:`~energon_tvm.tvmc.target.parse_params`). ``build``: the
-    PassContext of the host build (:func:`build_options`); ``verbose`` 0 hides the third-party output
-    known to be harmless (:mod:`.noise`) during the import and the build. ``thresholds``: a thresholds
-    file of ``tvmc calibrate`` (:mod:`.thresholds`), which gives every site its parameters per head; it
-    must be for this model file, its rounds and every offloaded site."""
+@dataclass
+class Partitioned:
+    """The front half of a compile: the model imported, its attention offloaded (with energon in the
+    target), and the host CPU its host code is for. :func:`compile_model` builds it; ``tvmc tune
+    --host`` tunes its host kernels (``mod``)."""
+
+    model: LoadedModel
+    target: Target  # its mcpu resolved: the given one, or the compiling CPU's level
+    mod: object  # the Relax module the host build compiles
+    report: object  # OffloadReport (None when energon is not in the target)
+    calls: list[CompiledCall]
+    attention_sites: int
+    thresholds: object
+    model_sha256: str
+    host: object  # energon_tvm.host.HostCPU
+    timings: dict = field(default_factory=dict)
+
+
+def partition_model(model_path, *, model_format: str | None = None, target: str = "energon, llvm",
+                    config: str | None = None, alpha: str | None = None, rounds: str | None = None,
+                    rule: str | None = None, gap: str | None = None, policy: str | None = None,
+                    topk: str | None = None, sanger: str | None = None,
+                    mcpu: str | None = None, input_shapes: str | None = None, tuning_records: str | None = None,
+                    verbose: int = 0, log=None, thresholds=None, cpu_flags=None) -> Partitioned:
+    """Import the model and offload its attention, as :func:`compile_model` does before the host
+    build (its options are the same). The host code is for ``mcpu`` or, when None, for the highest
+    x86-64 level of the compiling CPU (``cpu_flags``: that CPU's Linux flags, default this machine's;
+    :func:`energon_tvm.host.default_mcpu`)."""
+    from dataclasses import replace
+
+    from .. import host
     from ..executor import HEURISTIC, EnergonTarget, ScheduleSource
 
     if not Path(model_path).is_file():  # answered before TVM is imported
@@ -144,8 +171,6 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
     model_sha256 = sha256(Path(model_path).read_bytes())
     thr, site_params = None, {}
     if thresholds is not None:  # the file, its model and its rounds are checked before the import
-        from dataclasses import replace
-
         from .target import parse_params
         from .thresholds import read_thresholds
 
@@ -156,7 +181,6 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
         site_params = thr.site_params()
         # the sites' own parameters apply; the target's are the file's rounds under its rule's defaults
         tgt = replace(tgt, params=parse_params(",".join(f"{q}x{k}" for q, k in cal.bits), cal.rule).with_view(cal.view))
-    build = build or BuildOptions()
     # both --input-shapes forms (commas, classic spaces) reach the frontend as the comma form
     shapes = format_input_shapes(parse_input_shapes(input_shapes)) if input_shapes else None
     schedules = ScheduleSource.from_records(tuning_records)  # a bad records file fails before the import
@@ -192,12 +216,54 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
         from ..relax.discovery import discover
 
         sites = len(discover(relax.transform.ConvertToDataflow()(mod)))
+    detected = tgt.mcpu is None
+    if detected:
+        tgt = replace(tgt, mcpu=host.default_mcpu(cpu_flags))
+        say(f"host code for {tgt.mcpu or 'the generic CPU'} (this CPU's level; --target-llvm-mcpu "
+            f"{host.PORTABLE_MCPU} builds a package any x86-64 CPU runs)")
+    return Partitioned(model, tgt, mod, report, calls, sites, thr, model_sha256,
+                       host.HostCPU.for_build(tgt.mcpu, detected), timings)
+
+
+def compile_model(model_path, *, model_format: str | None = None, target: str = "energon, llvm",
+                  config: str | None = None, alpha: str | None = None, rounds: str | None = None,
+                  rule: str | None = None, gap: str | None = None, policy: str | None = None,
+                  topk: str | None = None, sanger: str | None = None,
+                  mcpu: str | None = None, input_shapes: str | None = None, tuning_records: str | None = None,
+                  host_database=None, build: BuildOptions | None = None, verbose: int = 0, log=None,
+                  thresholds=None, cpu_flags=None) -> CompileResult:
+    """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines. ``policy`` is the
+    selection policy (``--target-energon-policy``, default mpmrf) and ``topk`` / ``sanger`` the value of
+    the one-round policy of that name (:func:`~energon_tvm.tvmc.target.parse_params`). ``build``: the
+    PassContext of the host build (:func:`build_options`); ``verbose`` 0 hides the third-party output
+    known to be harmless (:mod:`.noise`) during the import and the build. ``thresholds``: a thresholds
+    file of ``tvmc calibrate`` (:mod:`.thresholds`), which gives every site its parameters per head; it
+    must be for this model file, its rounds and every offloaded site. ``tuning_records``: Energon tuning
+    records (a file); ``host_database``: a folder ``tvmc tune --host`` wrote, whose tuned host kernels
+    replace the default schedules of the same kernels. ``mcpu`` None: the compiling CPU's level
+    (:func:`partition_model`)."""
+    database = None
+    if host_database is not None:  # a bad folder fails before the import
+        from .. import host_tuning
+
+        database = host_tuning.open_database(host_database)
+    build = build or BuildOptions()
+    part = partition_model(model_path, model_format=model_format, target=target, config=config, alpha=alpha,
+                           rounds=rounds, rule=rule, gap=gap, policy=policy, topk=topk, sanger=sanger, mcpu=mcpu,
+                           input_shapes=input_shapes, tuning_records=tuning_records, verbose=verbose, log=log,
+                           thresholds=thresholds, cpu_flags=cpu_flags)
     from .. import host
 
+    tgt, timings, applied = part.target, dict(part.timings), None
     t0 = time.perf_counter()
     try:
         with quiet(verbose), build.pass_context():
-            ex = host.build(mod, tgt.mcpu)
+            if database is None:
+                ex = host.build(part.mod, tgt.mcpu)
+            else:
+                from .. import host_tuning
+
+                ex, applied = host_tuning.build(part.mod, tgt.mcpu, database, str(host_database))
     except Exception as err:
         raise TVMCError(f"host build failed: {type(err).__name__}: {str(err).splitlines()[0]}") from None
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,8 +271,60 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
         ex.export_library(str(lib))
         library = lib.read_bytes()
     timings["build"] = time.perf_counter() - t0
-    return CompileResult(model, tgt, library, calls, report, mod.script(), _output_specs(mod, model.outputs),
-                         timings, str(model_path), model_sha256, sites, build, thr)
+    return CompileResult(part.model, tgt, library, part.calls, part.report, part.mod.script(),
+                         _output_specs(part.mod, part.model.outputs), timings, str(model_path), part.model_sha256,
+                         part.attention_sites, build, part.thresholds, part.host, applied)
+
+
+def split_tuning_records(values) -> tuple[str | None, str | None]:
+    """``--tuning-records`` values (repeatable) -> (the Energon records file, the host database folder):
+    a folder is a host database (``tvmc tune --host``), anything else a records file (``tvmc tune``); at
+    most one of each."""
+    files, folders = [], []
+    for value in values or ():
+        (folders if Path(value).is_dir() else files).append(str(value))
+    for kind, given in (("records file", files), ("host database folder", folders)):
+        if len(given) > 1:
+            raise TVMCError(f"--tuning-records names {len(given)} {kind}s ({', '.join(map(repr, given))}); give at "
+                            f"most one (and at most one of the other kind)")
+    return (files[0] if files else None), (folders[0] if folders else None)
+
+
+def tune_host_model(model_path, output, *, trials: int, model_format: str | None = None,
+                    target: str = "energon, llvm", config: str | None = None, alpha: str | None = None,
+                    rounds: str | None = None, rule: str | None = None, gap: str | None = None,
+                    policy: str | None = None, topk: str | None = None, sanger: str | None = None,
+                    mcpu: str | None = None, input_shapes: str | None = None, thresholds=None,
+                    dask_scheduler: str | None = None, seed: int = 0, search: dict | None = None, verbose: int = 0,
+                    log=None, cpu_flags=None):
+    """``tvmc tune --host``: tune the model's host kernels (after the Energon partition, for the build's
+    mcpu: :func:`partition_model`) with MetaSchedule into the database folder ``output`` until it holds
+    ``trials`` trials of them; a second call continues (:func:`energon_tvm.host_tuning.tune`).
+    ``dask_scheduler``: time the candidates on that Dask cluster. The options, the folder and the TVM
+    installation are checked before the model is imported. Returns the
+    :class:`~energon_tvm.host_tuning.TuneReport`."""
+    from .. import host_tuning
+
+    host_tuning.check_options(trials, seed)
+    host_tuning.check_folder(output, create=True)
+    parse_input_shapes(input_shapes)
+    host_tuning.check_serialization()
+    part = partition_model(model_path, model_format=model_format, target=target, config=config, alpha=alpha,
+                           rounds=rounds, rule=rule, gap=gap, policy=policy, topk=topk, sanger=sanger, mcpu=mcpu,
+                           input_shapes=input_shapes, verbose=verbose, log=log, thresholds=thresholds,
+                           cpu_flags=cpu_flags)
+    client = runner = None
+    if dask_scheduler is not None:
+        from .runner import _connect
+
+        client = _connect(dask_scheduler)
+        runner = host_tuning.dask_runner(client)
+    try:
+        return host_tuning.tune(part.mod, part.target.mcpu, output, trials=trials, runner=runner, seed=seed,
+                                search=search, log=log)
+    finally:
+        if client is not None:
+            client.close()
 
 
 def build_options(pass_config: list[str] | None = None, opt_level: int | None = None) -> BuildOptions:

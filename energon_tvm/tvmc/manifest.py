@@ -46,6 +46,9 @@ HEX_DIGEST = Text(r"[0-9a-f]{64}", "a SHA-256 in hex")
 #: a config's name is a label (the machine it was built for), never a path
 CONFIG_NAME = Text(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}", "a config name (letters, digits, _ . + -)")
 TENSOR = {"name": str, "shape": [int], "dtype": str}
+#: an LLVM CPU name (x86-64-v3, skylake-avx512) and an LLVM CPU feature name (avx2, sse4.2, avx512f)
+CPU_NAME = Text(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "an LLVM CPU name (letters, digits, _ . -)")
+CPU_FEATURE = Text(r"[a-z0-9][a-z0-9_.-]{0,63}", "an LLVM CPU feature name (lower-case letters, digits, _ . -)")
 CALL = {"site": str, "workload": dict, "schedule": dict, "schedule_source": Text(r"heuristic|tuning records",
         "'heuristic' or 'tuning records'"), "schedule_record": Opt(Text(r"[0-9a-f]{12}", "12 hex digits")),
         "program": Text(r"programs/call_\d{3,6}\.bin", "a programs/call_NNN.bin member")}
@@ -70,6 +73,9 @@ SCHEMA = {
     "thresholds": Opt({"file": str, "sha256": HEX_DIGEST, "rule": str, "budget": NUMBER, "bits": [[int]],
                        "sites": [{"name": str, "heads": int, "values": [[NUMBER]], "mass_mean": [NUMBER],
                                   "kept_ratio": [[NUMBER]], "flagged": [int]}]}),
+    # the CPU the host library was built for and the features it needs (energon_tvm.host.HostCPU); absent
+    # in packages written before it was recorded, which were all built for generic x86-64
+    "host": Opt({"mcpu": Opt(CPU_NAME), "features": [CPU_FEATURE], "detected": Opt(bool)}),
 }
 
 

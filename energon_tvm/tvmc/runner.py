@@ -288,11 +288,14 @@ def check_memory(package: Package, programs, budget: int) -> None:
 class PackageSession:
     """A loaded package, ready to run many inputs (the library is loaded once, its VM bound to this
     session's runner). ``on_call``: the runner's (:class:`~energon_tvm.executor.Runner`), called with
-    every offloaded call's record and operands."""
+    every offloaded call's record and operands. A package whose host library needs CPU features this
+    CPU lacks (its manifest's ``host``; ``cpu_flags``: the CPU's Linux flags, default this machine's) is
+    refused before the library is loaded."""
 
     def __init__(self, path, *, key: bytes | None = None, memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
-                 on_call=None):
+                 on_call=None, cpu_flags: frozenset[str] | None = None):
         from ..executor import Runner
+        from ..host import HostCPU, HostCPUError
 
         self._tmp = tempfile.TemporaryDirectory(prefix="energon-pkg-")
         try:  # the package is read and checked before TVM is imported: a bad one is answered at once
@@ -304,6 +307,11 @@ class PackageSession:
                         for name, blob in self.package.programs.items()]
             if memory_budget is not None:
                 check_memory(self.package, programs, memory_budget)
+            if self.package.manifest.get("host") is not None:
+                try:
+                    HostCPU.from_dict(self.package.manifest["host"]).check(cpu_flags)
+                except HostCPUError as err:
+                    raise HostCPUError(f"{path}: {err}") from None
         except BaseException:
             self._tmp.cleanup()
             raise

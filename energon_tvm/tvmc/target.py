@@ -77,8 +77,9 @@ OPTIONS = {"energon": {"config": "hardware config: edge, server or a .toml file 
                           for p in KNOB_POLICIES},
                        "thresholds": "per-site, per-head thresholds from a file tvmc calibrate wrote (mpmrf policy; "
                                      "instead of --target-energon-rule/-alpha/-gap)"},
-           "llvm": {"mcpu": "CPU to build the host code for, e.g. skylake-avx512 (default: generic x86-64, "
-                            "which runs on any x86-64 machine)"}}
+           "llvm": {"mcpu": "CPU to build the host code for, e.g. x86-64-v3 or skylake-avx512 (default: the "
+                            "highest x86-64 level this CPU has, x86-64-v2, -v3 or -v4, which CPUs without it refuse "
+                            "to run; x86-64: a package any x86-64 CPU runs)"}}
 
 
 def add_target_arguments(p) -> None:
@@ -111,7 +112,7 @@ class Target:
     host: str                # the host target kind (llvm)
     config: HardwareConfig
     params: MPMRFParams
-    mcpu: str | None = None  # the host CPU the llvm code is built for (None: generic)
+    mcpu: str | None = None  # the host CPU the llvm code is built for (None: not given / LLVM's generic CPU)
     thresholds: str | None = None  # the thresholds file the per-site parameters come from (its name)
 
     def describe(self) -> str:

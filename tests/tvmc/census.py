@@ -206,6 +206,21 @@ def _tune(fx: Fixtures, tmp: Path, *extra: str, model: Path | None = None) -> tu
     return ["tune", str(model or fx.model), "-o", str(out), "--trials", "2", *extra], [out]
 
 
+def _tune_host(fx: Fixtures, tmp: Path, *extra: str) -> tuple[list[str], list[Path]]:
+    out = tmp / "host-db"
+    return ["tune", str(fx.model), "-o", str(out), "--host", *extra], [out]
+
+
+def _host_db(tmp: Path, workloads: str | None, records: str | None) -> Path:
+    """A folder holding the two files of a MetaSchedule database with these contents (None: absent)."""
+    folder = tmp / "db"
+    folder.mkdir(exist_ok=True)
+    for name, text in (("database_workload.json", workloads), ("database_tuning_record.json", records)):
+        if text is not None:
+            (folder / name).write_text(text)
+    return folder
+
+
 def _thresholds(fx: Fixtures, tmp: Path, edit: Callable[[dict], object] | None = None) -> Path:
     """A thresholds file for the fixture model (as tvmc calibrate writes one: its two sites of two heads,
     the model's digest), edited by ``edit`` (which changes the record in place or returns another)."""
@@ -503,6 +518,9 @@ def _cases() -> list[Case]:
         ("schedule_record not hex", _set(["calls", 0, "schedule_record"], "../x")),
         ("params garbage", _set(["params"], {"rounds": "all"})),
         ("two calls share a site", _set(["calls", 1, "site"], "lv13")),
+        ("host features a string", _set(["host", "features"], "avx2")),
+        ("host feature not a name", _set(["host", "features"], ["avx2; rm -rf"])),
+        ("host mcpu a number", _set(["host", "mcpu"], 7)),
     ]
     for name, edit in manifest_edits:
         case("packages", f"manifest {name} (run)")(
@@ -510,6 +528,9 @@ def _cases() -> list[Case]:
         if name != "input renamed":  # inspect runs nothing: an input's name is the library's business
             case("inspect", f"manifest {name}")(
                 lambda fx, tmp, e=edit: (["inspect", str(_edit_manifest(fx, tmp, e))], []))
+    # a consistent manifest whose library needs a CPU feature this CPU lacks: refused before loading
+    case("packages", "host library needs a feature this CPU lacks (run)")(
+        lambda fx, tmp: (_run(fx, package=_edit_manifest(fx, tmp, _set(["host", "features"], ["avx10.2"]))), []))
     case("packages", "manifest files a list (run)")(
         lambda fx, tmp: (_run(fx, package=pack(tmp / "p.tar", {**_members(fx.package), "manifest.json": json.dumps(
             {**json.loads(_members(fx.package)["manifest.json"]), "files": []}).encode()}, rehash=False)), []))
@@ -568,6 +589,27 @@ def _cases() -> list[Case]:
     case("tune", "-o holds garbage records")(
         lambda fx, tmp: (["tune", str(fx.model), "-o", str(_file(tmp, "r.jsonl", b"\xff\xfe garbage\n")),
                           "--trials", "2"], []))
+    # ---- tune --host and compile --tuning-records FOLDER: the host kernels' MetaSchedule database ----
+    for name, extra in [("--host without --host-trials", []), ("--host-trials 0", ["--host-trials", "0"]),
+                        ("--host with --trials", ["--host-trials", "4", "--trials", "4"]),
+                        ("--host with --calibration", ["--host-trials", "4", "--calibration", "c.npz"]),
+                        ("--host --seed -1", ["--host-trials", "4", "--seed", "-1"])]:
+        case("tune", name)(lambda fx, tmp, e=extra: _tune_host(fx, tmp, *e))
+    case("tune", "--host-trials without --host")(lambda fx, tmp: _tune(fx, tmp, "--host-trials", "4"))
+    case("tune", "--host -o a file")(
+        lambda fx, tmp: (["tune", str(fx.model), "-o", str(_file(tmp, "db", b"x")), "--host", "--host-trials", "4"],
+                         []))
+    case("tune", "--host -o in a missing folder")(
+        lambda fx, tmp: (["tune", str(fx.model), "-o", str(tmp / "no" / "db"), "--host", "--host-trials", "4"],
+                         [tmp / "no" / "db"]))
+    for name, workloads, records in [("empty", None, None), ("without its records", "", None),
+                                     ("records not JSON", '["1", "x"]\n', "\xff not json\n"),
+                                     ("workloads not lists", '{"a": 1}\n', "")]:
+        case("compile", f"--tuning-records host database {name}")(
+            lambda fx, tmp, w=workloads, r=records: _compile(fx, tmp, "--tuning-records", str(_host_db(tmp, w, r))))
+    case("compile", "--tuning-records two host databases")(
+        lambda fx, tmp: _compile(fx, tmp, "--tuning-records", str(_host_db(tmp, None, None)), "--tuning-records",
+                                 str(tmp)))
     # ---- compile --target-energon-thresholds: the thresholds file ----
     def thresholds_case(name, edit=None, extra=(), compiles=False):
         case("compile", f"--target-energon-thresholds {name}", compiles)(

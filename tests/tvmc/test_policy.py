@@ -191,7 +191,7 @@ def test_the_package_carries_the_policys_params(packages, policy, value, text):
     assert want == (MPMRFParams() if policy == "mpmrf" else want)
     m = read_package(packages[policy]).manifest  # read back and checked (schema, programs, params)
     assert MPMRFParams.from_dict(m["params"]) == want
-    assert m["target"] == f"energon (edge; {text}), llvm"
+    assert m["target"] == f"energon (edge; {text}), llvm ({m['host']['mcpu']})"  # the host CPU it was built for
     assert len(m["calls"]) == 2
     for call in m["calls"]:
         assert MPMRFParams.from_dict(call["workload"]["params"]) == want

@@ -16,7 +16,10 @@ def add_arguments(p) -> None:
     add_target_arguments(p)
     p.add_argument("--input-shapes", help='fix input shapes: "name:[1,128],mask:[1,128]" or, as classic tvmc, '
                    '"name:[1,128] mask:[1,128]"')
-    p.add_argument("--tuning-records", help="JSON-lines tuning records (tvmc tune); the best per workload is used")
+    p.add_argument("--tuning-records", action="append", metavar="FILE|FOLDER",
+                   help="a file: Energon tuning records (tvmc tune; the best per workload is used); a folder: the "
+                        "host kernels' MetaSchedule database (tvmc tune --host; the kernels it holds records of "
+                        "for this build's CPU replace the default schedules); give both to use both")
     p.add_argument("--dump-code", help="comma list of isa,relax: write them next to the output")
     p.add_argument("--dump-offloads", metavar="-|FILE", help="list every attention site, offloaded or not and why")
     p.add_argument("-O", "--opt-level", type=int, metavar="0..3",
@@ -31,7 +34,7 @@ def add_arguments(p) -> None:
 
 @command("compile", "compile a model; attention goes to Energon, the rest to the host CPU")(add_arguments)
 def run(args) -> int:
-    from ..compiler import build_options, compile_model, dump_kinds, write
+    from ..compiler import build_options, compile_model, dump_kinds, split_tuning_records, write
     from ..package import atomic_write, check_output, package_key
     from ..shapes import parse_input_shapes
     from ..target import parse_target
@@ -45,6 +48,7 @@ def run(args) -> int:
     dump_kinds(args.dump_code)
     parse_input_shapes(args.input_shapes)
     build = build_options(args.pass_config, args.opt_level)
+    records, database = split_tuning_records(args.tuning_records)
     check_output(args.output, "-o")
     if args.dump_offloads and args.dump_offloads != "-":
         check_output(args.dump_offloads, "--dump-offloads")
@@ -53,7 +57,8 @@ def run(args) -> int:
         print(msg, file=sys.stderr)
 
     result = compile_model(args.model, model_format=args.model_format, **target_options(args),
-                           input_shapes=args.input_shapes, tuning_records=args.tuning_records, build=build,
+                           input_shapes=args.input_shapes, tuning_records=records, host_database=database,
+                           build=build,
                            verbose=verbose, log=say if verbose else None,
                            thresholds=args.target_energon_thresholds)
     text = None
@@ -71,15 +76,22 @@ def run(args) -> int:
     print(f"compiled {Path(args.model).name} for {result.target.describe()}: {len(result.calls)} of {n_sites} "
           f"attention site(s) offloaded; {sum(t.values()):.1f} s "
           f"({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})")
-    if args.tuning_records:
+    applied = result.host_tuning
+    if applied is not None:
+        print(f"  {applied.tuned} of {applied.kernels} host kernel(s) scheduled from {applied.folder} (MetaSchedule), "
+              f"the rest by the default schedules")
+        if applied.other_records:
+            print(f"  {applied.other_records} record(s) of that database were tuned for another CPU "
+                  f"({', '.join(applied.other_cpus)}) and were not used for {result.target.mcpu or 'the generic CPU'}")
+    if records:
         from ...executor import TUNED
         from ...tuner import read_records
 
         tuned = sum(c.schedule_source == TUNED for c in result.calls)
-        print(f"  {tuned} of {len(result.calls)} offloaded call(s) scheduled from {args.tuning_records}, the "
+        print(f"  {tuned} of {len(result.calls)} offloaded call(s) scheduled from {records}, the "
               f"rest by the heuristic")
         cfg = result.target.config
-        other = [r for r in read_records(args.tuning_records) if r.config_fingerprint != cfg.fingerprint.hex()]
+        other = [r for r in read_records(records) if r.config_fingerprint != cfg.fingerprint.hex()]
         if other:
             names = sorted({r.config or r.config_fingerprint[:12] for r in other})
             print(f"  {len(other)} record(s) of that file were made for another machine ({', '.join(names)}) and "
