@@ -15,6 +15,11 @@
     what dynamic sparse attention costs in accuracy: every model x task at dense, fixed threshold rules
     and thresholds calibrated per layer and head to quality budgets, with paired standard errors
     (docs/accuracy.md).
+``python -m energon_tvm.models merge out/*/accuracy.json -o out/merged``
+    evaluate runs of one protocol (the same test items) merged into one table per model and task.
+``python -m energon_tvm.models compare -o out/policies``
+    the selection policies (MP-MRF, top-k, Sanger's, dense) side by side: task metric, kept ratio,
+    simulated cycles and energy per inference (docs/policies.md).
 
 A user's mistake (missing wheel, bad shape, unreachable index, ...) prints one line and exits with
 status 2; anything else is a bug and keeps its traceback.
