@@ -51,6 +51,11 @@ RECORDS = "database_tuning_record.json"
 TRIALS_PER_ROUND = 64
 #: seconds a measurement may take before MetaSchedule's runner gives up on it
 RUN_TIMEOUT = 120.0
+#: how a candidate is timed (MetaSchedule's EvaluatorConfig): five single runs, each after the caches were
+#: flushed of every argument but the first, as a kernel runs inside the model (its weights and output
+#: cold, its input just written); timed with warm caches, the search favoured schedules that re-read the
+#: weights, slower in the model than the default ones
+EVALUATOR = {"number": 1, "repeat": 5, "min_repeat_ms": 0, "enable_cpu_cache_flush": True}
 _PROBE = ("import sys; sys.modules['torch'] = None\n"  # torch is not needed to tell, and takes seconds
           "import tvm; tvm.ir.save_json(tvm.tirx.IntImm('int32', 1))")
 
@@ -338,8 +343,7 @@ def _dask_classes():
         def __init__(self, client, evaluator: dict | None = None):
             super().__init__()
             self.client = client
-            self.evaluator = dict(evaluator or {"number": 3, "repeat": 1, "min_repeat_ms": 100,
-                                                "enable_cpu_cache_flush": False})
+            self.evaluator = dict(evaluator or EVALUATOR)
 
         def run(self, runner_inputs):
             futures = []
@@ -355,7 +359,7 @@ def _dask_classes():
 
 def dask_runner(client, evaluator: dict | None = None):
     """A MetaSchedule runner timing candidates on a Dask cluster (``client``: a ``distributed.Client``;
-    ``evaluator``: MetaSchedule's EvaluatorConfig fields)."""
+    ``evaluator``: MetaSchedule's EvaluatorConfig fields, default :data:`EVALUATOR`)."""
     return _dask_classes()(client, evaluator)
 
 
@@ -468,7 +472,8 @@ def tune(mod, mcpu: str | None, folder, *, trials: int, runner=None, seed: int =
         f"{max(remaining, 0)} to run for a total of {trials}")
     if remaining > 0:
         builder = in_process_builder()
-        runner = runner if runner is not None else ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT)
+        runner = runner if runner is not None else ms.runner.LocalRunner(
+            timeout_sec=RUN_TIMEOUT, evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
         for kernel in kernels:
             if remaining <= 0:
                 break
