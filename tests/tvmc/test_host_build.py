@@ -1,12 +1,12 @@
 """The host build for the compiling CPU's x86-64 level: the level read from a CPU's flags, the manifest's
 record of it, the refusal of a CPU that lacks a feature the library needs, and the portable build."""
 
-import io
 import json
 import tarfile
 
 import numpy as np
 import pytest
+from census import pack
 
 from energon_tvm import host
 from energon_tvm.tvmc import compile_model, read_package, run_package, write
@@ -99,12 +99,7 @@ def _requiring(src, dst, feature):
     manifest = json.loads(members["manifest.json"])
     manifest["host"] = dict(manifest["host"], features=[*manifest["host"]["features"], feature])
     members["manifest.json"] = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    with tarfile.open(dst, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return dst
+    return pack(dst, members)
 
 
 def test_tvmc_run_refuses_in_one_line(package, tmp_path, capsys):
