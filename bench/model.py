@@ -6,8 +6,10 @@ of it and of a ViT-S/16-shaped model against onnxruntime.
 
 Prints, in one run:
 1. host ms per inference, side by side: onnxruntime, the TVM host build (target llvm) for generic
-   x86-64, for the compiling CPU's x86-64 level (the default build) and, with ``--host-db``, with the
-   MetaSchedule database ``tvmc tune --host`` wrote; for all-MiniLM-L6-v2 at S=128 and ViT-S/16 (224 x
+   x86-64, for the compiling CPU's x86-64 level (the default build), with ``--target-llvm-fast-math on``
+   (TVM's approximations of exp / erf / tanh / softmax; the largest output difference to the exact
+   build beside it) and, with ``--host-db``, with the MetaSchedule database ``tvmc tune --host`` wrote
+   (exact, and with fast math); for all-MiniLM-L6-v2 at S=128 and ViT-S/16 (224 x
    224, random weights of a fixed seed). Each figure is the median of ``--repeat`` rounds, each round
    running every build once in turn (common.timed), so a slow spell on a shared machine hits all, with
    a pause before each run (onnxruntime's and TVM's thread pools spin after a run and would slow
@@ -18,9 +20,15 @@ Prints, in one run:
 4. per inference on `edge` and `server`: simulated cycles, energy, DRAM traffic, FU/AU utilisation and
    the speedup over the dense INT16 schedule on the same machine;
 5. a design-space sweep of the edge machine (DRAM bandwidth x buffer scale): the speedup over dense,
-   from timing-only runs driven by the sparsity the real sentences produced (plot in docs/).
+   from timing-only runs driven by the sparsity the real sentences produced (plot in docs/);
+6. end to end on ``--dataset`` inputs (default 1,000 tweets of VADER's corpus, S=128) through the
+   main job's package (edge, the default selection): inputs/s of the full simulator, the timing
+   backend and the reference backend in one process, and of the timing backend on a 2-worker Dask
+   LocalCluster (whose figures must equal the local run's), with the mean cycles and energy each gives;
+7. the wall time of ``tvmc run missing.tar`` (a user error answered before TVM is imported).
 
-``--skip-simulation`` prints the first table only (2-5 run the Energon simulator: minutes).
+``--skip-simulation`` prints the first table only (2-6 run the Energon simulator: minutes; the
+data-set table about 15 minutes on 2 cores); ``--dataset 0`` skips table 6.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from energon_tvm.schedules import default_schedule, dense_workload, emit_program
 from energon_tvm.demo import SENTENCES  # noqa: E402
 from energon_tvm.models import minilm  # noqa: E402
 from energon_tvm.tvmc import compile_model, write  # noqa: E402
-from energon_tvm.tvmc.runner import PackageSession, per_inference  # noqa: E402
+from energon_tvm.tvmc.runner import PackageSession, bound_per_inference, per_inference  # noqa: E402
 
 
 def run_sentences(path, sentences, capture=False):
@@ -120,9 +128,10 @@ def host_models(out: Path) -> list[tuple[str, Path, dict]]:
 def host_builds(onnx_path: Path, out: Path, stem: str, host_db: str | None) -> dict:
     """The llvm-only packages of one model: generic x86-64, the detected level, and tuned (with
     ``host_db``); name -> (package path, CompileResult)."""
-    builds = {"generic": {"mcpu": "x86-64"}, "detected": {}}
+    builds = {"generic": {"mcpu": "x86-64"}, "detected": {}, "fast": {"fast_math": True}}
     if host_db:
         builds["tuned"] = {"host_database": host_db}
+        builds["tuned-fast"] = {"host_database": host_db, "fast_math": True}
     packages = {}
     for name, options in builds.items():
         result = compile_model(onnx_path, target="llvm", **options)
@@ -165,8 +174,7 @@ def host_row(name: str, onnx_path: Path, feeds: dict, stem: str, out: Path, host
     try:
         fns = {"onnxruntime": lambda: session.run(None, feeds)}
         fns.update({k: (lambda s=s: s.run(feeds, collect=False)) for k, s in sessions.items()})
-        for fn in fns.values():
-            fn()  # warm-up: first touch of the weights, the thread pools
+        outputs = {k: fn() for k, fn in fns.items()}  # warm-up: first touch of the weights, the thread pools
         t = settled_timed(fns, repeat)
     finally:
         for s in sessions.values():
@@ -177,8 +185,11 @@ def host_row(name: str, onnx_path: Path, feeds: dict, stem: str, out: Path, host
         return f"{t[k].median * 1e3:.1f} ({t[k].median / ref:.2f}x)" if k in t else "-"
 
     tuned = packages["tuned"][1].host_tuning if "tuned" in packages else None
+    exact = next(iter(outputs["detected"][0].values()))
+    fast_error = float(np.max(np.abs(next(iter(outputs["fast"][0].values())) - exact)))
     return [name, f"{ref * 1e3:.1f}", cell("generic"), f"{cell('detected')} [{packages['detected'][1].target.mcpu}]",
-            cell("tuned") + (f" ({tuned.tuned} of {tuned.kernels} kernels)" if tuned else "")]
+            cell("tuned") + (f" ({tuned.tuned} of {tuned.kernels} kernels)" if tuned else ""),
+            f"{cell('fast')} [{fast_error:.1e}]", cell("tuned-fast")]
 
 
 def host_table(out: Path, host_db: str | None, repeat: int, threads: int) -> str:
@@ -186,10 +197,86 @@ def host_table(out: Path, host_db: str | None, repeat: int, threads: int) -> str
     rows = [host_row(name, path, feeds, stem, out, host_db, repeat, threads)
             for (name, path, feeds), stem in zip(host_models(out), ("minilm", "vit"))]
     return table(["model", "onnxruntime ms", "TVM x86-64 ms (x ort)", "TVM detected level ms (x ort)",
-                  "TVM tuned ms (x ort)"], rows,
+                  "TVM tuned ms (x ort)", "fast-math ms (x ort) [max abs diff to exact]", "tuned + fast-math ms"], rows,
                  f"Host ms per inference, median of {repeat} interleaved rounds, {threads} thread(s) each, "
                  f"{SETTLE:g} s pause before each run "
                  f"(tuned: {host_db or 'no --host-db given'})")
+
+
+def dataset_inputs(out: Path, n: int) -> Path:
+    """The first ``n`` distinct tweets of VADER's tweets corpus as a data set of the MiniLM package's
+    inputs (arrays [n, 1, 128])."""
+    from energon_tvm.models import corpus
+
+    texts = list(dict.fromkeys(text for text, _ in corpus.fetch_vader_corpus("tweets")))[:n]
+    if len(texts) < n:
+        sys.exit(f"--dataset {n}: the tweets corpus has {len(texts)} distinct texts")
+    tokens = minilm.tokenize(texts, 128)
+    path = out / f"dataset-tweets-{n}.npz"
+    np.savez(path, **{k: tokens[k][:, None, :] for k in minilm.INPUT_NAMES})
+    return path
+
+
+def dataset_table(package: Path, inputs: Path, n: int) -> str:
+    """Inputs/s of each backend over the data set, and of the timing backend on a 2-worker Dask
+    LocalCluster; the Dask run's figures are checked against the local run's."""
+    from distributed import LocalCluster
+
+    from energon_tvm.tvmc.runner import run_dataset
+
+    results = {}
+    for backend in ("simulator", "timing", "reference"):
+        results[backend] = run_dataset(package, inputs, backend=backend, progress=True)
+    threads = os.environ.get("TVM_NUM_THREADS")
+    os.environ["TVM_NUM_THREADS"] = "1"  # each worker process: one core, one TVM thread
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            results["timing, Dask 2 workers"] = run_dataset(package, inputs, backend="timing", progress=True,
+                                                           dask_scheduler=cluster.scheduler_address)
+    finally:
+        if threads is None:
+            del os.environ["TVM_NUM_THREADS"]
+        else:
+            os.environ["TVM_NUM_THREADS"] = threads
+    local, spread = results["timing"], results["timing, Dask 2 workers"]
+    same = (np.array_equal(local.cycles, spread.cycles) and np.array_equal(local.energy_pj, spread.energy_pj)
+            and all(np.array_equal(local.outputs[k], spread.outputs[k]) for k in local.outputs))
+    if not same:
+        sys.exit("the Dask run's figures or outputs differ from the local timing run's")
+    full, timing = results["simulator"], results["timing"]
+    if not (np.array_equal(full.cycles, timing.cycles) and np.array_equal(full.energy_pj, timing.energy_pj)):
+        sys.exit("the timing backend's cycles or energy differ from the full simulator's")
+    rows = []
+    for name, r in results.items():
+        a = r.aggregates()
+        machine = r.backend != "reference"
+        cached = f"{r.timing_cached:,} of {r.timing_cached + r.timing_simulated:,}" if r.backend == "timing" else "-"
+        rows.append([name, f"{r.count:,}", f"{r.wall_seconds:.0f}", f"{r.count / r.wall_seconds:.2f}",
+                     f"{r.count / r.wall_seconds / (full.count / full.wall_seconds):.2f}x",
+                     f"{a['cycles']['mean']:,.0f}" if machine else "-",
+                     f"{a['cycles']['p95']:,.0f}" if machine else "-",
+                     f"{a['energy_pj']['mean'] / 1e6:.2f}" if machine else "-", cached])
+    return table(["backend", "inputs", "wall s", "inputs/s", "vs full", "mean cycles", "p95 cycles", "mean uJ",
+                  "calls from the timing cache"], rows,
+                 f"End to end on {n:,} tweets (all-MiniLM-L6-v2 S=128, edge, default selection; the Dask run's "
+                 f"figures and outputs equal the local timing run's, and the timing run's cycles and energy the "
+                 f"full simulator's)")
+
+
+def missing_file_seconds(repeat: int = 3) -> float:
+    """Median wall time of ``tvmc run missing.tar`` in a new process (exit status 1, one line)."""
+    import statistics
+    import subprocess
+
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "energon_tvm.tvmc", "run", "missing.tar"], capture_output=True,
+                              text=True, timeout=60)
+        times.append(time.perf_counter() - t0)
+        if proc.returncode != 1 or len(proc.stderr.strip().splitlines()) != 1:
+            sys.exit(f"tvmc run missing.tar: exit {proc.returncode}, stderr {proc.stderr!r}")
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -202,12 +289,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="threads of onnxruntime and of TVM's runtime in the host table (default: the CPUs)")
     ap.add_argument("--skip-simulation", action="store_true", help="print the host table only")
+    ap.add_argument("--dataset", type=int, default=1000, help="inputs of the end-to-end table (1000; 0 skips it)")
     args = ap.parse_args()
     # TVM's runtime sizes its thread pool from this when it starts (by default half the logical CPUs)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(host_table(out, args.host_db, args.repeat, args.threads))
+    print(table(["command", "wall s"], [["tvmc run missing.tar (exit 1, one line)", f"{missing_file_seconds():.2f}"]],
+                "A user error, answered before TVM is imported (median of 3, new process each)"))
     if args.skip_simulation:
         return
     onnx_path = out / "minilm-s128.onnx"
@@ -249,20 +339,26 @@ def main() -> None:
         cfg = load_config(machine)
         mp, dn = per_inference(sparse), per_inference(dense)
         cycles, dcycles = mp["cycles"], dn["cycles"]
+        (bound, binds), (dbound, dbinds) = bound_per_inference(sparse, cfg), bound_per_inference(dense, cfg)
         util = {u: np.mean([c.stats["units"][u]["utilization"] for r in sparse for c in r])
                 for u in ("filter", "attend")}
-        rows.append([machine, f"{cycles:,.0f}", f"{cycles / cfg.clock_ghz / 1e3:.1f}",
+        rows.append([machine, f"{cycles:,.0f}", f"{bound:,.0f} ({binds})", f"{cycles / bound:.2f}x",
+                     f"{cycles / cfg.clock_ghz / 1e3:.1f}",
                      f"{mp['energy_pj'] / 1e6:.1f}", f"{mp['dram_bytes'] / 1e6:.2f}", f"{util['filter']:.0%}",
                      f"{util['attend']:.0%}", f"{mp['kept_ratio'][-1]:.3f}", f"{dcycles:,.0f}",
-                     f"{dcycles / cycles:.2f}x", f"{dn['energy_pj'] / mp['energy_pj']:.2f}x"])
-    print(table(["machine", "cycles", "us", "energy uJ", "DRAM MB", "FU util", "AU util", "kept ratio",
-                 "dense cycles", "speedup", "energy saving"], rows,
-                "Simulated attention per inference (6 layers), default MP-MRF"))
+                     f"{dcycles / dbound:.2f}x ({dbinds})", f"{dcycles / cycles:.2f}x", f"{dbound / bound:.2f}x",
+                     f"{mp['energy_pj'] / dn['energy_pj']:.2f}"])
+    print(table(["machine", "cycles", "bound (binds)", "x bound", "us", "energy uJ", "DRAM MB", "FU util", "AU util",
+                 "kept ratio", "dense cycles", "dense x bound", "speedup", "bounds allow", "energy vs dense"], rows,
+                "Simulated attention per inference (6 layers), default selection, against the lower bounds of the "
+                "runs' kept counts (docs/scheduler.md)"))
 
     bandwidths, scales, grid = design_space(runs["edge"][:1], args.plot)  # one sentence: six layers
     print(table(["buffers \\ GB/s"] + [f"{b:g}" for b in bandwidths],
                 [[f"{s:g}x"] + [f"{v:.2f}x" for v in grid[i]] for i, s in enumerate(scales)],
                 f"Design space: MP-MRF speedup over dense on edge variants (plot: {args.plot})"))
+    if args.dataset:
+        print(dataset_table(packages["edge"], dataset_inputs(out, args.dataset), args.dataset))
 
 
 if __name__ == "__main__":

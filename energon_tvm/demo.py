@@ -42,16 +42,6 @@ def _embed(session, texts, seq_len, minilm):
     return np.stack(embeddings), calls
 
 
-def _bound_per_inference(runs, cfg) -> tuple[float, str]:
-    """The mean over inferences of their calls' lower bounds (the count form: what a run's statistics
-    hold), and the unit that binds most of the inferences."""
-    from .schedules.bounds import call_bound_from_stats, total_bound
-
-    totals = [total_bound([call_bound_from_stats(c.workload, cfg, c.stats) for c in calls]) for calls in runs]
-    binds = [t.binds for t in totals]
-    return float(np.mean([t.cycles for t in totals])), max(set(binds), key=binds.count)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m energon_tvm.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq-len", type=int, default=128)
@@ -65,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .models import minilm
     from .tvmc import compile_model, write
-    from .tvmc.runner import PackageSession, per_inference
+    from .tvmc.runner import PackageSession, bound_per_inference, per_inference
 
     out = Path(args.out)
     onnx_path = out / f"minilm-s{args.seq_len}.onnx"
@@ -117,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{energy / 1e6:.1f} uJ")
     print(f"  dense INT16 schedule, same machine: {dense_cycles:,.0f} cycles, {dense_energy / 1e6:.1f} uJ")
     cfg = packages["mp-mrf"][1].target.config
-    (bound, binds), (dense_bound, dense_binds) = (_bound_per_inference(c, cfg) for c in (calls, dense_calls))
+    (bound, binds), (dense_bound, dense_binds) = (bound_per_inference(c, cfg) for c in (calls, dense_calls))
     print(f"  lower bounds per inference (from the runs' counts): MP-MRF {bound:,.0f} cycles ({binds} binds), "
           f"dense {dense_bound:,.0f} ({dense_binds}); the runs are {cycles / bound:.2f}x and "
           f"{dense_cycles / dense_bound:.2f}x their bounds")

@@ -16,6 +16,7 @@ never see each other's options or calls.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -234,6 +235,51 @@ class RunOptions:
             raise ConfigError(f"unknown executor backend {self.backend!r}; known: {', '.join(BACKENDS)}")
 
 
+class TimingCache:
+    """The timing backend's machine figures per distinct (program, sparsity): a timing-only run is a
+    function of the program's bytes and the kept sets of every round (the candidates included), and of
+    nothing else (the operands' values enter only through the kept sets), so a call whose program and
+    masks equal an earlier call's gets that run's figures without simulating again, exactly. Keys are
+    SHA-256 digests of the program and of the bit-packed masks; at most ``capacity`` entries, the
+    least recently used dropped first. Runs with a trace are not cached (their trace is kept per call).
+    ``hits`` and ``misses`` count the look-ups."""
+
+    def __init__(self, capacity: int = 4096):
+        if capacity < 0:
+            raise ConfigError(f"timing cache capacity {capacity}: must be >= 0")
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+        self._entries: dict[bytes, dict] = {}
+
+    @staticmethod
+    def key(program_digest: bytes, masks) -> bytes:
+        h = hashlib.sha256(program_digest)
+        for m in masks:
+            h.update(repr(m.shape).encode())
+            h.update(np.packbits(m, axis=None).tobytes())
+        return h.digest()
+
+    def get(self, key: bytes) -> dict | None:
+        stats = self._entries.pop(key, None)
+        if stats is None:
+            self.misses += 1
+            return None
+        self._entries[key] = stats  # most recently used last
+        self.hits += 1
+        return stats
+
+    def put(self, key: bytes, stats: dict) -> None:
+        if self.capacity == 0:
+            return
+        self._entries[key] = stats
+        while len(self._entries) > self.capacity:
+            self._entries.pop(next(iter(self._entries)))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Runner:
     """Executes offloaded calls with its own options and keeps what they did.
 
@@ -243,12 +289,14 @@ class Runner:
     listed programs: a library carrying any other program fails at that call). ``on_call``, when given,
     receives every call's :class:`CallRecord` as the call ends, with its inputs (q, k, v, bias) whatever
     ``capture`` says: how a caller sees every call's operands without keeping them all (``tvmc
-    calibrate``).
+    calibrate``). ``timing_cache``: the timing backend's :class:`TimingCache` (a new one per runner by
+    default; ``TimingCache(0)`` simulates every call).
     """
 
     def __init__(self, options: RunOptions | None = None, *, allowed_programs: frozenset[bytes] | None = None,
-                 on_call=None, **kwargs):
+                 on_call=None, timing_cache: TimingCache | None = None, **kwargs):
         self.options = options if options is not None else RunOptions(**kwargs)
+        self.timing_cache = timing_cache if timing_cache is not None else TimingCache()
         self.on_call = on_call
         self.allowed_programs = None if allowed_programs is None else frozenset(allowed_programs)
         self.calls: list[CallRecord] = []
@@ -324,15 +372,13 @@ class Runner:
                 stats = CallStats("reference", _pairs(w), int(result.candidates.sum()),
                                   tuple(int(m.sum()) for m in result.kept))
             else:
-                from .runtime_sim import Simulator, SparsityProfile
-
-                sim = Simulator(prog.config).run(prog, profile=SparsityProfile.from_reference(result),
-                                                 trace=opts.trace)
-        if opts.backend != "reference":
+                machine, trace = self._timing(hashlib.sha256(bytes(blob)).digest(), prog, result)
+        if opts.backend == "simulator":
             from .runtime_sim.report import chrome_trace
 
             machine = dict(sim.stats)
             trace = tuple(chrome_trace(sim, prog.config.clock_ghz)["traceEvents"]) if opts.trace else None
+        if opts.backend != "reference":
             stats = CallStats(opts.backend, _pairs(w), int(machine["candidates"]),
                               tuple(int(n) for n in machine["kept_per_round"]), machine, trace)
         inputs = {"q": q, "k": k, "v": v, "bias": bias}
@@ -341,6 +387,24 @@ class Runner:
         if self.on_call is not None:
             self.on_call(record if opts.capture else replace(record, inputs=inputs))
         return out, stats
+
+    def _timing(self, digest: bytes, prog: Program, result) -> tuple[dict, tuple | None]:
+        """A timing-only run on the reference's sparsity: (the machine's figures, trace events or None),
+        from the runner's timing cache when the same program met the same kept sets before."""
+        from .runtime_sim import Simulator, SparsityProfile
+
+        profile = SparsityProfile.from_reference(result)
+        if self.options.trace:
+            from .runtime_sim.report import chrome_trace
+
+            sim = Simulator(prog.config).run(prog, profile=profile, trace=True)
+            return dict(sim.stats), tuple(chrome_trace(sim, prog.config.clock_ghz)["traceEvents"])
+        key = TimingCache.key(digest, profile.masks)
+        machine = self.timing_cache.get(key)
+        if machine is None:
+            machine = dict(Simulator(prog.config).run(prog, profile=profile).stats)
+            self.timing_cache.put(key, machine)
+        return copy.deepcopy(machine), None
 
 
 def _pairs(w: AttentionWorkload) -> int:
@@ -363,4 +427,4 @@ def _check_operands(w: AttentionWorkload, q, k, v, bias) -> None:
 
 
 __all__ = ["BACKENDS", "CallRecord", "CallStats", "CompiledProgram", "EnergonTarget", "RunOptions", "Runner",
-           "ScheduleChoice", "ScheduleSource", "compile_call", "record_id"]
+           "ScheduleChoice", "ScheduleSource", "TimingCache", "compile_call", "record_id"]

@@ -139,23 +139,28 @@ def required_features(mcpu: str | None) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class HostCPU:
     """What a host library needs of the CPU that runs it (the manifest's ``host``): the ``mcpu`` it was
-    built for (None: LLVM's generic CPU), the CPU ``features`` that implies (LLVM's names), and whether
-    the level was ``detected`` on the compiling CPU rather than given with ``--target-llvm-mcpu``."""
+    built for (None: LLVM's generic CPU), the CPU ``features`` that implies (LLVM's names), whether
+    the level was ``detected`` on the compiling CPU rather than given with ``--target-llvm-mcpu``, and
+    whether its exp, erf, tanh and softmax are TVM's fast approximations (``fast_math``,
+    ``--target-llvm-fast-math on``)."""
 
     mcpu: str | None
     features: tuple[str, ...] = ()
     detected: bool = False
+    fast_math: bool = False  # the library's exp, erf, tanh and softmax are TVM's fast approximations
 
     @classmethod
-    def for_build(cls, mcpu: str | None, detected: bool = False) -> HostCPU:
-        return cls(mcpu, required_features(mcpu), detected)
+    def for_build(cls, mcpu: str | None, detected: bool = False, fast_math: bool = False) -> HostCPU:
+        return cls(mcpu, required_features(mcpu), detected, fast_math)
 
     def to_dict(self) -> dict:
-        return {"mcpu": self.mcpu, "features": list(self.features), "detected": self.detected}
+        return {"mcpu": self.mcpu, "features": list(self.features), "detected": self.detected,
+                "fast_math": self.fast_math}
 
     @classmethod
     def from_dict(cls, record: dict) -> HostCPU:
-        return cls(record.get("mcpu"), tuple(record.get("features") or ()), bool(record.get("detected")))
+        return cls(record.get("mcpu"), tuple(record.get("features") or ()), bool(record.get("detected")),
+                   bool(record.get("fast_math")))
 
     def missing(self, flags: frozenset[str]) -> tuple[str, ...]:
         """The features this library needs that a CPU with these Linux ``flags`` lacks."""
@@ -191,34 +196,41 @@ def valid_mcpu(mcpu: str) -> bool:
     return bool(codegen.llvm_is_valid_cpu(mcpu, codegen.llvm_get_system_triple()))
 
 
-def build(mod, mcpu: str | None = None, database=None, on_kernels=None):
+def build(mod, mcpu: str | None = None, database=None, on_kernels=None, fast_math: bool = False):
     """``tvm.compile`` of ``mod`` for the host, with the default schedules of this module; with a
-    MetaSchedule ``database`` its kernels' tuned schedules come first (:func:`pipeline`)."""
+    MetaSchedule ``database`` its kernels' tuned schedules come first (:func:`pipeline`); ``fast_math``:
+    exp, erf, tanh and softmax as TVM's fast approximations (:func:`legalize_passes`)."""
     import tvm
 
     target = host_target(mcpu)
-    return tvm.compile(mod, target=target, relax_pipeline=pipeline(target, database, on_kernels))
+    return tvm.compile(mod, target=target, relax_pipeline=pipeline(target, database, on_kernels, fast_math))
 
 
-def legalize_passes(target) -> list:
-    """Everything before scheduling: TVM's CPU library dispatch, :func:`patch_embedding_as_matmul`, and
-    TVM's legalisation and fusion. MetaSchedule tunes the kernels this gives (so its database's
-    workloads are the kernels a build schedules)."""
+def legalize_passes(target, fast_math: bool = False) -> list:
+    """Everything before scheduling: with ``fast_math`` TVM's FastMathTransform (exp, erf, tanh and
+    softmax become ``topi.fast_exp`` / ``fast_erf`` / ``fast_tanh`` / ``fast_softmax``: polynomial
+    approximations, vectorisable, where the exact build calls libm once per element), then TVM's CPU
+    library dispatch, :func:`patch_embedding_as_matmul`, and TVM's legalisation and fusion. MetaSchedule
+    tunes the kernels this gives (so its database's workloads are the kernels a build schedules)."""
+    from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    return cpu.library_dispatch_passes(target) + [patch_embedding_as_matmul()] + cpu.legalize_passes(target)
+    approximate = [relax.transform.FastMathTransform()] if fast_math else []
+    return (approximate + cpu.library_dispatch_passes(target) + [patch_embedding_as_matmul()]
+            + cpu.legalize_passes(target))
 
 
-def kernels(mod, target):
+def kernels(mod, target, fast_math: bool = False):
     """``mod`` after :func:`legalize_passes`: its PrimFuncs are the kernels a build schedules."""
     import tvm
 
     with target:
-        return tvm.transform.Sequential(legalize_passes(target))(mod)
+        return tvm.transform.Sequential(legalize_passes(target, fast_math))(mod)
 
 
-def pipeline(target, database=None, on_kernels=None):
-    """TVM's CPU pipeline with :func:`schedules` applied after legalisation; with a MetaSchedule
+def pipeline(target, database=None, on_kernels=None, fast_math: bool = False):
+    """TVM's CPU pipeline with :func:`schedules` applied after legalisation (:func:`legalize_passes`,
+    which ``fast_math`` is passed to); with a MetaSchedule
     ``database`` (``tvm.s_tir.meta_schedule.Database``) the kernels it holds records for get their tuned
     schedule (MetaSchedule's ApplyDatabase) and the default schedules take the rest. ``on_kernels`` is
     called with the module of unscheduled kernels (:func:`kernels`), e.g. to count what the database
@@ -230,7 +242,7 @@ def pipeline(target, database=None, on_kernels=None):
     @tvm.transform.module_pass(opt_level=0, name="EnergonHostPipeline")
     def _pipeline(mod, _ctx):
         with target:
-            mod = tvm.transform.Sequential(legalize_passes(target))(mod)
+            mod = tvm.transform.Sequential(legalize_passes(target, fast_math))(mod)
             if on_kernels is not None:
                 on_kernels(mod)
             if database is not None:

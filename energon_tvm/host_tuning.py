@@ -186,15 +186,16 @@ class Kernel:
     mod: object
 
 
-def host_kernels(mod, mcpu: str | None) -> list[Kernel]:
-    """The kernels the host build of ``mod`` for ``mcpu`` schedules (:func:`energon_tvm.host.kernels`)."""
+def host_kernels(mod, mcpu: str | None, fast_math: bool = False) -> list[Kernel]:
+    """The kernels the host build of ``mod`` for ``mcpu`` (and ``fast_math``) schedules
+    (:func:`energon_tvm.host.kernels`)."""
     import tvm
     from tvm import relax, tirx
     from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
     from . import host
 
-    legal = host.kernels(mod, host.host_target(mcpu))
+    legal = host.kernels(mod, host.host_target(mcpu), fast_math)
     calls: dict[str, int] = {}
     call_tir = tvm.ir.Op.get("relax.call_tir")
     for func in legal.functions.values():
@@ -451,11 +452,12 @@ SEARCH = {"population_size": 512, "init_measured_ratio": 0.2, "init_min_unmeasur
 
 
 def tune(mod, mcpu: str | None, folder, *, trials: int, runner=None, seed: int = 0, search: dict | None = None,
-         cores: int | None = None, log=None) -> TuneReport:
+         cores: int | None = None, log=None, fast_math: bool = False) -> TuneReport:
     """Tune the host kernels of ``mod`` (after the Energon partition) for ``mcpu`` into the database in
     ``folder`` until it holds ``trials`` trials of them (module docstring). ``runner``: a MetaSchedule
     runner (default: its local runner; :func:`dask_runner` for a cluster); ``search``: the evolutionary
-    search's parameters (default :data:`SEARCH`); ``log`` receives progress lines."""
+    search's parameters (default :data:`SEARCH`); ``log`` receives progress lines; ``fast_math``: the
+    kernels of the fast-math build (:func:`energon_tvm.host.legalize_passes`)."""
     check_options(trials, seed)
     say = log or (lambda _msg: None)
     database = open_database(folder, create=True)
@@ -464,7 +466,7 @@ def tune(mod, mcpu: str | None, folder, *, trials: int, runner=None, seed: int =
     from . import host
 
     build_target, target = host.host_target(mcpu), tuning_target(mcpu, cores)
-    kernels = host_kernels(mod, mcpu)
+    kernels = host_kernels(mod, mcpu, fast_math)
     records = _records_of(database, kernels, mcpu)
     before = sum(len(r) for r in records.values())
     remaining = trials - before
@@ -560,7 +562,7 @@ class AppliedDatabase:
     other_records: int = 0
 
 
-def build(mod, mcpu: str | None, database, folder: str = ""):
+def build(mod, mcpu: str | None, database, folder: str = "", fast_math: bool = False):
     """The host build of ``mod`` for ``mcpu`` with the records of ``database`` tuned for that ``mcpu``
     (the default schedules take the other kernels): (executable, :class:`AppliedDatabase`)."""
     from tvm.s_tir import meta_schedule as ms
@@ -595,6 +597,6 @@ def build(mod, mcpu: str | None, database, folder: str = ""):
         funcs = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
         seen.extend([len(funcs), sum(selected.has_workload(_normalize_mod(f)) for f in funcs)])
 
-    executable = host.build(mod, mcpu, database=selected, on_kernels=count)
+    executable = host.build(mod, mcpu, database=selected, on_kernels=count, fast_math=fast_math)
     kernels, tuned = seen[:2] if seen else (0, 0)
     return executable, AppliedDatabase(str(folder), kernels, tuned, tuple(sorted(others)), sum(others.values()))

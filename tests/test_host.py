@@ -59,6 +59,38 @@ def test_scheduled_build_equals_unscheduled_llvm_and_numpy():
     np.testing.assert_allclose(scheduled, _numpy(x, *consts), rtol=1e-4, atol=1e-4)
 
 
+def test_fast_math_build_is_close_to_the_exact_one_and_not_equal():
+    """--target-llvm-fast-math on: GELU's erf and softmax's exp become TVM's approximations; outputs stay
+    within 1e-5 of the exact build and of numpy (and differ from the exact build: the flag is in force)."""
+    import tvm
+    from tvm import relax
+
+    from energon_tvm import host
+
+    mod, consts = _block()
+    x = np.random.default_rng(1).standard_normal((2, 24, 64)).astype(np.float32)
+
+    def run(ex):
+        return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+    fast, exact = run(host.build(mod, fast_math=True)), run(host.build(mod))
+    assert not np.array_equal(fast, exact)
+    np.testing.assert_allclose(fast, exact, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fast, _numpy(x, *consts), rtol=1e-4, atol=1e-4)
+    names = {gv.name_hint for gv in host.kernels(mod, host.host_target(), fast_math=True).functions}
+    assert any("fast" in name for name in names), names
+
+
+def test_fast_math_option_is_on_or_off():
+    from energon_tvm.tvmc.errors import TVMCError
+    from energon_tvm.tvmc.target import parse_fast_math, parse_target
+
+    assert (parse_fast_math("on"), parse_fast_math("OFF"), parse_fast_math(None)) == (True, False, False)
+    with pytest.raises(TVMCError, match="--target-llvm-fast-math 'yes': on or off"):
+        parse_fast_math("yes")
+    assert parse_target("energon, llvm", fast_math="on").describe().endswith("llvm (fast-math)")
+
+
 def test_every_kernel_of_a_transformer_layer_gets_a_schedule():
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu

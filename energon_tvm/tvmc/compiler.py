@@ -152,7 +152,7 @@ def partition_model(model_path, *, model_format: str | None = None, target: str 
                     rule: str | None = None, gap: str | None = None, policy: str | None = None,
                     topk: str | None = None, sanger: str | None = None,
                     mcpu: str | None = None, input_shapes: str | None = None, tuning_records: str | None = None,
-                    verbose: int = 0, log=None, thresholds=None, cpu_flags=None) -> Partitioned:
+                    verbose: int = 0, log=None, thresholds=None, cpu_flags=None, fast_math=None) -> Partitioned:
     """Import the model and offload its attention, as :func:`compile_model` does before the host
     build (its options are the same). The host code is for ``mcpu`` or, when None, for the highest
     x86-64 level of the compiling CPU (``cpu_flags``: that CPU's Linux flags, default this machine's;
@@ -167,7 +167,7 @@ def partition_model(model_path, *, model_format: str | None = None, target: str 
     say = log or (lambda _msg: None)
     tgt = parse_target(target, config, alpha, rounds=rounds, mcpu=mcpu, rule=rule, gap=gap,
                        thresholds=None if thresholds is None else str(thresholds), policy=policy, topk=topk,
-                       sanger=sanger)
+                       sanger=sanger, fast_math=fast_math)
     model_sha256 = sha256(Path(model_path).read_bytes())
     thr, site_params = None, {}
     if thresholds is not None:  # the file, its model and its rounds are checked before the import
@@ -222,7 +222,7 @@ def partition_model(model_path, *, model_format: str | None = None, target: str 
         say(f"host code for {tgt.mcpu or 'the generic CPU'} (this CPU's level; --target-llvm-mcpu "
             f"{host.PORTABLE_MCPU} builds a package any x86-64 CPU runs)")
     return Partitioned(model, tgt, mod, report, calls, sites, thr, model_sha256,
-                       host.HostCPU.for_build(tgt.mcpu, detected), timings)
+                       host.HostCPU.for_build(tgt.mcpu, detected, tgt.fast_math), timings)
 
 
 def compile_model(model_path, *, model_format: str | None = None, target: str = "energon, llvm",
@@ -231,7 +231,7 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
                   topk: str | None = None, sanger: str | None = None,
                   mcpu: str | None = None, input_shapes: str | None = None, tuning_records: str | None = None,
                   host_database=None, build: BuildOptions | None = None, verbose: int = 0, log=None,
-                  thresholds=None, cpu_flags=None) -> CompileResult:
+                  thresholds=None, cpu_flags=None, fast_math=None) -> CompileResult:
     """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines. ``policy`` is the
     selection policy (``--target-energon-policy``, default mpmrf) and ``topk`` / ``sanger`` the value of
     the one-round policy of that name (:func:`~energon_tvm.tvmc.target.parse_params`). ``build``: the
@@ -241,7 +241,8 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
     must be for this model file, its rounds and every offloaded site. ``tuning_records``: Energon tuning
     records (a file); ``host_database``: a folder ``tvmc tune --host`` wrote, whose tuned host kernels
     replace the default schedules of the same kernels. ``mcpu`` None: the compiling CPU's level
-    (:func:`partition_model`)."""
+    (:func:`partition_model`). ``fast_math`` (``--target-llvm-fast-math``: on / off, or a bool): the host
+    code's exp, erf, tanh and softmax as TVM's fast approximations (:func:`energon_tvm.host.legalize_passes`)."""
     database = None
     if host_database is not None:  # a bad folder fails before the import
         from .. import host_tuning
@@ -251,7 +252,7 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
     part = partition_model(model_path, model_format=model_format, target=target, config=config, alpha=alpha,
                            rounds=rounds, rule=rule, gap=gap, policy=policy, topk=topk, sanger=sanger, mcpu=mcpu,
                            input_shapes=input_shapes, tuning_records=tuning_records, verbose=verbose, log=log,
-                           thresholds=thresholds, cpu_flags=cpu_flags)
+                           thresholds=thresholds, cpu_flags=cpu_flags, fast_math=fast_math)
     from .. import host
 
     tgt, timings, applied = part.target, dict(part.timings), None
@@ -259,11 +260,12 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
     try:
         with quiet(verbose), build.pass_context():
             if database is None:
-                ex = host.build(part.mod, tgt.mcpu)
+                ex = host.build(part.mod, tgt.mcpu, fast_math=tgt.fast_math)
             else:
                 from .. import host_tuning
 
-                ex, applied = host_tuning.build(part.mod, tgt.mcpu, database, str(host_database))
+                ex, applied = host_tuning.build(part.mod, tgt.mcpu, database, str(host_database),
+                                                fast_math=tgt.fast_math)
     except Exception as err:
         raise TVMCError(f"host build failed: {type(err).__name__}: {str(err).splitlines()[0]}") from None
     with tempfile.TemporaryDirectory() as tmp:
@@ -296,7 +298,7 @@ def tune_host_model(model_path, output, *, trials: int, model_format: str | None
                     policy: str | None = None, topk: str | None = None, sanger: str | None = None,
                     mcpu: str | None = None, input_shapes: str | None = None, thresholds=None,
                     dask_scheduler: str | None = None, seed: int = 0, search: dict | None = None, verbose: int = 0,
-                    log=None, cpu_flags=None):
+                    log=None, cpu_flags=None, fast_math=None):
     """``tvmc tune --host``: tune the model's host kernels (after the Energon partition, for the build's
     mcpu: :func:`partition_model`) with MetaSchedule into the database folder ``output`` until it holds
     ``trials`` trials of them; a second call continues (:func:`energon_tvm.host_tuning.tune`).
@@ -312,7 +314,7 @@ def tune_host_model(model_path, output, *, trials: int, model_format: str | None
     part = partition_model(model_path, model_format=model_format, target=target, config=config, alpha=alpha,
                            rounds=rounds, rule=rule, gap=gap, policy=policy, topk=topk, sanger=sanger, mcpu=mcpu,
                            input_shapes=input_shapes, verbose=verbose, log=log, thresholds=thresholds,
-                           cpu_flags=cpu_flags)
+                           cpu_flags=cpu_flags, fast_math=fast_math)
     client = runner = None
     if dask_scheduler is not None:
         from .runner import _connect
@@ -321,7 +323,7 @@ def tune_host_model(model_path, output, *, trials: int, model_format: str | None
         runner = host_tuning.dask_runner(client)
     try:
         return host_tuning.tune(part.mod, part.target.mcpu, output, trials=trials, runner=runner, seed=seed,
-                                search=search, log=log)
+                                search=search, log=log, fast_math=part.target.fast_math)
     finally:
         if client is not None:
             client.close()

@@ -75,7 +75,7 @@ SCHEMA = {
                                   "kept_ratio": [[NUMBER]], "flagged": [int]}]}),
     # the CPU the host library was built for and the features it needs (energon_tvm.host.HostCPU); absent
     # in packages written before it was recorded, which were all built for generic x86-64
-    "host": Opt({"mcpu": Opt(CPU_NAME), "features": [CPU_FEATURE], "detected": Opt(bool)}),
+    "host": Opt({"mcpu": Opt(CPU_NAME), "features": [CPU_FEATURE], "detected": Opt(bool), "fast_math": Opt(bool)}),
 }
 
 

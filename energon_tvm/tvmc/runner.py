@@ -70,6 +70,17 @@ def per_inference(runs) -> dict:
         "calls": per_run[0]["calls"] if per_run else 0, "kept_ratio": pooled["kept_ratio"]}
 
 
+def bound_per_inference(runs, cfg) -> tuple[float, str]:
+    """The mean over inferences (``runs``: one list of CallRecords each, run on ``cfg``) of their calls'
+    lower bound (:mod:`energon_tvm.schedules.bounds`, the count form: what a run's statistics hold), and
+    the unit that binds most of the inferences."""
+    from ..schedules.bounds import call_bound_from_stats, total_bound
+
+    totals = [total_bound([call_bound_from_stats(c.workload, cfg, c.stats) for c in calls]) for calls in runs]
+    binds = [t.binds for t in totals]
+    return float(np.mean([t.cycles for t in totals])), max(set(binds), key=binds.count)
+
+
 #: Limits for an inputs .npz, checked before zipfile reads its directory: real ones hold a few arrays.
 NPZ_MAX_MEMBERS = 1024
 NPZ_MAX_DIRECTORY_BYTES = 1 << 20
@@ -524,7 +535,9 @@ class DatasetResult:
     """A data set's run: per output, the outputs of every sample stacked on a leading axis; per sample,
     the simulated cycles, energy (pJ) and DRAM bytes of one inference (zeros on the reference backend),
     and the final kept ratio of each offloaded call ([samples, calls], calls in execution order, their
-    sites in ``sites``)."""
+    sites in ``sites``). On the timing backend ``timing_simulated`` calls ran on the machine and
+    ``timing_cached`` took the figures of an earlier call with the same program and kept sets
+    (:class:`~energon_tvm.executor.TimingCache`)."""
 
     backend: str
     outputs: dict
@@ -534,6 +547,8 @@ class DatasetResult:
     dram_bytes: np.ndarray
     kept_ratio: np.ndarray
     wall_seconds: float
+    timing_simulated: int = 0
+    timing_cached: int = 0
 
     @property
     def count(self) -> int:
@@ -561,6 +576,7 @@ class _Collector:
         self.cycles, self.dram = np.zeros(n, np.int64), np.zeros(n, np.int64)
         self.energy = np.zeros(n, np.float64)
         self.kept: np.ndarray | None = None
+        self.timing_simulated = self.timing_cached = 0
 
     def put(self, i: int, sample: tuple) -> None:
         got, sites, cycles, energy, dram, kept = sample
@@ -589,13 +605,16 @@ def _run_sample(session: PackageSession, feeds: dict, backend: str) -> tuple:
 
 
 def _run_chunk(package: bytes, feeds: list[dict], backend: str, key: bytes | None,
-               memory_budget: int | None) -> list[tuple]:
-    """A Dask task: the package's bytes (so workers need no shared files) and a chunk of samples' inputs."""
+               memory_budget: int | None) -> tuple[list[tuple], int, int]:
+    """A Dask task: the package's bytes (so workers need no shared files) and a chunk of samples' inputs
+    -> (each sample's results, the timing cache's misses and hits)."""
     with tempfile.TemporaryDirectory(prefix="energon-ds-") as tmp:
         path = Path(tmp) / "package.tar"
         path.write_bytes(package)
         with PackageSession(path, key=key, memory_budget=memory_budget) as session:
-            return [_run_sample(session, f, backend) for f in feeds]
+            results = [_run_sample(session, f, backend) for f in feeds]
+            cache = session.runner.timing_cache
+            return results, cache.misses, cache.hits
 
 
 def _connect(address: str, timeout: float = 10.0):
@@ -632,7 +651,7 @@ def _run_on_dask(address: str, timeout: float, package_path, samples: Samples, b
             futures[future] = idx
         for future in as_completed(futures, loop=client.loop):
             try:
-                results = future.result()
+                results, misses, hits = future.result()
             except TVMCError:
                 raise
             except Exception as err:
@@ -640,6 +659,8 @@ def _run_on_dask(address: str, timeout: float, package_path, samples: Samples, b
                                 f"{futures[future].stop - 1}: {type(err).__name__}: {err}") from None
             for i, sample in zip(futures[future], results):
                 collector.put(i, sample)
+            collector.timing_simulated += misses
+            collector.timing_cached += hits
             bar.update(len(results))
     finally:
         client.close()
@@ -678,9 +699,13 @@ def run_dataset(path, inputs, *, backend: str = "simulator", key: bytes | None =
                 _run_on_dask(dask_scheduler, dask_timeout, path, samples, backend, key, memory_budget,
                              collector, bar)
             else:
+                cache = session.runner.timing_cache
+                misses, hits = cache.misses, cache.hits
                 for i in range(n):
                     collector.put(i, _run_sample(session, samples.feeds(i), backend))
                     bar.update(1)
+                collector.timing_simulated += cache.misses - misses
+                collector.timing_cached += cache.hits - hits
         wall = time.perf_counter() - t0
     return DatasetResult(backend, collector.outputs, collector.sites, collector.cycles, collector.energy,
-                         collector.dram, collector.kept, wall)
+                         collector.dram, collector.kept, wall, collector.timing_simulated, collector.timing_cached)

@@ -79,7 +79,10 @@ OPTIONS = {"energon": {"config": "hardware config: edge, server or a .toml file 
                                      "instead of --target-energon-rule/-alpha/-gap)"},
            "llvm": {"mcpu": "CPU to build the host code for, e.g. x86-64-v3 or skylake-avx512 (default: the "
                             "highest x86-64 level this CPU has, x86-64-v2, -v3 or -v4, which CPUs without it refuse "
-                            "to run; x86-64: a package any x86-64 CPU runs)"}}
+                            "to run; x86-64: a package any x86-64 CPU runs)",
+                    "fast-math": "on: exp, erf, tanh and softmax of the host code as TVM's fast approximations "
+                                 "(FastMathTransform: vectorised polynomials instead of a libm call per element; "
+                                 "outputs within about 1e-6 of the exact build, not equal to it); off (default)"}}
 
 
 def add_target_arguments(p) -> None:
@@ -88,7 +91,8 @@ def add_target_arguments(p) -> None:
     p.add_argument("--target", default="energon, llvm", help='"energon, llvm" (default) or "llvm"')
     for kind, options in OPTIONS.items():
         for option, help_text in options.items():
-            p.add_argument(f"--target-{kind}-{option}", dest=f"target_{kind}_{option}", help=help_text)
+            p.add_argument(f"--target-{kind}-{option}", dest=f"target_{kind}_{option.replace('-', '_')}",
+                           help=help_text)
 
 
 def target_options(args) -> dict:
@@ -97,7 +101,8 @@ def target_options(args) -> dict:
     return {"target": args.target, "config": args.target_energon_config, "alpha": args.target_energon_alpha,
             "rounds": args.target_energon_rounds, "rule": args.target_energon_rule, "gap": args.target_energon_gap,
             "policy": args.target_energon_policy, "topk": args.target_energon_topk,
-            "sanger": args.target_energon_sanger, "mcpu": args.target_llvm_mcpu}
+            "sanger": args.target_energon_sanger, "mcpu": args.target_llvm_mcpu,
+            "fast_math": args.target_llvm_fast_math}
 
 
 def selection_text(params: MPMRFParams) -> str:
@@ -114,11 +119,13 @@ class Target:
     params: MPMRFParams
     mcpu: str | None = None  # the host CPU the llvm code is built for (None: not given / LLVM's generic CPU)
     thresholds: str | None = None  # the thresholds file the per-site parameters come from (its name)
+    fast_math: bool = False  # the host code's exp, erf, tanh and softmax are TVM's fast approximations
 
     def describe(self) -> str:
         rounds = (selection_text(self.params) if self.thresholds is None
                   else f"{self.params.policy} thresholds {self.thresholds}")
-        host = f"{self.host} ({self.mcpu})" if self.mcpu else self.host
+        notes = [n for n in (self.mcpu, "fast-math" if self.fast_math else None) if n]
+        host = f"{self.host} ({', '.join(notes)})" if notes else self.host
         return (f"energon ({self.config.name}; {rounds}), {host}" if self.offload else host)
 
 
@@ -224,7 +231,7 @@ def parse_target(text: str, config: str | None = None, alpha: str | None = None,
                  default_params: MPMRFParams | None = None, rounds: str | None = None,
                  mcpu: str | None = None, rule: str | None = None, gap: str | None = None,
                  thresholds: str | None = None, policy: str | None = None, topk: str | None = None,
-                 sanger: str | None = None) -> Target:
+                 sanger: str | None = None, fast_math: str | bool | None = None) -> Target:
     """The target of ``--target`` and its options. With ``thresholds`` (a thresholds file's path) the
     parameters are the file's, per site: the rule and values options are refused, the policy must be
     mpmrf, and ``rounds`` must be the file's rounds (checked by
@@ -265,6 +272,7 @@ def parse_target(text: str, config: str | None = None, alpha: str | None = None,
         if not valid_mcpu(mcpu):
             raise TVMCError(f"--target-llvm-mcpu {mcpu!r} is not a CPU LLVM knows (e.g. x86-64-v3, "
                             f"skylake-avx512, znver4)")
+    approximate = parse_fast_math(fast_math)
     cfg = load_config(config or "edge")
     if default_params is not None and all(v is None for v in selection):
         params = default_params
@@ -272,4 +280,15 @@ def parse_target(text: str, config: str | None = None, alpha: str | None = None,
         params = parse_params(rounds, rule, alpha, gap, policy, topk, sanger)
     from pathlib import Path
 
-    return Target(offload, "llvm", cfg, params, mcpu, None if thresholds is None else Path(thresholds).name)
+    return Target(offload, "llvm", cfg, params, mcpu, None if thresholds is None else Path(thresholds).name,
+                  approximate)
+
+
+def parse_fast_math(value: str | bool | None) -> bool:
+    """``--target-llvm-fast-math``: on or off (None: off; a bool from Python callers as it is)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    choice = {"on": True, "off": False}.get(str(value).strip().lower())
+    if choice is None:
+        raise TVMCError(f"--target-llvm-fast-math {value!r}: on or off")
+    return choice

@@ -28,7 +28,7 @@ def tune_model(model_path, output, *, model_format: str | None = None, target: s
                config: str | None = None, alpha: str | None = None, rounds: str | None = None,
                rule: str | None = None, gap: str | None = None, policy: str | None = None,
                topk: str | None = None, sanger: str | None = None, thresholds: str | None = None,
-               mcpu: str | None = None,
+               mcpu: str | None = None, fast_math=None,
                input_shapes: str | None = None, trials: int = 64, tuner: str = "xgb",
                early_stopping: int | None = None, calibration=None, dask_scheduler: str | None = None,
                seed: int = 0, objective: str = "cycles", verbose: int = 0, log=None) -> TuneModelResult:
@@ -53,7 +53,7 @@ def tune_model(model_path, output, *, model_format: str | None = None, target: s
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise TVMCError(f"--seed {seed!r}: must be a non-negative integer")
     parse_target(target, config, alpha, rounds=rounds, mcpu=mcpu, rule=rule, gap=gap, thresholds=thresholds,
-                 policy=policy, topk=topk, sanger=sanger)
+                 policy=policy, topk=topk, sanger=sanger, fast_math=fast_math)
     parse_input_shapes(input_shapes)
     if Path(check_output(output, "-o")).exists():
         read_records(output)  # a file that is not tuning records is refused before any work
@@ -61,7 +61,7 @@ def tune_model(model_path, output, *, model_format: str | None = None, target: s
         open_user_file(calibration, "--calibration file").close()
     result = compile_model(model_path, model_format=model_format, target=target, config=config, alpha=alpha,
                            rounds=rounds, rule=rule, gap=gap, policy=policy, topk=topk, sanger=sanger,
-                           thresholds=thresholds, mcpu=mcpu,
+                           thresholds=thresholds, mcpu=mcpu, fast_math=fast_math,
                            input_shapes=input_shapes, verbose=verbose)
     if not result.calls:
         say("no attention call was offloaded: nothing to tune")

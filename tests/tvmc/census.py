@@ -327,6 +327,7 @@ def _cases() -> list[Case]:
                         ("--target-energon-policy with --target llvm", ["--target", "llvm", *policy("topk")])]:
         case("compile", name)(lambda fx, tmp, e=extra: _compile(fx, tmp, *e))
     case("compile", "--target-llvm-mcpu bogus")(lambda fx, tmp: _compile(fx, tmp, "--target-llvm-mcpu", "pentium9000"))
+    case("compile", "--target-llvm-fast-math yes")(lambda fx, tmp: _compile(fx, tmp, "--target-llvm-fast-math", "yes"))
     case("compile", "energon option with --target llvm")(
         lambda fx, tmp: _compile(fx, tmp, "--target", "llvm", "--target-energon-config", "edge"))
 
@@ -521,6 +522,7 @@ def _cases() -> list[Case]:
         ("host features a string", _set(["host", "features"], "avx2")),
         ("host feature not a name", _set(["host", "features"], ["avx2; rm -rf"])),
         ("host mcpu a number", _set(["host", "mcpu"], 7)),
+        ("host fast_math a string", _set(["host", "fast_math"], "on")),
     ]
     for name, edit in manifest_edits:
         case("packages", f"manifest {name} (run)")(

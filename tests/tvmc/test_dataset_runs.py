@@ -158,6 +158,7 @@ def test_cli_dataset_profile_and_outputs(package, dataset, singles, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "input/s" in proc.stderr  # the progress bar
     assert f"{N} input(s) on the timing backend" in proc.stdout
+    assert f"of {N * 2:,} call(s) simulated" in proc.stdout  # the timing cache's line: 2 calls per sample
     cycles = np.array([s.totals()["cycles"] for s in singles], np.float64)
     row = next(line for line in proc.stdout.splitlines() if line.startswith("cycles "))
     assert row.split()[1:] == [f"{cycles.mean():,.3f}", f"{np.percentile(cycles, 50):,.3f}",
@@ -165,6 +166,24 @@ def test_cli_dataset_profile_and_outputs(package, dataset, singles, tmp_path):
     with np.load(out) as z:
         for name in z.files:
             np.testing.assert_array_equal(z[name], np.stack([s.outputs[name] for s in singles]))
+
+
+def test_repeated_samples_take_the_timing_cache(package, dataset, singles, tmp_path):
+    """A data set holding every sample twice: the second copies' calls take the first's figures, and every
+    sample's figures still equal its single run's."""
+    from energon_tvm.tvmc.runner import run_dataset
+
+    with np.load(dataset / "ds.npz") as z:
+        np.savez(tmp_path / "twice.npz", **{k: np.concatenate([z[k], z[k]]) for k in z.files})
+    result = run_dataset(package, tmp_path / "twice.npz", backend="timing")
+    calls = 2 * N * len(result.sites)
+    assert result.timing_simulated + result.timing_cached == calls
+    assert result.timing_cached >= calls // 2  # every call of the second half at least
+    totals = [s.totals() for s in singles] * 2
+    np.testing.assert_array_equal(result.cycles, [t["cycles"] for t in totals])
+    np.testing.assert_array_equal(result.energy_pj, [t["energy_pj"] for t in totals])
+    np.testing.assert_array_equal(result.dram_bytes, [t["dram_bytes"] for t in totals])
+    assert run_dataset(package, tmp_path / "twice.npz", backend="reference").timing_cached == 0
 
 
 def test_cli_dataset_refuses_single_run_options(package, dataset, tmp_path):

@@ -112,10 +112,10 @@ def test_tvmc_run_refuses_in_one_line(package, tmp_path, capsys):
 
 def test_the_portable_build_and_a_v3_build_compute_the_same(model_files, tmp_path):
     portable = compile_model(model_files / "model.onnx", mcpu="x86-64")
-    assert portable.manifest()["host"] == {"mcpu": "x86-64", "features": [], "detected": False}
+    assert portable.manifest()["host"] == {"mcpu": "x86-64", "features": [], "detected": False, "fast_math": False}
     v3 = compile_model(model_files / "model.onnx", mcpu="x86-64-v3")
     assert v3.manifest()["host"] == {"mcpu": "x86-64-v3", "features": list(host.level_features("x86-64-v3")),
-                                     "detected": False}
+                                     "detected": False, "fast_math": False}
     paths = {}
     for name, result in (("portable", portable), ("v3", v3)):
         paths[name] = tmp_path / f"{name}.tar"
@@ -124,3 +124,20 @@ def test_the_portable_build_and_a_v3_build_compute_the_same(model_files, tmp_pat
     # FMA contraction and AVX reassociation move the last bits only
     for name, value in runs["portable"].outputs.items():
         np.testing.assert_allclose(runs["v3"].outputs[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_fast_math_build_says_so_and_stays_close(model_files, package, tmp_path):
+    """--target-llvm-fast-math on: the manifest and the target string record it; a package of an older
+    release (no fast_math in its host record) reads as exact; the outputs stay near the exact build's."""
+    result = compile_model(model_files / "model.onnx", fast_math="on")
+    manifest = result.manifest()
+    assert manifest["host"]["fast_math"] is True and manifest["target"].endswith(", fast-math)")
+    assert host.HostCPU.from_dict({k: v for k, v in manifest["host"].items() if k != "fast_math"}).fast_math is False
+    write(result, tmp_path / "fast.tar")
+    assert read_package(tmp_path / "fast.tar").manifest["host"]["fast_math"] is True
+    fast, exact = (run_package(p, inputs=model_files / "inputs.npz", backend="reference").outputs
+                   for p in (tmp_path / "fast.tar", package))
+    for name, value in exact.items():
+        np.testing.assert_allclose(fast[name], value, rtol=1e-5, atol=1e-5)
+    assert main(["compile", str(model_files / "model.onnx"), "--target-llvm-fast-math", "maybe",
+                 "-o", str(tmp_path / "x.tar")]) == 1

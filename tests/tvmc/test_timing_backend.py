@@ -98,3 +98,42 @@ def test_cli_backend_profiles_agree(package, model_files):
     for phrase in ("simulator (default): the program on the full simulator, its own bit-exact outputs",
                    "timing: the numpy reference's outputs", "reference: outputs and kept ratios only"):
         assert phrase in help_text
+
+
+def test_timing_cache_is_exact_and_keyed_by_program_and_kept_sets(sparse_package, model_files):
+    """A call whose program and kept sets equal an earlier call's takes its figures: the same figures a
+    runner without the cache simulates, and a different input (other kept sets) is simulated."""
+    from energon_tvm.executor import TimingCache
+    from energon_tvm.tvmc.runner import PackageSession, make_inputs
+
+    figures = {}
+    for capacity in (4096, 0):
+        with PackageSession(sparse_package) as session:
+            session.runner.timing_cache = cache = TimingCache(capacity)
+            a = make_inputs(session.manifest, model_files / "inputs.npz")
+            b = make_inputs(session.manifest, None, seed=5)
+            runs = [session.run(feeds, backend="timing")[1] for feeds in (a, b, a)]
+            figures[capacity] = [[c.stats.machine for c in calls] for calls in runs]
+            calls = len(runs[0])
+            if capacity:
+                assert (cache.misses, cache.hits) == (2 * calls, calls)  # the third run is all hits
+            else:
+                assert (cache.hits, len(cache)) == (0, 0)
+            assert [c.stats.kept_per_round for c in runs[0]] != [c.stats.kept_per_round for c in runs[1]]
+    assert figures[4096] == figures[0]
+    assert figures[4096][2] == figures[4096][0] and figures[4096][1] != figures[4096][0]
+
+
+def test_timing_cache_drops_the_least_recently_used():
+    from energon_tvm.executor import TimingCache
+
+    cache = TimingCache(2)
+    cache.put(b"a", {"cycles": 1})
+    assert cache.get(b"a") == {"cycles": 1} and cache.get(b"b") is None
+    cache.put(b"b", {"cycles": 2})
+    cache.get(b"a")  # a is now the most recently used: adding c drops b
+    cache.put(b"c", {"cycles": 3})
+    assert cache.get(b"b") is None and cache.get(b"a") == {"cycles": 1} and len(cache) == 2
+    assert (cache.hits, cache.misses) == (3, 2)
+    with pytest.raises(Exception, match="capacity -1: must be >= 0"):
+        TimingCache(-1)

@@ -36,7 +36,8 @@ def add_arguments(p) -> None:
                    help="how offloaded calls run: simulator (default): the program on the full simulator, its own "
                    "bit-exact outputs, cycles, DRAM, energy and traces; timing: the numpy reference's outputs and "
                    "kept sets with the machine's cycles, DRAM and energy from a timing-only run on the reference's "
-                   "sparsity (the same figures, faster); reference: outputs and kept ratios only, no machine "
+                   "sparsity (the same figures, faster; a call whose program and kept sets equal an earlier call's "
+                   "takes its figures without simulating again); reference: outputs and kept ratios only, no machine "
                    "figures (fastest)")
     p.add_argument("--dask-scheduler", metavar="ADDRESS", help="with a data set: run its samples on the Dask "
                    "cluster at ADDRESS (tcp://HOST:PORT; workers need energon-tvm installed); results in input order")
@@ -237,6 +238,10 @@ def dataset_lines(result, policies: dict | None = None) -> list[str]:
     rate = result.count / result.wall_seconds if result.wall_seconds else float("inf")
     lines = [f"{result.count} input(s) on the {result.backend} backend in {result.wall_seconds:.2f} s "
              f"({rate:.2f} inputs/s)"]
+    if result.backend == "timing":
+        calls = result.timing_simulated + result.timing_cached
+        lines.append(f"timing runs: {result.timing_simulated:,} of {calls:,} call(s) simulated, "
+                     f"{result.timing_cached:,} took an earlier call's figures (the same program and kept sets)")
     if result.backend == "reference":
         lines.append("per inference: no machine figures on the reference backend (use --backend timing)")
     else:
