@@ -164,10 +164,10 @@ def test_pass_config_and_opt_level_reach_the_host_build(model_files, package, tm
     seen = []
     real = host.build
 
-    def recording(mod, mcpu=None):
+    def recording(mod, mcpu=None, **options):
         ctx = tvm.transform.PassContext.current()
         seen.append((ctx.opt_level, {k: bool(v) for k, v in ctx.config.items()}))
-        return real(mod, mcpu)
+        return real(mod, mcpu, **options)
 
     monkeypatch.setattr(host, "build", recording)
     out = tmp_path / "o0.tar"
