@@ -339,6 +339,10 @@ class Runner:
         map and header checked against that workload (:func:`~energon_tvm.schedules.check_program`).
         ``decoded``: ``Program.from_bytes(blob)`` when the caller has it already (it is checked here all
         the same)."""
+        return self._entry(blob, decoded)[1:]
+
+    def _entry(self, blob, decoded: Program | None = None) -> tuple[bytes, Program, AttentionWorkload]:
+        """:meth:`program`, with the SHA-256 digest of the bytes (the key of the runner's caches) first."""
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise BinaryFormatError(f"a call's program must be bytes, got {type(blob).__name__}")
         blob = bytes(blob)
@@ -350,35 +354,31 @@ class Runner:
         if hit is None:
             prog = Program.from_bytes(blob) if decoded is None else decoded
             hit = self._programs[key] = (prog, check_program(prog))  # its workload, schedule and memory map checked
-        return hit
+        return (key, *hit)
 
     def run_call(self, blob, q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray | None,
                  site: str = "") -> tuple[np.ndarray, CallStats]:
         """Execute one call: q [B,H,Sq,D], k/v [B,H,Sk,D] float32, bias broadcastable to [B,H,Sq,Sk] or
         None -> (output float32 [B,H,Sq,D], its :class:`CallStats`); the call is recorded."""
-        prog, w = self.program(blob)
+        digest, prog, w = self._entry(blob)
         _check_operands(w, q, k, v, bias)
         opts = self.options
         if opts.backend == "simulator":
             from .runtime_sim import run_attention
 
             out, sim = run_attention(prog, prog.config, q, k, v, bias, trace=opts.trace)
+            machine, trace = _figures(sim, prog, opts.trace)
         else:
             from .mpmrf import reference_attention
 
             result = reference_attention(w, q, k, v, bias)
             out = result.output
-            if opts.backend == "reference":
-                stats = CallStats("reference", _pairs(w), int(result.candidates.sum()),
-                                  tuple(int(m.sum()) for m in result.kept))
-            else:
-                machine, trace = self._timing(hashlib.sha256(bytes(blob)).digest(), prog, result)
-        if opts.backend == "simulator":
-            from .runtime_sim.report import chrome_trace
-
-            machine = dict(sim.stats)
-            trace = tuple(chrome_trace(sim, prog.config.clock_ghz)["traceEvents"]) if opts.trace else None
-        if opts.backend != "reference":
+            if opts.backend == "timing":
+                machine, trace = self._timing(digest, prog, result)
+        if opts.backend == "reference":
+            stats = CallStats("reference", _pairs(w), int(result.candidates.sum()),
+                              tuple(int(m.sum()) for m in result.kept))
+        else:
             stats = CallStats(opts.backend, _pairs(w), int(machine["candidates"]),
                               tuple(int(n) for n in machine["kept_per_round"]), machine, trace)
         inputs = {"q": q, "k": k, "v": v, "bias": bias}
@@ -390,21 +390,26 @@ class Runner:
 
     def _timing(self, digest: bytes, prog: Program, result) -> tuple[dict, tuple | None]:
         """A timing-only run on the reference's sparsity: (the machine's figures, trace events or None),
-        from the runner's timing cache when the same program met the same kept sets before."""
+        from the runner's timing cache when the same program (``digest``) met the same kept sets before."""
         from .runtime_sim import Simulator, SparsityProfile
 
         profile = SparsityProfile.from_reference(result)
         if self.options.trace:
-            from .runtime_sim.report import chrome_trace
-
-            sim = Simulator(prog.config).run(prog, profile=profile, trace=True)
-            return dict(sim.stats), tuple(chrome_trace(sim, prog.config.clock_ghz)["traceEvents"])
+            return _figures(Simulator(prog.config).run(prog, profile=profile, trace=True), prog, True)
         key = TimingCache.key(digest, profile.masks)
         machine = self.timing_cache.get(key)
         if machine is None:
             machine = dict(Simulator(prog.config).run(prog, profile=profile).stats)
             self.timing_cache.put(key, machine)
         return copy.deepcopy(machine), None
+
+
+def _figures(sim, prog: Program, trace: bool) -> tuple[dict, tuple | None]:
+    """A simulator run's statistics, and its Chrome-trace events when ``trace``."""
+    from .runtime_sim.report import chrome_trace
+
+    events = tuple(chrome_trace(sim, prog.config.clock_ghz)["traceEvents"]) if trace else None
+    return dict(sim.stats), events
 
 
 def _pairs(w: AttentionWorkload) -> int:
