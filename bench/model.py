@@ -38,6 +38,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -227,17 +228,11 @@ def dataset_table(package: Path, inputs: Path, n: int) -> str:
     results = {}
     for backend in ("simulator", "timing", "reference"):
         results[backend] = run_dataset(package, inputs, backend=backend, progress=True)
-    threads = os.environ.get("TVM_NUM_THREADS")
-    os.environ["TVM_NUM_THREADS"] = "1"  # each worker process: one core, one TVM thread
-    try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-            results["timing, Dask 2 workers"] = run_dataset(package, inputs, backend="timing", progress=True,
-                                                           dask_scheduler=cluster.scheduler_address)
-    finally:
-        if threads is None:
-            del os.environ["TVM_NUM_THREADS"]
-        else:
-            os.environ["TVM_NUM_THREADS"] = threads
+    # each worker process: one core, one TVM thread (the workers inherit the environment when they start)
+    with (mock.patch.dict(os.environ, {"TVM_NUM_THREADS": "1"}),
+          LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster):
+        results["timing, Dask 2 workers"] = run_dataset(package, inputs, backend="timing", progress=True,
+                                                       dask_scheduler=cluster.scheduler_address)
     local, spread = results["timing"], results["timing, Dask 2 workers"]
     same = (np.array_equal(local.cycles, spread.cycles) and np.array_equal(local.energy_pj, spread.energy_pj)
             and all(np.array_equal(local.outputs[k], spread.outputs[k]) for k in local.outputs))
