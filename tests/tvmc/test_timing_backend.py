@@ -125,6 +125,8 @@ def test_timing_cache_is_exact_and_keyed_by_program_and_kept_sets(sparse_package
 
 
 def test_timing_cache_drops_the_least_recently_used():
+    from energon_tvm.isa.errors import ConfigError
+
     from energon_tvm.executor import TimingCache
 
     cache = TimingCache(2)
@@ -135,5 +137,5 @@ def test_timing_cache_drops_the_least_recently_used():
     cache.put(b"c", {"cycles": 3})
     assert cache.get(b"b") is None and cache.get(b"a") == {"cycles": 1} and len(cache) == 2
     assert (cache.hits, cache.misses) == (3, 2)
-    with pytest.raises(Exception, match="capacity -1: must be >= 0"):
+    with pytest.raises(ConfigError, match="capacity -1: must be >= 0"):
         TimingCache(-1)
