@@ -2,7 +2,7 @@
 of it and of a ViT-S/16-shaped model against onnxruntime.
 
     python bench/model.py [--sentences 4] [--out out] [--host-db DB_DIR] [--repeat 10] [--threads N]
-                          [--skip-simulation]
+                          [--skip-simulation | --skip-host] [--dataset 1000]
 
 Prints, in one run:
 1. host ms per inference, side by side: onnxruntime, the TVM host build (target llvm) for generic
@@ -28,7 +28,8 @@ Prints, in one run:
 7. the wall time of ``tvmc run missing.tar`` (a user error answered before TVM is imported).
 
 ``--skip-simulation`` prints the first table only (2-6 run the Energon simulator: minutes; the
-data-set table about 15 minutes on 2 cores); ``--dataset 0`` skips table 6.
+data-set table about 15 minutes on 2 cores); ``--dataset 0`` skips table 6; ``--skip-host`` leaves
+out the first table (the simulated figures do not depend on it).
 """
 
 from __future__ import annotations
@@ -284,13 +285,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="threads of onnxruntime and of TVM's runtime in the host table (default: the CPUs)")
     ap.add_argument("--skip-simulation", action="store_true", help="print the host table only")
+    ap.add_argument("--skip-host", action="store_true",
+                    help="leave out the host table (the simulated figures do not depend on it)")
     ap.add_argument("--dataset", type=int, default=1000, help="inputs of the end-to-end table (1000; 0 skips it)")
     args = ap.parse_args()
     # TVM's runtime sizes its thread pool from this when it starts (by default half the logical CPUs)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(host_table(out, args.host_db, args.repeat, args.threads))
+    if not args.skip_host:
+        print(host_table(out, args.host_db, args.repeat, args.threads))
     print(table(["command", "wall s"], [["tvmc run missing.tar (exit 1, one line)", f"{missing_file_seconds():.2f}"]],
                 "A user error, answered before TVM is imported (median of 3, new process each)"))
     if args.skip_simulation:

@@ -62,6 +62,8 @@ PHYSICAL_RANGES: dict[str, tuple[float, float, str, str]] = {
     "dram_latency_ns": (0.1, 1e6, "ns", "0.1 ns is a few gate delays, 1 ms is a disk, not a memory"),
     "dram_burst_bytes": (8, 4096, "bytes", "a DRAM burst is one bus word at least and a page at most"),
     "dram_request_cycles": (0, 10_000, "cycles", "10,000 cycles per request is a network round trip, not DRAM"),
+    "dram_outstanding_requests": (1, 256, "requests", "each transfer in flight holds a tracking entry; 256 is "
+                                  "beyond any DMA engine's request queue"),
 }
 
 #: The same for every entry of an :class:`EnergyTable` (picojoules per action; ``leakage_mw`` milliwatts).
@@ -205,6 +207,7 @@ class HardwareConfig:
     dram_latency_ns: float
     dram_burst_bytes: int
     dram_request_cycles: int
+    dram_outstanding_requests: int
     dram_size_mib: int
     energy: EnergyTable = field(compare=True)
 
@@ -218,7 +221,7 @@ class HardwareConfig:
 
         for name in ("fu_macs_per_cycle", "fu_mac_bits", "fu_select_per_cycle", "max_query_tile",
                      "au_macs_per_cycle", "au_exp_per_cycle", "max_head_dim", "dram_burst_bytes",
-                     "dram_size_mib"):
+                     "dram_outstanding_requests", "dram_size_mib"):
             value = getattr(self, name)
             rule(_is_count(value) and 0 < value <= PARAM_MAX, name, value,
                  f"must be a positive integer (at most {PARAM_MAX})")
@@ -474,6 +477,7 @@ def load_config(name_or_path: str | Path = "edge") -> HardwareConfig:
         dram_latency_ns=_take(dram, "latency_ns", where + " [dram]"),
         dram_burst_bytes=_take(dram, "burst_bytes", where + " [dram]"),
         dram_request_cycles=_take(dram, "request_cycles", where + " [dram]"),
+        dram_outstanding_requests=_take(dram, "outstanding_requests", where + " [dram]"),
         dram_size_mib=_take(dram, "size_mib", where + " [dram]"),
         energy=load_energy_table(table_path if table_path.exists() else table_ref, dram_pj_per_bit),
     )

@@ -51,6 +51,10 @@ from .instructions import ISA_VERSION, Instruction
 
 MAGIC = b"ENGN"
 FORMAT_VERSION = 2
+
+#: HardwareConfig fields added since format version 2 began: a binary whose config lacks one was compiled
+#: for the machine model before it, and is refused with that said
+LATER_CONFIG_FIELDS = ("dram_outstanding_requests",)
 HEADER = struct.Struct("<4sHH16sHHI")
 SECTION = struct.Struct("<HHII")
 CHECKSUM_BYTES = 8
@@ -286,8 +290,15 @@ class Program:
 
 def _config_section(offset: int, raw: bytes, fingerprint: bytes) -> HardwareConfig:
     """The hardware config a binary carries, checked against the fingerprint its header records."""
+    described = _json_section(raw, SECTION_CONFIG, offset)
+    if isinstance(described, dict) and {"name", "energy"} <= described.keys():
+        older = [f for f in LATER_CONFIG_FIELDS if f not in described]
+        if older:
+            raise BinaryFormatError(f"hardware config section predates the machine model's "
+                                    f"{', '.join(older)} (a binary of an earlier energon-tvm): recompile the "
+                                    f"model", offset)
     try:
-        config = HardwareConfig.from_dict(_json_section(raw, SECTION_CONFIG, offset))
+        config = HardwareConfig.from_dict(described)
     except ConfigError as err:
         raise BinaryFormatError(f"hardware config section is invalid: {err}", offset) from None
     _require_canonical(raw, canonical_json(config.to_dict()), SECTION_CONFIG, offset)

@@ -3,10 +3,15 @@
 Program order feeds one in-order queue per unit (LOAD, FILTER, ATTEND, STORE); header ``SETR``s set the
 registers. The engine repeatedly starts the unit instruction that can start earliest: a unit is free
 when its previous instruction ends; a ``WAIT`` additionally needs its token's matching ``SIGNAL``
-(tokens have one producer and one consumer unit, so the k-th wait takes the k-th signal); a DMA also
-needs the DRAM channel, which moves one transfer at a time. Every cycle a unit is not busy before an
-instruction starts is a stall attributed to what it waited for. Instructions execute functionally in
-that same start order, so a program with a missing dependency reads what a real machine would read.
+(tokens have one producer and one consumer unit, so the k-th wait takes the k-th signal). The DMA units
+(LOAD, STORE) issue a transfer and go on to the next instruction while it is in flight, up to the
+config's ``dram_outstanding_requests`` transfers each: the next one waits for the oldest to complete
+when all are taken. A transfer's data leaves DRAM ``dram_latency_cycles`` after its issue, and the one
+DRAM channel moves one transfer at a time, in issue order. A DMA unit's ``SIGNAL`` is sent when every
+transfer it issued before it has completed, so a consumer never sees a buffer before its data is in.
+Every cycle a unit is not busy before an instruction starts is a stall attributed to what it waited
+for. Instructions execute functionally in that same start (issue) order, so a program with a missing
+dependency reads what a real machine would read.
 
 There is no per-cycle loop: the work is proportional to the instruction count, and the result is
 deterministic.
@@ -15,7 +20,7 @@ deterministic.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -180,6 +185,7 @@ class Simulator:
             queues[units[pc]].append(pc)
         qlen = [len(q) for q in queues]
         is_dma = [u in (Unit.LOAD, Unit.STORE) for u in Unit]
+        is_transfer = [u is not None and is_dma[u] and n not in ("WAIT", "SIGNAL") for n, u in zip(names, units)]
 
         free = [0] * len(Unit)  # when each unit's previous instruction ends
         head_of = [0] * len(Unit)
@@ -194,6 +200,10 @@ class Simulator:
         events = [] if trace else None
         labels = program.labels
         latency = cfg.dram_latency_cycles
+        depth = cfg.dram_outstanding_requests
+        in_flight = [deque() for _ in Unit]  # completion cycles of a DMA unit's transfers in flight, oldest first
+        slot = [0] * len(Unit)  # when a DMA unit may issue its next transfer (a transfer slot is free)
+        done = [0] * len(Unit)  # when a DMA unit's last transfer completes (completions come in issue order)
 
         remaining = sum(qlen)
         while remaining:
@@ -203,7 +213,7 @@ class Simulator:
                 if h == qlen[u]:
                     continue
                 pc = queues[u][h]
-                start = free[u]
+                start = max(free[u], slot[u]) if is_transfer[pc] else free[u]
                 token = wait_token[pc]
                 if token >= 0:
                     sent = signals[token]
@@ -221,13 +231,14 @@ class Simulator:
             token = wait_token[pc]
             if token >= 0:
                 taken[token] += 1
-                if start > free[u]:
-                    stalls[u][f"wait:{producer[token].label}"] += start - free[u]
+                idle = max(free[u], done[u])  # a DMA unit with transfers in flight is busy, not stalled
+                if start > idle:
+                    stalls[u][f"wait:{producer[token].label}"] += start - idle
                 free[u] = start
                 continue
             name = names[pc]
             if name == "SIGNAL":
-                signals[args[pc]["token"]].append(start)
+                signals[args[pc]["token"]].append(max(start, done[u]))  # a DMA unit's after its transfers
                 continue
             try:
                 work = handlers[pc](run, args[pc], pc, code[pc])
@@ -238,20 +249,28 @@ class Simulator:
             if is_dma[u]:
                 transfer = dram_transfer_cycles(work, cfg)
                 begin = max(start + latency, dram_free)
-                if begin > start + latency:
-                    stalls[u]["dram:contention"] += begin - start - latency
+                # busy: while any of the unit's transfers is in flight, less what waits for the other unit's
+                contention = max(0, begin - max(start + latency, done[u]))
+                if contention:
+                    stalls[u]["dram:contention"] += contention
                 end = math.ceil(begin + transfer)
                 dram_free = end
-                busy[u] += end - start - (begin - start - latency)
+                busy[u] += end - max(start, done[u]) - contention
+                done[u] = end
+                flying = in_flight[u]
+                flying.append(end)
+                # the next transfer issues at once while a slot is free, else when the oldest completes
+                slot[u] = flying.popleft() if len(flying) == depth else start
+                free[u] = start
             else:
                 end = start + compute_cycles(u, work, cfg)
                 busy[u] += end - start
+                free[u] = end
             totals.add(work)
-            free[u] = end
             if events is not None:
                 events.append((Unit(u), pc, name, start, end, labels[pc] if labels else ""))
 
-        cycles = max(free)
+        cycles = max(*free, *done)
         stats = totals.stats(cfg, cycles, busy, stalls, counts, run)
         stats["instructions"] = len(code)
         return SimResult(stats=stats, dram=dram if run.functional else None, events=events,

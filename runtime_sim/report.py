@@ -1,7 +1,9 @@
 """Human-readable outputs of a run: a Chrome/Perfetto trace of unit activity, and Markdown/CSV reports.
 
 The trace is the Trace Event Format (``chrome://tracing``, ui.perfetto.dev): one track per unit, one
-complete event per instruction, timestamps in microseconds of simulated time.
+complete event per instruction, timestamps in microseconds of simulated time. A DMA unit keeps several
+transfers in flight, each from its issue to its completion; they overlap, so a DMA unit gets as many
+tracks as it had transfers in flight at once ("load", "load 2", ...).
 """
 
 from __future__ import annotations
@@ -19,13 +21,24 @@ def chrome_trace(result: SimResult, clock_ghz: float = 1.0, name: str = "energon
         raise ValueError("this run recorded no events; run with trace=True")
     to_us = 1.0 / (clock_ghz * 1e3)
     events = [{"name": "process_name", "ph": "M", "pid": 0, "args": {"name": name}}]
-    events += [{"name": "thread_name", "ph": "M", "pid": 0, "tid": int(u), "args": {"name": u.label}}
-               for u in Unit]
+    lanes: dict[Unit, list[int]] = {u: [] for u in Unit}  # per unit, when each of its tracks is free again
+    spans = []
     for unit, pc, mnemonic, start, end, label in result.events:
-        events.append({"name": mnemonic, "cat": unit.label, "ph": "X", "pid": 0, "tid": int(unit),
-                       "ts": start * to_us, "dur": max(end - start, 0) * to_us,
-                       "args": {"pc": pc, "tile": label, "start_cycle": start, "end_cycle": end}})
-    return {"traceEvents": events, "displayTimeUnit": "ns"}
+        ends = lanes[unit]
+        lane = next((i for i, free in enumerate(ends) if free <= start), len(ends))
+        ends[lane:lane + 1] = [end]
+        spans.append({"name": mnemonic, "cat": unit.label, "ph": "X", "pid": 0, "tid": _track(unit, lane),
+                      "ts": start * to_us, "dur": max(end - start, 0) * to_us,
+                      "args": {"pc": pc, "tile": label, "start_cycle": start, "end_cycle": end}})
+    events += [{"name": "thread_name", "ph": "M", "pid": 0, "tid": _track(u, lane),
+                "args": {"name": u.label if lane == 0 else f"{u.label} {lane + 1}"}}
+               for u in Unit for lane in range(max(1, len(lanes[u])))]
+    return {"traceEvents": events + spans, "displayTimeUnit": "ns"}
+
+
+def _track(unit: Unit, lane: int) -> int:
+    """Trace thread id of a unit's ``lane``-th track: the unit's number first, its extra tracks after all units."""
+    return int(unit) + lane * len(Unit)
 
 
 def _rows(stats: dict) -> list[tuple[str, str, str]]:

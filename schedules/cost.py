@@ -3,11 +3,11 @@
 :func:`estimate` counts, for one :class:`~.schedule.TilingPlan`, the terms the lower bound of
 :mod:`.bounds` counts for the workload, but as this plan incurs them: the Filtering Unit's low-bit MACs
 (twice in ``recompute`` mode) and compares, the Attention Unit's MACs, exponentials and per-instruction
-pipeline fill, and the loader's DMA instructions (each holds the loader for the DRAM latency plus its
-transfer) with the bytes this plan moves: Q, bias and output once per tile, K's bit-planes once per head
-(resident) or per tile, round and pass (streamed), and gathered K/V once per head (resident) or per query
-tile (chunk slots; with one slot, gathers and attention take turns). The DRAM channel is shared by
-loader and store.
+pipeline fill, and the loader's DMA instructions (each waits the DRAM latency, of which up to
+``dram_outstanding_requests`` overlap, plus its transfer) with the bytes this plan moves: Q, bias and
+output once per tile, K's bit-planes once per head (resident) or per tile, round and pass (streamed), and
+gathered K/V once per head (resident) or per query tile (chunk slots; with one slot, gathers and
+attention take turns). The DRAM channel is shared by loader and store.
 
 Sparsity is not known when a program is compiled, so the estimate assumes it: a round with threshold
 coefficient ``alpha`` keeps a third of its candidates at alpha 0, falling linearly to none at 1 and
@@ -150,7 +150,9 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
     load_bytes = q_bytes + kv_bytes + plane_bytes + bias_bytes
     per_byte = 1 / cfg.dram_bytes_per_cycle
     requests = loads + 2 * attn_instructions  # a gather's K and V segments at least
-    load = loads * cfg.dram_latency_cycles + load_bytes * per_byte + requests * cfg.dram_request_cycles
+    # transfers in flight together share their latency: the loader waits it once per dram_outstanding_requests
+    load = (loads * cfg.dram_latency_cycles / cfg.dram_outstanding_requests + load_bytes * per_byte
+            + requests * cfg.dram_request_cycles)
     channel = (load_bytes + out_bytes) * per_byte + (requests + tiles) * cfg.dram_request_cycles
 
     if not plan.kv_resident and s.kv_slots == 1:

@@ -100,7 +100,7 @@ _BEYOND = [("clock_ghz", 1e-300), ("clock_ghz", 150.0), ("dram_bandwidth_gbps", 
            ("dram_latency_ns", 0.01), ("dram_latency_ns", 2e6), ("dram_burst_bytes", 4), ("dram_burst_bytes", 1 << 30),
            ("fu_macs_per_cycle", 1 << 21), ("fu_select_per_cycle", 1 << 21), ("au_macs_per_cycle", 1 << 21),
            ("au_exp_per_cycle", 1 << 21), ("au_pipeline_cycles", 10_001), ("dram_request_cycles", 100_000),
-           ("max_head_dim", 4104)]
+           ("dram_outstanding_requests", 257), ("max_head_dim", 4104)]
 
 
 @pytest.mark.parametrize("name, value", _BEYOND)

@@ -302,3 +302,15 @@ def test_empty_program(name):
 def test_metadata_does_not_name_the_config(edge):
     with pytest.raises(ValueError, match='metadata has a "config" entry'):
         Program.build(edge, [], MemoryMap(()), {"config": "edge"})
+
+
+def test_a_config_from_before_transfers_in_flight_is_refused_with_what_to_do(blob):
+    # the config section as binaries had it before the machine kept DMA transfers in flight, the header
+    # fingerprint made to match it: well formed, but for a machine model this build no longer simulates
+    code, memmap, meta, (kind, config) = sections_of(blob)
+    old = json.loads(config)
+    del old["dram_outstanding_requests"]
+    older = container([code, memmap, meta, (kind, canonical_json(old))], fingerprint_of(old))
+    err = rejects(older, older.index(canonical_json(old)), "predates the machine model's dram_outstanding_requests",
+                  "recompile the model")
+    assert "\n" not in str(err)

@@ -48,53 +48,88 @@ def worked_example(cfg):
     return program(cfg, body, d=D, sq=SQ, sk=SK, v_offset=SK * D * 2)
 
 
+def _worked_dram():
+    return image((0, np.array([1e-9, 1e-4])), (0x100, np.ones((8, 32), np.int16)),
+                 (0x1000, np.zeros((16, 16, 4), np.uint8)), (0x2000, np.ones((2, 16, 32), np.int16)))
+
+
 def test_worked_timing_example(cfg):
     """Cycle count by hand, edge config: DRAM latency 100 cycles, 4 cycles per request, 64-byte bursts
-    at 25.6 B/cycle = 2.5 cycles each; FU 512 MACs/cycle and 64 compares/cycle; AU 128 MACs/cycle,
-    8 exp/cycle, 8 pipeline cycles. One DRAM channel."""
+    at 25.6 B/cycle = 2.5 cycles each, 4 transfers in flight per DMA unit; FU 512 MACs/cycle and 64
+    compares/cycle; AU 128 MACs/cycle, 8 exp/cycle, 8 pipeline cycles. One DRAM channel."""
     assert (cfg.dram_latency_cycles, cfg.dram_request_cycles, cfg.dram_burst_cycles) == (100, 4, 2.5)
-    # LOAD  LD.PARAM 16 B:  0 + 100 latency, 4 + 1 burst * 2.5 = 6.5 -> ends ceil(106.5) = 107
-    #       LD.Q 8 rows x 64 B = 512 B: 107 + 100 = 207, + 4 + 8 * 2.5 = 24 -> 231
-    #       LD.KP 2 planes x 64 B: 231 + 100 = 331, + 2 * (4 + 2.5) = 13 -> 344; signal t0 at 344
-    # FILTER waits t0 until 344; F.CAND 128 compares / 64 = 2 -> 346; F.SCORE 128 pairs x 32 dims
-    #       = 4096 MACs / 512 = 8 -> 354; F.SELECT 128 / 64 = 2 -> 356; signals t1, t2 at 356
-    # LOAD  waits t1: 344 -> 356; LD.KV all 16 keys kept (alpha = -1): one run each for K and V,
-    #       1024 B = 16 bursts: 356 + 100 = 456, + 2 * (4 + 16 * 2.5) = 88 -> 544; signal t3
-    # ATTEND waits t2 until 356; A.INIT 1 cycle -> 357; waits t3 until 544; A.ATTN 128 pairs:
-    #       2 * 128 * 32 = 8192 MACs / 128 = 64 cycles vs (128 + 8) exp / 8 = 17 -> 64 + 8 = 72 -> 616;
-    #       A.NORM 8 x 32 = 256 / 128 = 2 + 8 = 10 -> 626; signal t4
-    # STORE waits t4 until 626; ST.OUT 1024 B: 626 + 100 = 726, + 4 + 16 * 2.5 = 44 -> 770
-    dram = image((0, np.array([1e-9, 1e-4])), (0x100, np.ones((8, 32), np.int16)),
-                 (0x1000, np.zeros((16, 16, 4), np.uint8)), (0x2000, np.ones((2, 16, 32), np.int16)))
-    r = Simulator(cfg).run(worked_example(cfg), dram)
+    assert cfg.dram_outstanding_requests == 4
+    # LOAD  issues LD.PARAM, LD.Q and LD.KP at cycle 0 (three of its four slots); the channel takes them in
+    #       turn: LD.PARAM 16 B: 0 + 100 latency, 4 + 1 burst * 2.5 = 6.5 -> ceil(106.5) = 107
+    #       LD.Q 8 rows x 64 B = 512 B: channel free at 107 (> 0 + 100), + 4 + 8 * 2.5 = 24 -> 131
+    #       LD.KP 2 planes x 64 B: 131 + 2 * (4 + 2.5) = 13 -> 144; SIGNAL t0 when all three are in: 144
+    # FILTER waits t0 until 144; F.CAND 128 compares / 64 = 2 -> 146; F.SCORE 128 pairs x 32 dims
+    #       = 4096 MACs / 512 = 8 -> 154; F.SELECT 128 / 64 = 2 -> 156; signals t1, t2 at 156
+    # LOAD  waits t1 (idle from 144, its last completion): 12 cycles; LD.KV all 16 keys kept (alpha = -1):
+    #       one run each for K and V, 1024 B = 16 bursts: 156 + 100 = 256, + 2 * (4 + 16 * 2.5) = 88 -> 344
+    # ATTEND waits t2 until 156; A.INIT 1 cycle -> 157; waits t3 until 344; A.ATTN 128 pairs:
+    #       2 * 128 * 32 = 8192 MACs / 128 = 64 cycles vs (128 + 8) exp / 8 = 17 -> 64 + 8 = 72 -> 416;
+    #       A.NORM 8 x 32 = 256 / 128 = 2 + 8 = 10 -> 426; signal t4
+    # STORE waits t4 until 426; ST.OUT 1024 B: 426 + 100 = 526, + 4 + 16 * 2.5 = 44 -> 570
+    r = Simulator(cfg).run(worked_example(cfg), _worked_dram())
     s = r.stats
-    assert s["cycles"] == 770
-    assert s["units"]["load"]["busy"] == 107 + 124 + 113 + 188
+    assert s["cycles"] == 570
+    assert s["units"]["load"]["busy"] == 144 + 188  # something in flight: 0..144 and 156..344
     assert s["units"]["filter"]["busy"] == 2 + 8 + 2
     assert s["units"]["attend"]["busy"] == 1 + 72 + 10
     assert s["units"]["store"]["busy"] == 144
-    assert s["units"]["filter"]["stall"] == {"wait:load": 344}
+    assert s["units"]["filter"]["stall"] == {"wait:load": 144}
     assert s["units"]["load"]["stall"] == {"wait:filter": 12}
-    assert s["units"]["attend"]["stall"] == {"wait:filter": 356, "wait:load": 187}
-    assert s["units"]["store"]["stall"] == {"wait:attend": 626}
+    assert s["units"]["attend"]["stall"] == {"wait:filter": 156, "wait:load": 187}
+    assert s["units"]["store"]["stall"] == {"wait:attend": 426}
     assert s["macs"] == {"fu_int4xint2": 4096, "au_int16": 8192}
     assert s["dram_bytes"]["read_total"] == 16 + 512 + 128 + 2048
     assert s["energy_pj"]["total"] == pytest.approx(sum(v for k, v in s["energy_pj"].items() if k != "total"))
-    assert s["energy_pj"]["leakage"] == pytest.approx(cfg.energy.leakage_mw * 770)
+    assert s["energy_pj"]["leakage"] == pytest.approx(cfg.energy.leakage_mw * 570)
 
 
-def test_dram_contention_is_attributed(cfg):
+@pytest.mark.parametrize("depth, cycles, load_busy", [
+    # one transfer at a time: every load waits its own latency
+    #   LD.PARAM 0 + 100 + 6.5 -> 107; LD.Q 107 + 100 + 24 -> 231; LD.KP 231 + 100 + 13 -> 344 (t0);
+    #   filter 344 -> 356; LD.KV 356 + 100 + 88 -> 544; A.ATTN 544 -> 616, A.NORM -> 626; ST.OUT -> 770
+    (1, 770, 107 + 124 + 113 + 188),
+    # two in flight: LD.PARAM and LD.Q issue at 0 (-> 107, 131); LD.KP takes LD.PARAM's slot at 107:
+    #   107 + 100 = 207 + 13 -> 220 (t0); filter 220 -> 232; LD.KV 232 + 100 + 88 -> 420; A.ATTN 420 -> 492,
+    #   A.NORM -> 502; ST.OUT 502 + 100 + 44 -> 646
+    (2, 646, 220 + 188),
+])
+def test_transfers_in_flight_are_bounded_by_the_config(cfg, depth, cycles, load_busy):
+    cfg = cfg.replace(dram_outstanding_requests=depth)
+    s = Simulator(cfg).run(worked_example(cfg), _worked_dram()).stats
+    assert (s["cycles"], s["units"]["load"]["busy"]) == (cycles, load_busy)
+
+
+def test_a_dma_signal_waits_for_the_units_transfers():
+    """LOAD issues both loads at once and signals; the filter's wait ends when the second completes."""
+    from energon_tvm.isa.config import load_config
+
+    cfg = load_config("edge")
+    r = Simulator(cfg).run(worked_example(cfg), _worked_dram(), trace=True)
+    first_filter = min(e[3] for e in r.events if e[0] == Unit.FILTER)
+    kp = next(e for e in r.events if e[2] == "LD.KP")
+    assert kp[3] == 0 and first_filter == kp[4] == 144
+
+
+@pytest.mark.parametrize("depth, cycles, contention", [(1, 380, 154), (4, 280, 54)])
+def test_dram_contention_is_attributed(cfg, depth, cycles, contention):
     """The store's request waits for the loader's long transfer on the one DRAM channel."""
+    cfg = cfg.replace(dram_outstanding_requests=depth)
     body = [make("LD.PARAM", dram=0, heads=1, buf=0), sync(Unit.LOAD, 0), make("LD.Q", dram=0x100, rows=64, buf=0),
             sync(Unit.ATTEND, 0, "WAIT"), make("A.INIT", rows=1), make("A.NORM", rows=1, out=0, head=0),
             sync(Unit.ATTEND, 1), sync(Unit.STORE, 1, "WAIT"), make("ST.OUT", dram=0x8000, rows=1, buf=0)]
     r = Simulator(cfg).run(program(cfg, body, d=D, sq=64, sk=64), image((0, np.array([1.0, 1.0]))))
-    # LD.PARAM 0..107; LD.Q 107 + 100 latency, 4 + 64 bursts * 2.5 = 164 on the channel -> 371
+    # LD.PARAM 0..107 (signal t0 at 107); LD.Q 64 bursts: 4 + 64 * 2.5 = 164 on the channel from 107 -> 271
+    # (issued at 0 with 4 slots: its latency overlaps LD.PARAM's; with 1 slot issued at 107: 207 -> 371)
     # A.INIT 107..108, A.NORM 32 / 128 -> 1 + 8 -> 117; ST.OUT issues at 117, its transfer could begin
-    # at 217 but the channel is busy until 371: 154 cycles of contention, then 4 + 2 * 2.5 = 9 -> 380
-    assert r.cycles == 380
-    assert r.stats["units"]["store"]["stall"] == {"dram:contention": 154, "wait:attend": 117}
-    assert r.stats["units"]["store"]["busy"] == 380 - 117 - 154
+    # at 217 but the channel is busy until 271 (371): 54 (154) cycles of contention, then 4 + 2 * 2.5 = 9
+    assert r.cycles == cycles
+    assert r.stats["units"]["store"]["stall"] == {"dram:contention": contention, "wait:attend": 117}
+    assert r.stats["units"]["store"]["busy"] == cycles - 117 - contention
 
 
 def _trap(cfg, body, **kw):
@@ -174,9 +209,15 @@ def test_trace_and_reports(cfg, tmp_path):
     spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
     assert {e["name"] for e in spans} >= {"LD.Q", "F.SCORE", "A.ATTN", "ST.OUT"}
     assert max(e["ts"] + e["dur"] for e in spans) == pytest.approx(r.cycles / 1e3)
+    # LD.PARAM, LD.Q and LD.KP are in flight together: three load tracks, no two spans of a track overlap
+    tracks = {e["tid"]: e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"}
+    assert [tracks[t] for t in sorted(tracks)] == ["load", "filter", "attend", "store", "load 2", "load 3"]
+    for tid in tracks:
+        mine = sorted((e["ts"], e["ts"] + e["dur"]) for e in spans if e["tid"] == tid)
+        assert all(a[1] <= b[0] + 1e-9 for a, b in zip(mine, mine[1:]))
     md = markdown_report(r.stats)
-    assert "| cycles | 770 |" in md and "## energy" in md
+    assert "| cycles | 570 |" in md and "## energy" in md
     csv = csv_report(r.stats)
-    assert csv.splitlines()[0] == "section,metric,value" and "run,cycles,770" in csv
+    assert csv.splitlines()[0] == "section,metric,value" and "run,cycles,570" in csv
     with pytest.raises(ValueError, match="trace=True"):
         chrome_trace(Simulator(cfg).run(worked_example(cfg), dram))
