@@ -32,6 +32,9 @@ CONFIGS = [
     # small buffers: few query rows per tile, K planes streamed, gathered K/V not resident
     EDGE.replace(buffer_q=1024, buffer_kv=4096, buffer_kplane=1024, buffer_index=256),
     SERVER.replace(buffer_kv=8192, buffer_kplane=2048, dram_bandwidth_gbps=25.6),
+    # every transfer's latency overlapped by many more in flight: the bound must hold however deep
+    EDGE.replace(dram_outstanding_requests=256, dram_bandwidth_gbps=102.4),
+    SERVER.replace(dram_outstanding_requests=1),
 ]
 DENSE = MPMRFParams(())
 
