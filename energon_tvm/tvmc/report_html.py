@@ -194,15 +194,21 @@ def _hbar(title: str, xlabel: str, items: list[tuple[str, float]], fmt: str, col
     return fig
 
 
+def energy_components(stats) -> list[tuple[str, float]]:
+    """Energy by component summed over the simulated statistics ``stats`` (each with an ``energy_pj``
+    split; a record without one, as on the reference backend, adds nothing), µJ, largest first;
+    components that cost nothing are left out."""
+    energy = defaultdict(float)
+    for s in stats:
+        for k, v in (s.get("energy_pj") or {}).items():
+            if k != "total":
+                energy[_energy_label(k)] += v / 1e6
+    return sorted(((k, v) for k, v in energy.items() if v > 0), key=lambda kv: -kv[1])
+
+
 def energy_chart(rows: list[CallRow]):
     """Energy of one inference by component, µJ, largest first."""
-    energy = defaultdict(float)
-    for r in rows:
-        if r.simulated:
-            for k, v in r.stats["energy_pj"].items():
-                if k != "total":
-                    energy[_energy_label(k)] += v / 1e6
-    items = sorted(((k, v) for k, v in energy.items() if v > 0), key=lambda kv: -kv[1])
+    items = energy_components(r.stats for r in rows if r.simulated)
     return _hbar("Energy per inference by component", "energy (µJ)", items, "%.2f", "tab:blue")
 
 

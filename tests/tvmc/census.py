@@ -370,6 +370,10 @@ def _cases() -> list[Case]:
         if option != "--reference":
             case("run", f"{option} is a folder")(lambda fx, tmp, o=option: (_run(fx, o, str(tmp)), []))
     case("run", "--backend bogus")(lambda fx, tmp: (_run(fx, "--backend", "fast"), []))
+    case("run", "--print-top on the reference backend")(
+        lambda fx, tmp: (_run(fx, "--backend", "reference", "--print-top", "1"), []))
+    case("run", "--trace on the reference backend")(
+        lambda fx, tmp: (_run(fx, "--backend", "reference", "--trace", str(tmp / "t.json")), [tmp / "t.json"]))
     case("run", "--dask-scheduler with one input")(
         lambda fx, tmp: (_run(fx, "--dask-scheduler", "tcp://127.0.0.1:1"), []))
 

@@ -113,6 +113,26 @@ def test_bytes_are_binary_and_match_the_command_line(result, page):
     assert not re.search(r"\b[kKMG]B\b", page), "a decimal byte unit (KB / MB / GB) is left in the report"
 
 
+def test_profile_splits_the_energy_by_component(result):
+    """--profile's energy line: every component once, largest first, summing to the totals row; its
+    DRAM share is the run's DRAM bytes at the config's pJ per byte."""
+    from energon_tvm.isa.config import load_config
+
+    lines = _profile_lines(result)
+    head = "energy by component, uJ: "
+    line = next(x for x in lines if x.startswith(head))
+    parts = [re.fullmatch(r"(.+) ([\d.]+) \((\d+)%\)", p).groups() for p in line[len(head):].split(", ")]
+    labels, values = [p[0] for p in parts], [float(p[1]) for p in parts]
+    assert len(set(labels)) == len(labels) and {"DRAM", "Attention Unit", "Filtering Unit"} <= set(labels)
+    assert values == sorted(values, reverse=True)
+    total = float(next(x for x in lines if x.lstrip().startswith("all")).split()[5])
+    assert abs(sum(values) - total) <= 0.0005 * (len(values) + 1)
+    assert abs(sum(int(p[2]) for p in parts) - 100) <= len(parts) / 2
+    cfg = load_config(result.calls[0].stats["config"])
+    dram = sum(c.stats["dram_bytes"]["read_total"] + c.stats["dram_bytes"]["write_total"] for c in result.calls)
+    assert values[labels.index("DRAM")] == pytest.approx(dram * cfg.energy.dram_per_byte / 1e6, abs=0.0005)
+
+
 def test_each_call_shows_its_policy_config_schedule_and_bound(result, page):
     ran = table_with(page, "schedule (source)")
     did = table_with(page, "x bound (cycles / bound)")

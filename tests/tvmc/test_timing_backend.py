@@ -139,3 +139,21 @@ def test_timing_cache_drops_the_least_recently_used():
     assert (cache.hits, cache.misses) == (3, 2)
     with pytest.raises(ConfigError, match="capacity -1: must be >= 0"):
         TimingCache(-1)
+
+
+def test_reference_profile_gives_kept_ratios_and_no_machine_figures(sparse_package, model_files):
+    """--profile on the reference backend: each call's kept ratios (the timing backend's, which runs the
+    same reference) and a line saying there are no machine figures, never a traceback or zeros."""
+    rows = {}
+    for backend in ("timing", "reference"):
+        proc = _tvmc("run", sparse_package, "-i", model_files / "inputs.npz", "--backend", backend, "--profile")
+        assert proc.returncode == 0, proc.stderr
+        rows[backend] = [line.split() for line in proc.stdout.splitlines()
+                         if line.lstrip().startswith(("0 ", "1 "))]
+        if backend == "reference":
+            assert "no machine figures on the reference backend" in proc.stdout
+            assert "energy by component" not in proc.stdout and "cycles" not in proc.stdout.split("\n")[0]
+    assert len(rows["reference"]) == 2
+    # site, policy and the kept ratios per round (the timing rows' last columns) agree
+    for timing, reference in zip(rows["timing"], rows["reference"]):
+        assert reference[1] == timing[1] and reference[2:] == timing[-len(reference) + 2:]

@@ -65,8 +65,17 @@ def _policies(result) -> str:
 
 
 def _profile_lines(result) -> list[str]:
-    from ..report_html import bound_total, call_bounds, kept_text
+    from ..report_html import bound_total, call_bounds, energy_components, kept_text
 
+    if result.calls and not any(c.stats.machine for c in result.calls):  # the reference backend
+        lines = [f"{'call':>4}  {'site':<28} {'policy':<{POLICY_WIDTH}}  kept ratio per round"]
+        for i, call in enumerate(result.calls):
+            lines.append(f"{i:>4}  {call.site[:28]:<28} {call.workload.params.policy:<{POLICY_WIDTH}}  "
+                         f"{kept_text(call.stats.get('kept_ratio', []))}")
+        lines.append(f"{'all':>4}  {len(result.calls)} call(s){'':<19} {_policies(result):<{POLICY_WIDTH}}  "
+                     f"{kept_text(result.totals()['kept_ratio'])}")
+        return lines + ["no machine figures on the reference backend (use --backend timing for cycles, DRAM "
+                        "and energy)"]
     bounds = call_bounds(result)
     lines = [f"{'call':>4}  {'site':<28} {'cycles':>12} {'DRAM KiB':>10} {'energy uJ':>10} {'x bound':>8} "
              f"{'binds':<9} {'policy':<{POLICY_WIDTH}}  kept ratio per round"]
@@ -80,6 +89,11 @@ def _profile_lines(result) -> list[str]:
     lines.append(f"{'all':>4}  {t['calls']} call(s){'':<19} {t['cycles']:>12,} {t['dram_bytes'] / 1024:>10.1f} "
                  f"{t['energy_pj'] / 1e6:>10.3f} {_against(bound_total(bounds), t['cycles'])} "
                  f"{_policies(result):<{POLICY_WIDTH}}  {kept_text(t['kept_ratio'])}")
+    parts = energy_components(c.stats for c in result.calls)
+    if parts:
+        total = sum(v for _, v in parts)
+        lines.append("energy by component, uJ: " + ", ".join(
+            f"{label} {v:.3f} ({v / total:.0%})" for label, v in parts))
     if any(b is not None for b in bounds):
         lines.append("x bound: simulated cycles over the fewest any schedule could take on this machine with the "
                      "kept counts of the run (docs/scheduler.md, Lower bounds)")
@@ -161,6 +175,11 @@ def run(args) -> int:
     check_repetitions(args.number, args.repeat)
     if args.print_top is not None and args.print_top < 1:
         raise TVMCError(f"--print-top {args.print_top}: must be at least 1")
+    if args.backend == "reference":
+        for attr, option in (("print_top", "--print-top"), ("trace", "--trace")):
+            if getattr(args, attr):
+                raise TVMCError(f"{option} needs machine figures, which the reference backend does not compute: "
+                                f"use --backend simulator or timing")
     outputs = {option: getattr(args, option) for option in ("outputs", "trace", "report") if getattr(args, option)}
     for option, path in outputs.items():
         check_output(path, f"--{option}")
@@ -204,7 +223,13 @@ def run(args) -> int:
     if accuracy:
         for name, acc in accuracy.items():
             print(f"{name}: cosine {acc['cosine']:.6f}, max abs error {acc['max_abs_error']:.3g} vs reference")
-    if not (args.profile or args.print_time or args.outputs or args.print_top):
+    if not (args.profile or args.print_time or args.outputs or args.print_top) and args.backend == "reference":
+        from ..report_html import kept_text
+
+        print(f"ran {Path(args.package).name} on the reference backend: {len(result.calls)} offloaded call(s), kept "
+              f"ratio per round {kept_text(result.totals()['kept_ratio'])} (no machine figures: use --backend timing "
+              f"for them); outputs " + ", ".join(f"{k}{list(v.shape)}" for k, v in result.outputs.items()))
+    elif not (args.profile or args.print_time or args.outputs or args.print_top):
         t = result.totals()
         print(f"ran {Path(args.package).name}: {t['calls']} offloaded call(s), {t['cycles']:,} simulated cycles, "
               f"{t['energy_pj'] / 1e6:.2f} uJ; outputs " + ", ".join(f"{k}{list(v.shape)}"
