@@ -7,13 +7,13 @@ of it and of a ViT-S/16-shaped model against onnxruntime.
 Prints, in one run:
 1. host ms per inference, side by side: onnxruntime, the TVM host build (target llvm) for generic
    x86-64, for the compiling CPU's x86-64 level (the default build), with ``--target-llvm-fast-math on``
-   (TVM's approximations of exp / erf / tanh / softmax; the largest output difference to the exact
-   build beside it) and, with ``--host-db``, with the MetaSchedule database ``tvmc tune --host`` wrote
-   (exact, and with fast math); for all-MiniLM-L6-v2 at S=128 and ViT-S/16 (224 x
-   224, random weights of a fixed seed). Each figure is the median of ``--repeat`` rounds, each round
-   running every build once in turn (common.timed), so a slow spell on a shared machine hits all, with
-   a pause before each run (onnxruntime's and TVM's thread pools spin after a run and would slow
-   whichever runs next);
+   (TVM's approximations of exp / erf / tanh / GELU / softmax; the largest output difference to the
+   exact build beside it, and onnxruntime's, whose MLAS kernels approximate exp and erf too) and, with
+   ``--host-db``, with the MetaSchedule database ``tvmc tune --host`` wrote (exact, and with fast
+   math); for all-MiniLM-L6-v2 at S=128 and ViT-S/16 (224 x 224, random weights of a fixed seed).
+   Each figure is the median of ``--repeat`` rounds, each round running every build once in turn
+   (common.timed), so a slow spell on a shared machine hits all, with a pause before each run
+   (onnxruntime's and TVM's thread pools spin after a run and would slow whichever runs next);
 2. compile time of `tvmc compile` (energon, llvm) against an llvm-only build of the same model;
 3. host wall time per inference: the llvm-only package, the Energon package (host + simulator), and
    onnxruntime on the same model on this machine;
@@ -189,7 +189,11 @@ def host_row(name: str, onnx_path: Path, feeds: dict, stem: str, out: Path, host
     tuned = packages["tuned"][1].host_tuning if "tuned" in packages else None
     exact = next(iter(outputs["detected"][0].values()))
     fast_error = float(np.max(np.abs(next(iter(outputs["fast"][0].values())) - exact)))
-    return [name, f"{ref * 1e3:.1f}", cell("generic"), f"{cell('detected')} [{packages['detected'][1].target.mcpu}]",
+    if outputs["onnxruntime"][0].shape != exact.shape:
+        sys.exit(f"{name}: onnxruntime's first output is {outputs['onnxruntime'][0].shape}, the build's {exact.shape}")
+    ort_error = float(np.max(np.abs(outputs["onnxruntime"][0] - exact)))
+    return [name, f"{ref * 1e3:.1f} [{ort_error:.1e}]", cell("generic"),
+            f"{cell('detected')} [{packages['detected'][1].target.mcpu}]",
             cell("tuned") + (f" ({tuned.tuned} of {tuned.kernels} kernels)" if tuned else ""),
             f"{cell('fast')} [{fast_error:.1e}]", cell("tuned-fast")]
 
@@ -198,8 +202,9 @@ def host_table(out: Path, host_db: str | None, repeat: int, threads: int) -> str
     """Host ms per inference of onnxruntime and the TVM host builds, per model, measured interleaved."""
     rows = [host_row(name, path, feeds, stem, out, host_db, repeat, threads)
             for (name, path, feeds), stem in zip(host_models(out), ("minilm", "vit"))]
-    return table(["model", "onnxruntime ms", "TVM x86-64 ms (x ort)", "TVM detected level ms (x ort)",
-                  "TVM tuned ms (x ort)", "fast-math ms (x ort) [max abs diff to exact]", "tuned + fast-math ms"], rows,
+    return table(["model", "onnxruntime ms [max abs diff to exact]", "TVM x86-64 ms (x ort)",
+                  "TVM detected level ms (x ort)", "TVM tuned ms (x ort)",
+                  "fast-math ms (x ort) [max abs diff to exact]", "tuned + fast-math ms"], rows,
                  f"Host ms per inference, median of {repeat} interleaved rounds, {threads} thread(s) each, "
                  f"{SETTLE:g} s pause before each run "
                  f"(tuned: {host_db or 'no --host-db given'})")

@@ -141,13 +141,13 @@ class HostCPU:
     """What a host library needs of the CPU that runs it (the manifest's ``host``): the ``mcpu`` it was
     built for (None: LLVM's generic CPU), the CPU ``features`` that implies (LLVM's names), whether
     the level was ``detected`` on the compiling CPU rather than given with ``--target-llvm-mcpu``, and
-    whether its exp, erf, tanh and softmax are TVM's fast approximations (``fast_math``,
+    whether its exp, erf, tanh, GELU and softmax are TVM's fast approximations (``fast_math``,
     ``--target-llvm-fast-math on``)."""
 
     mcpu: str | None
     features: tuple[str, ...] = ()
     detected: bool = False
-    fast_math: bool = False  # the library's exp, erf, tanh and softmax are TVM's fast approximations
+    fast_math: bool = False  # the library's exp, erf, tanh, GELU and softmax are TVM's fast approximations
 
     @classmethod
     def for_build(cls, mcpu: str | None, detected: bool = False, fast_math: bool = False) -> HostCPU:
@@ -199,7 +199,7 @@ def valid_mcpu(mcpu: str) -> bool:
 def build(mod, mcpu: str | None = None, database=None, on_kernels=None, fast_math: bool = False):
     """``tvm.compile`` of ``mod`` for the host, with the default schedules of this module; with a
     MetaSchedule ``database`` its kernels' tuned schedules come first (:func:`pipeline`); ``fast_math``:
-    exp, erf, tanh and softmax as TVM's fast approximations (:func:`legalize_passes`)."""
+    exp, erf, tanh, GELU and softmax as TVM's fast approximations (:func:`legalize_passes`)."""
     import tvm
 
     target = host_target(mcpu)
@@ -207,15 +207,16 @@ def build(mod, mcpu: str | None = None, database=None, on_kernels=None, fast_mat
 
 
 def legalize_passes(target, fast_math: bool = False) -> list:
-    """Everything before scheduling: with ``fast_math`` TVM's FastMathTransform (exp, erf, tanh and
-    softmax become ``topi.fast_exp`` / ``fast_erf`` / ``fast_tanh`` / ``fast_softmax``: polynomial
-    approximations, vectorisable, where the exact build calls libm once per element), then TVM's CPU
-    library dispatch, :func:`patch_embedding_as_matmul`, and TVM's legalisation and fusion. MetaSchedule
-    tunes the kernels this gives (so its database's workloads are the kernels a build schedules)."""
+    """Everything before scheduling: with ``fast_math`` GELU as its formula (:func:`gelu_as_formula`) and
+    TVM's FastMathTransform (exp, erf, tanh and softmax become ``topi.fast_exp`` / ``fast_erf`` /
+    ``fast_tanh`` / ``fast_softmax``: polynomial approximations, vectorisable, where the exact build
+    calls libm once per element), then TVM's CPU library dispatch, :func:`patch_embedding_as_matmul`,
+    and TVM's legalisation and fusion. MetaSchedule tunes the kernels this gives (so its database's
+    workloads are the kernels a build schedules)."""
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    approximate = [relax.transform.FastMathTransform()] if fast_math else []
+    approximate = [gelu_as_formula(), relax.transform.FastMathTransform()] if fast_math else []
     return (approximate + cpu.library_dispatch_passes(target) + [patch_embedding_as_matmul()]
             + cpu.legalize_passes(target))
 
@@ -328,6 +329,52 @@ def patch_embedding_as_matmul():
         for gv, func in list(mod.functions_items()):
             if isinstance(func, relax.Function):
                 mod[gv] = rewrite_call(pattern, _patch_matmul, func)
+        return mod
+
+    return _pass
+
+
+# -- GELU as its formula, for fast math -----------------------------------------------------------------
+def _gelu_formula(call, _matches):
+    """``nn.gelu(x)`` -> ``x * (0.5 + erf(x * 0.5**0.5) * 0.5)`` and ``nn.gelu_tanh(x)`` -> ``0.5 * x *
+    (1 + tanh(sqrt(2 / pi) * x * (1 + 0.044715 * x * x)))``: TVM's own legalisations of the two ops, written
+    as Relax ops so that FastMathTransform finds their ``erf`` / ``tanh``. Float32 only (the float16
+    legalisation computes erf in float32); anything else stays as it is."""
+    import math
+
+    from tvm import relax
+
+    (x,) = call.args
+    if str(getattr(x.ty, "dtype", "")) != "float32":
+        return call
+    op = relax.op
+
+    def c(value: float):
+        return relax.const(value, "float32")
+
+    if call.op.name == "relax.nn.gelu":
+        return op.multiply(x, op.add(c(0.5), op.multiply(op.erf(op.multiply(x, c(0.5 ** 0.5))), c(0.5))))
+    inner = op.multiply(op.multiply(c(math.sqrt(2.0 / math.pi)), x),
+                        op.add(c(1.0), op.multiply(op.multiply(c(0.044715), x), x)))
+    return op.multiply(op.multiply(c(0.5), x), op.add(c(1.0), op.tanh(inner)))
+
+
+def gelu_as_formula():
+    """A Relax pass: every float32 GELU as the element-wise ops of its formula (:func:`_gelu_formula`).
+    FastMathTransform replaces ``erf``, ``exp`` and ``tanh`` ops but not the ``erf`` inside
+    ``nn.gelu``'s legalisation, which left a fast-math build's costliest kernel (the FFN's matmul with
+    GELU) calling libm's erf one element at a time."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    pattern = is_op("relax.nn.gelu")(wildcard()) | is_op("relax.nn.gelu_tanh")(wildcard())
+
+    @tvm.transform.module_pass(opt_level=0, name="EnergonGeluAsFormula")
+    def _pass(mod, _ctx):
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = rewrite_call(pattern, _gelu_formula, func)
         return mod
 
     return _pass

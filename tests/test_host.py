@@ -77,8 +77,46 @@ def test_fast_math_build_is_close_to_the_exact_one_and_not_equal():
     assert not np.array_equal(fast, exact)
     np.testing.assert_allclose(fast, exact, rtol=0, atol=1e-5)
     np.testing.assert_allclose(fast, _numpy(x, *consts), rtol=1e-4, atol=1e-4)
-    names = {gv.name_hint for gv in host.kernels(mod, host.host_target(), fast_math=True).functions}
-    assert any("fast" in name for name in names), names
+    kernels = {fast_math: host.kernels(mod, host.host_target(), fast_math=fast_math) for fast_math in (False, True)}
+    names = {gv.name_hint for gv in kernels[True].functions}
+    assert any("fast_erf" in name for name in names) and any("fast_softmax" in name for name in names), names
+    # GELU's erf is the approximation in the fast build (no libm call left) and libm's in the exact one
+    assert "T.erf(" in kernels[False].script() and "T.erf(" not in kernels[True].script()
+
+
+def test_fast_math_gelu_tanh_is_its_formula_with_the_fast_tanh():
+    """nn.gelu_tanh under fast math: TVM's formula with fast_tanh, within 1e-5 of the exact build and of
+    numpy's tanh formula; float16 GELU is left to TVM's legalisation."""
+    import math
+
+    import tvm
+    from tvm import relax
+
+    from energon_tvm import host
+
+    def module(op, dtype):
+        x = relax.Var("x", relax.TensorType((4, 256), dtype))
+        bb = relax.BlockBuilder()
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                out = bb.emit_output(op(x))
+            bb.emit_func_output(out)
+        return bb.get()
+
+    mod = module(relax.op.nn.gelu_tanh, "float32")
+    x = np.linspace(-6, 6, 1024, dtype=np.float32).reshape(4, 256)
+
+    def run(ex):
+        return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+    fast, exact = run(host.build(mod, fast_math=True)), run(host.build(mod))
+    assert "T.tanh(" not in host.kernels(mod, host.host_target(), fast_math=True).script()
+    x64 = x.astype(np.float64)
+    formula = 0.5 * x64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64 ** 3)))
+    np.testing.assert_allclose(fast, exact, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fast, formula, rtol=0, atol=1e-5)
+    half = module(relax.op.nn.gelu, "float16")
+    assert "nn.gelu" in str(tvm.transform.Sequential([host.gelu_as_formula()])(half).script())
 
 
 def test_fast_math_option_is_on_or_off():

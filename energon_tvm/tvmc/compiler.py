@@ -242,7 +242,7 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
     records (a file); ``host_database``: a folder ``tvmc tune --host`` wrote, whose tuned host kernels
     replace the default schedules of the same kernels. ``mcpu`` None: the compiling CPU's level
     (:func:`partition_model`). ``fast_math`` (``--target-llvm-fast-math``: on / off, or a bool): the host
-    code's exp, erf, tanh and softmax as TVM's fast approximations (:func:`energon_tvm.host.legalize_passes`)."""
+    code's exp, erf, tanh, GELU and softmax as TVM's fast approximations (:func:`energon_tvm.host.legalize_passes`)."""
     database = None
     if host_database is not None:  # a bad folder fails before the import
         from .. import host_tuning

@@ -80,7 +80,7 @@ OPTIONS = {"energon": {"config": "hardware config: edge, server or a .toml file 
            "llvm": {"mcpu": "CPU to build the host code for, e.g. x86-64-v3 or skylake-avx512 (default: the "
                             "highest x86-64 level this CPU has, x86-64-v2, -v3 or -v4, which CPUs without it refuse "
                             "to run; x86-64: a package any x86-64 CPU runs)",
-                    "fast-math": "on: exp, erf, tanh and softmax of the host code as TVM's fast approximations "
+                    "fast-math": "on: exp, erf, tanh, GELU and softmax of the host code as TVM's fast approximations "
                                  "(FastMathTransform: vectorised polynomials instead of a libm call per element; "
                                  "outputs within about 1e-6 of the exact build, not equal to it); off (default)"}}
 
@@ -119,7 +119,7 @@ class Target:
     params: MPMRFParams
     mcpu: str | None = None  # the host CPU the llvm code is built for (None: not given / LLVM's generic CPU)
     thresholds: str | None = None  # the thresholds file the per-site parameters come from (its name)
-    fast_math: bool = False  # the host code's exp, erf, tanh and softmax are TVM's fast approximations
+    fast_math: bool = False  # the host code's exp, erf, tanh, GELU and softmax are TVM's fast approximations
 
     def describe(self) -> str:
         rounds = (selection_text(self.params) if self.thresholds is None
