@@ -73,12 +73,11 @@ def per_inference(runs) -> dict:
 def bound_per_inference(runs, cfg) -> tuple[float, str]:
     """The mean over inferences (``runs``: one list of CallRecords each, run on ``cfg``) of their calls'
     lower bound (:mod:`energon_tvm.schedules.bounds`, the count form: what a run's statistics hold), and
-    the unit that binds most of the inferences."""
+    the unit that binds the most bound cycles of all their calls (:func:`total_bound`'s rule)."""
     from ..schedules.bounds import call_bound_from_stats, total_bound
 
-    totals = [total_bound([call_bound_from_stats(c.workload, cfg, c.stats) for c in calls]) for calls in runs]
-    binds = [t.binds for t in totals]
-    return float(np.mean([t.cycles for t in totals])), max(set(binds), key=binds.count)
+    total = total_bound([call_bound_from_stats(c.workload, cfg, c.stats) for calls in runs for c in calls])
+    return total.cycles / len(runs), total.binds
 
 
 #: Limits for an inputs .npz, checked before zipfile reads its directory: real ones hold a few arrays.

@@ -157,3 +157,21 @@ def test_reference_profile_gives_kept_ratios_and_no_machine_figures(sparse_packa
     # site, policy and the kept ratios per round (the timing rows' last columns) agree
     for timing, reference in zip(rows["timing"], rows["reference"]):
         assert reference[1] == timing[1] and reference[2:] == timing[-len(reference) + 2:]
+
+
+def test_bound_per_inference_is_the_mean_and_names_the_unit_of_the_most_bound_cycles(monkeypatch):
+    """Three inferences, two binding on attention, one on DRAM with more bound cycles than the other two
+    together: the mean of their bounds, and DRAM (a vote of inferences would say attention), in any order."""
+    from types import SimpleNamespace
+
+    from energon_tvm.schedules import bounds
+
+    from energon_tvm.tvmc.runner import bound_per_inference
+
+    def inference(cycles: int, binds: str) -> list:  # one call whose "statistics" are its bound
+        return [SimpleNamespace(workload=None, stats=bounds.CallBound(0, 0, 0, 0, 0, 0, cycles, binds))]
+
+    monkeypatch.setattr(bounds, "call_bound_from_stats", lambda w, cfg, stats: stats)
+    runs = [inference(60, "attention"), inference(60, "attention"), inference(200, "dram")]
+    for order in (runs, runs[::-1]):
+        assert bound_per_inference(order, None) == (320 / 3, "dram")
