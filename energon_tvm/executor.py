@@ -303,6 +303,7 @@ class Runner:
         #: the project error a call raised inside a VM (which reaches the VM's caller as a RuntimeError)
         self.fault: EnergonError | None = None
         self._programs: dict[bytes, tuple[Program, AttentionWorkload]] = {}
+        self._decoded: dict[bytes, tuple] = {}  # digest -> (Simulator, Decoded), see _machine
 
     def configure(self, **changes) -> Runner:
         """Change some options (``runner.configure(trace=True)``); returns the runner."""
@@ -366,7 +367,9 @@ class Runner:
         if opts.backend == "simulator":
             from .runtime_sim import run_attention
 
-            out, sim = run_attention(prog, prog.config, q, k, v, bias, trace=opts.trace)
+            simulator, decoded = self._machine(digest, prog)
+            out, sim = run_attention(prog, prog.config, q, k, v, bias, trace=opts.trace, simulator=simulator,
+                                     decoded=decoded)
             machine, trace = _figures(sim, prog, opts.trace)
         else:
             from .mpmrf import reference_attention
@@ -391,17 +394,29 @@ class Runner:
     def _timing(self, digest: bytes, prog: Program, result) -> tuple[dict, tuple | None]:
         """A timing-only run on the reference's sparsity: (the machine's figures, trace events or None),
         from the runner's timing cache when the same program (``digest``) met the same kept sets before."""
-        from .runtime_sim import Simulator, SparsityProfile
+        from .runtime_sim import SparsityProfile
 
         profile = SparsityProfile.from_reference(result)
+        simulator, decoded = self._machine(digest, prog)
         if self.options.trace:
-            return _figures(Simulator(prog.config).run(prog, profile=profile, trace=True), prog, True)
+            return _figures(simulator.run(prog, profile=profile, trace=True, decoded=decoded), prog, True)
         key = TimingCache.key(digest, profile.masks)
         machine = self.timing_cache.get(key)
         if machine is None:
-            machine = dict(Simulator(prog.config).run(prog, profile=profile).stats)
+            machine = dict(simulator.run(prog, profile=profile, decoded=decoded).stats)
             self.timing_cache.put(key, machine)
         return copy.deepcopy(machine), None
+
+    def _machine(self, digest: bytes, prog: Program):
+        """The simulator of ``prog``'s configuration and ``prog`` decoded for it (``Simulator.decode``):
+        made at the program's first run, kept with the runner's decoded programs."""
+        hit = self._decoded.get(digest)
+        if hit is None:
+            from .runtime_sim import Simulator
+
+            simulator = Simulator(prog.config)
+            hit = self._decoded[digest] = (simulator, simulator.decode(prog))
+        return hit
 
 
 def _figures(sim, prog: Program, trace: bool) -> tuple[dict, tuple | None]:

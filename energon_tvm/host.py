@@ -318,17 +318,24 @@ def _patch_matmul(call, _matches):
 
 def patch_embedding_as_matmul():
     """A Relax pass: every patch-embedding convolution (:func:`_patch_matmul`) as a matmul of patches."""
+    from tvm.relax.dpl import is_op, wildcard
+
+    return _rewrite_pass("EnergonPatchEmbeddingAsMatmul", is_op("relax.nn.conv2d")(wildcard(), wildcard()),
+                         _patch_matmul)
+
+
+def _rewrite_pass(name: str, pattern, rewriter):
+    """A module pass that rewrites every call matching ``pattern`` in the module's Relax functions with
+    ``rewriter(call, matches)`` (``relax.dpl.rewrite_call``)."""
     import tvm
     from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import rewrite_call
 
-    pattern = is_op("relax.nn.conv2d")(wildcard(), wildcard())
-
-    @tvm.transform.module_pass(opt_level=0, name="EnergonPatchEmbeddingAsMatmul")
+    @tvm.transform.module_pass(opt_level=0, name=name)
     def _pass(mod, _ctx):
         for gv, func in list(mod.functions_items()):
             if isinstance(func, relax.Function):
-                mod[gv] = rewrite_call(pattern, _patch_matmul, func)
+                mod[gv] = rewrite_call(pattern, rewriter, func)
         return mod
 
     return _pass
@@ -364,20 +371,10 @@ def gelu_as_formula():
     FastMathTransform replaces ``erf``, ``exp`` and ``tanh`` ops but not the ``erf`` inside
     ``nn.gelu``'s legalisation, which left a fast-math build's costliest kernel (the FFN's matmul with
     GELU) calling libm's erf one element at a time."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_op, wildcard
 
-    pattern = is_op("relax.nn.gelu")(wildcard()) | is_op("relax.nn.gelu_tanh")(wildcard())
-
-    @tvm.transform.module_pass(opt_level=0, name="EnergonGeluAsFormula")
-    def _pass(mod, _ctx):
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = rewrite_call(pattern, _gelu_formula, func)
-        return mod
-
-    return _pass
+    return _rewrite_pass("EnergonGeluAsFormula",
+                         is_op("relax.nn.gelu")(wildcard()) | is_op("relax.nn.gelu_tanh")(wildcard()), _gelu_formula)
 
 
 # -- schedules ------------------------------------------------------------------------------------------

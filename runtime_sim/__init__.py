@@ -2,7 +2,7 @@
 Never imports TVM."""
 
 from .driver import DriverError, layout_inputs, read_output, run_attention
-from .machine import SimResult, Simulator
+from .machine import Decoded, SimResult, Simulator
 from .profile import SparsityProfile
 from .traps import (
     BufferOverflow,
@@ -20,6 +20,7 @@ from .traps import (
 __all__ = [
     "BufferOverflow",
     "Deadlock",
+    "Decoded",
     "DramOutOfRange",
     "DriverError",
     "IllegalInstruction",

@@ -19,7 +19,7 @@ from ..isa.config import HardwareConfig
 from ..isa.errors import EnergonError
 from ..isa.numerics import quantize_int16, to_bitplanes
 from ..isa.program import Program
-from .machine import SimResult, Simulator
+from .machine import Decoded, SimResult, Simulator
 
 
 class DriverError(EnergonError, ValueError):
@@ -85,10 +85,12 @@ def read_output(program: Program, result: SimResult) -> np.ndarray:
 
 
 def run_attention(program: Program, cfg: HardwareConfig, q, k, v, bias=None, *, trace: bool = False,
-                  capture: bool = False, simulator: Simulator | None = None) -> tuple[np.ndarray, SimResult]:
+                  capture: bool = False, simulator: Simulator | None = None,
+                  decoded: Decoded | None = None) -> tuple[np.ndarray, SimResult]:
     """Run one attention program on Q [B,H,Sq,D], K/V [B,H,Sk,D] (and the mask/bias if compiled with
-    one); returns the output [B,H,Sq,D] float32 and the run's :class:`SimResult`."""
+    one); returns the output [B,H,Sq,D] float32 and the run's :class:`SimResult`. ``simulator`` and
+    ``decoded`` (its :meth:`Simulator.decode` of ``program``): a caller's, made once for many runs."""
     image = layout_inputs(program, q, k, v, bias)
     sim = simulator or Simulator(cfg)
-    result = sim.run(program, image, trace=trace, capture=capture)
+    result = sim.run(program, image, trace=trace, capture=capture, decoded=decoded)
     return read_output(program, result), result

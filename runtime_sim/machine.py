@@ -83,11 +83,16 @@ class _Run:
             self.captured[round_index][head, q0:q0 + rows, k0:k0 + keys] = bits
 
 
-class _Flat:
-    """A program's instructions decoded once into per-pc lists: mnemonic, fields, unit index (None for
-    SETR and HALT). The engine's loop indexes these instead of the instruction objects."""
+class Decoded:
+    """A program in the form the engine runs, built and checked once (:meth:`Simulator.decode`) and
+    reusable by every run of that program on that configuration: per pc the mnemonic, fields, unit
+    (None for SETR and HALT), handler and awaited token; each unit's queue of pcs; which instructions
+    are DRAM transfers; each token's producer unit. ``check(program, decoded)`` runs on the per-pc
+    lists before the rest is derived from them. Read-only after construction."""
 
-    def __init__(self, code):
+    def __init__(self, program: Program, cfg: HardwareConfig, check):
+        self.program, self.fingerprint = program, cfg.fingerprint
+        code = program.code
         self.names, self.args, self.units = [], [], []
         for ins in code:
             op = ins.op
@@ -95,6 +100,18 @@ class _Flat:
             self.names.append(op.mnemonic)
             self.args.append(a)
             self.units.append(op.unit if op.unit is not None else a.get("unit"))
+        check(program, self)
+        self.first = next((pc for pc, n in enumerate(self.names) if n != "SETR"), len(code))
+        self.handlers = [HANDLERS.get(n) for n in self.names]
+        self.wait_token = [a["token"] if n == "WAIT" else -1 for n, a in zip(self.names, self.args)]
+        self.queues: list[list[int]] = [[] for _ in Unit]
+        for pc in range(self.first, len(code) - 1):
+            self.queues[self.units[pc]].append(pc)
+        is_dma = [u in (Unit.LOAD, Unit.STORE) for u in Unit]
+        self.is_transfer = [u is not None and is_dma[u] and n not in ("WAIT", "SIGNAL")
+                            for n, u in zip(self.names, self.units)]
+        self.producer = {a["token"]: Unit(u) for n, a, u in zip(self.names, self.args, self.units) if n == "SIGNAL"}
+        self.heads = max((a["head"] for a in self.args if "head" in a), default=0) + 1
 
 
 class Simulator:
@@ -105,7 +122,7 @@ class Simulator:
         self.budget = budget
 
     # -- program checks -------------------------------------------------------------------------
-    def _check_program(self, program: Program, flat: _Flat) -> None:
+    def _check_program(self, program: Program, decoded: Decoded) -> None:
         if program.config_fingerprint != self.cfg.fingerprint:
             raise ConfigError(f"program was built for config {program.config_name!r}; this simulator runs "
                               f"{self.cfg.name!r}")
@@ -118,7 +135,7 @@ class Simulator:
         producer: dict[int, Unit] = {}
         consumer: dict[int, Unit] = {}
         in_header = True
-        for pc, (name, a, u) in enumerate(zip(flat.names, flat.args, flat.units)):
+        for pc, (name, a, u) in enumerate(zip(decoded.names, decoded.args, decoded.units)):
             if name == "HALT" and pc != len(code) - 1:
                 raise IllegalInstruction("HALT before the end of the program", pc, code[pc])
             if name == "SETR":
@@ -157,41 +174,45 @@ class Simulator:
                 raise IllegalInstruction(f"{reg.name} = {state.regs[reg]} must be in 1..65535", pc)
         return pc
 
+    def decode(self, program: Program) -> Decoded:
+        """``program`` decoded and checked for this simulator's configuration, for :meth:`run`'s
+        ``decoded`` (a caller that runs one program many times decodes it once)."""
+        return Decoded(program, self.cfg, self._check_program)
+
     # -- the run --------------------------------------------------------------------------------
     def run(self, program: Program, dram: Dram | np.ndarray | None = None, *,
-            profile: SparsityProfile | None = None, trace: bool = False, capture: bool = False) -> SimResult:
+            profile: SparsityProfile | None = None, trace: bool = False, capture: bool = False,
+            decoded: Decoded | None = None) -> SimResult:
         """Run ``program``. Full mode needs the DRAM image laid out as the memory map says (see
         :mod:`.driver`); timing-only mode takes a :class:`SparsityProfile` instead and skips all
         arithmetic, giving the same cycles. ``capture`` records the candidate/kept bits of every
-        round as bool [heads, SEQ_Q, SEQ_K] arrays."""
+        round as bool [heads, SEQ_Q, SEQ_K] arrays. ``decoded``: :meth:`decode` of this program, made
+        earlier (else it is decoded and checked here)."""
         cfg = self.cfg
-        flat = _Flat(program.code)
-        self._check_program(program, flat)
+        if decoded is None:
+            decoded = self.decode(program)
+        elif decoded.program is not program or decoded.fingerprint != cfg.fingerprint:
+            raise ConfigError("decoded= is another program's, or was decoded for another configuration; "
+                              "pass Simulator.decode(program) of this simulator")
         if profile is None and dram is None:
             raise ConfigError("a full run needs a DRAM image; pass profile=... for a timing-only run")
         if not isinstance(dram, Dram):
             dram = Dram(cfg, dram)
         state = MachineState(cfg, dram, program.memory_map)
-        first = self._apply_header(program, state)
-        heads = max((a["head"] for a in flat.args if "head" in a), default=0) + 1
-        shape = (heads, state.regs[Reg.SEQ_Q], state.regs[Reg.SEQ_K]) if capture else None
+        self._apply_header(program, state)
+        shape = (decoded.heads, state.regs[Reg.SEQ_Q], state.regs[Reg.SEQ_K]) if capture else None
         run = _Run(cfg, state, profile, shape)
 
-        code, names, args, units = program.code, flat.names, flat.args, flat.units
-        handlers = [HANDLERS.get(n) for n in names]
-        wait_token = [a["token"] if n == "WAIT" else -1 for n, a in zip(names, args)]
-        queues: list[list[int]] = [[] for _ in Unit]
-        for pc in range(first, len(code) - 1):
-            queues[units[pc]].append(pc)
+        code, names, args = program.code, decoded.names, decoded.args
+        handlers, wait_token, queues = decoded.handlers, decoded.wait_token, decoded.queues
+        is_transfer, producer = decoded.is_transfer, decoded.producer
         qlen = [len(q) for q in queues]
         is_dma = [u in (Unit.LOAD, Unit.STORE) for u in Unit]
-        is_transfer = [u is not None and is_dma[u] and n not in ("WAIT", "SIGNAL") for n, u in zip(names, units)]
 
         free = [0] * len(Unit)  # when each unit's previous instruction ends
         head_of = [0] * len(Unit)
         signals: list[list[int]] = [[] for _ in range(NUM_TOKENS)]
         taken = [0] * NUM_TOKENS
-        producer = {a["token"]: Unit(u) for n, a, u in zip(names, args, units) if n == "SIGNAL"}
         dram_free = 0
         busy = [0] * len(Unit)
         stalls = [defaultdict(int) for _ in Unit]

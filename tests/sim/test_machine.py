@@ -162,6 +162,25 @@ def test_traps_name_the_pc_and_instruction(cfg, body, trap, text):
         assert body[err.value.pc - 5].op.mnemonic.lower() in msg
 
 
+def test_a_decoded_program_runs_as_the_program_does_and_only_for_itself(cfg):
+    """Simulator.decode once, many runs: the same statistics and outputs as runs that decode for
+    themselves; a program decoded for another program or configuration is refused."""
+    from energon_tvm.isa.config import load_config
+    from energon_tvm.isa.errors import ConfigError
+
+    prog, sim = worked_example(cfg), Simulator(cfg)
+    decoded = sim.decode(prog)
+    fresh = sim.run(prog, _worked_dram())
+    for _ in range(2):
+        again = sim.run(prog, _worked_dram(), decoded=decoded)
+        assert again.stats == fresh.stats and np.array_equal(again.dram.data, fresh.dram.data)
+    with pytest.raises(ConfigError, match="another program"):
+        sim.run(worked_example(cfg), _worked_dram(), decoded=decoded)  # equal, but another object
+    other = load_config("server" if cfg.name != "server" else "edge")
+    with pytest.raises(ConfigError, match="another configuration"):
+        Simulator(other).run(prog, _worked_dram(), decoded=decoded)
+
+
 def test_missing_halt_and_budget(cfg):
     from energon_tvm.isa.program import MemoryMap, Program
 
