@@ -127,9 +127,7 @@ class Simulator:
             raise ConfigError(f"program was built for config {program.config_name!r}; this simulator runs "
                               f"{self.cfg.name!r}")
         code = program.code
-        if len(code) > self.budget:
-            raise InstructionBudgetExceeded(f"program has {len(code)} instructions; the budget is {self.budget} "
-                                            f"(Simulator(budget=...))")
+        self._check_budget(program)
         if not code or code[-1].op.mnemonic != "HALT":
             raise IllegalInstruction("program does not end with HALT", len(code))
         producer: dict[int, Unit] = {}
@@ -155,6 +153,11 @@ class Simulator:
             if producer[token] == consumer[token]:
                 raise IllegalInstruction(f"token {token} is signalled and awaited by the same unit "
                                          f"({producer[token].label})", None)
+
+    def _check_budget(self, program: Program) -> None:
+        if len(program.code) > self.budget:
+            raise InstructionBudgetExceeded(f"program has {len(program.code)} instructions; the budget is "
+                                            f"{self.budget} (Simulator(budget=...))")
 
     def _apply_header(self, program: Program, state: MachineState) -> int:
         pc = 0
@@ -194,6 +197,8 @@ class Simulator:
         elif decoded.program is not program or decoded.fingerprint != cfg.fingerprint:
             raise ConfigError("decoded= is another program's, or was decoded for another configuration; "
                               "pass Simulator.decode(program) of this simulator")
+        else:
+            self._check_budget(program)  # this simulator's budget, whichever simulator decoded it
         if profile is None and dram is None:
             raise ConfigError("a full run needs a DRAM image; pass profile=... for a timing-only run")
         if not isinstance(dram, Dram):

@@ -179,6 +179,8 @@ def test_a_decoded_program_runs_as_the_program_does_and_only_for_itself(cfg):
     other = load_config("server" if cfg.name != "server" else "edge")
     with pytest.raises(ConfigError, match="another configuration"):
         Simulator(other).run(prog, _worked_dram(), decoded=decoded)
+    with pytest.raises(InstructionBudgetExceeded, match="budget is 4"):
+        Simulator(cfg, budget=4).run(prog, _worked_dram(), decoded=decoded)
 
 
 def test_missing_halt_and_budget(cfg):
