@@ -174,10 +174,36 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
     return values
 
 
+def _names(text: str) -> list[str]:
+    """The comma-separated names of an option's value, blanks dropped."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _task_names(text: str) -> list[str]:
+    """``--tasks``: at least one, every one a known task (checked before any model loads)."""
+    from . import tasks
+
+    names = _names(text)
+    if not names:
+        raise EnergonError("--tasks is empty: give at least one task")
+    for name in names:
+        tasks.task_spec(name)
+    return names
+
+
+def _chosen(text: str, available: dict, flag: str) -> dict:
+    """The entries of ``available`` that ``flag``'s comma-separated names choose, in their order."""
+    names = _names(text)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise EnergonError(f"{flag} {unknown[0]!r}: one of {', '.join(available)}")
+    return {n: available[n] for n in names}
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from . import evaluation, tasks, zoo
+    from . import evaluation, zoo
 
     budgets = _floats(args.budgets, "--budgets")
     models = args.model or list(zoo.MODELS)
@@ -186,14 +212,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise EnergonError(f"--model {name!r}: one of {', '.join(zoo.MODELS)}")
     fixed = evaluation.FIXED_SETTINGS
     if args.fixed is not None:
-        names = [n.strip() for n in args.fixed.split(",") if n.strip()]
-        unknown = [n for n in names if n not in fixed]
-        if unknown:
-            raise EnergonError(f"--fixed {unknown[0]!r}: one of {', '.join(fixed)}")
-        fixed = {n: fixed[n] for n in names}
-    task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    for name in task_names:
-        tasks.task_spec(name)  # an unknown task fails before any model loads
+        fixed = _chosen(args.fixed, fixed, "--fixed")
+    task_names = _task_names(args.tasks)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     results: list = []
@@ -239,22 +259,14 @@ def _merge(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     import json
 
-    from . import compare, tasks, zoo
+    from . import compare, zoo
 
     if args.model not in zoo.MODELS:
         raise EnergonError(f"--model {args.model!r}: one of {', '.join(zoo.MODELS)}")
-    task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    for name in task_names:
-        tasks.task_spec(name)
-    if not task_names:
-        raise EnergonError("--tasks is empty: give at least one task")
-    settings = compare.sweep_settings([p.strip() for p in args.policies.split(",") if p.strip()])
+    task_names = _task_names(args.tasks)
+    settings = compare.sweep_settings(_names(args.policies))
     if args.settings:
-        names = [n.strip() for n in args.settings.split(",") if n.strip()]
-        unknown = [n for n in names if n not in settings]
-        if unknown:
-            raise EnergonError(f"--settings {unknown[0]!r}: one of {', '.join(settings)}")
-        settings = {n: settings[n] for n in names}
+        settings = _chosen(args.settings, settings, "--settings")
     if args.n_machine < 2 and not args.skip_machine:
         raise EnergonError(f"--n-machine {args.n_machine}: at least 2 sentences (a standard error needs two)")
     out = Path(args.output)

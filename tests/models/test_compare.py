@@ -120,3 +120,21 @@ def test_command_refuses_bad_options(capsys):
     assert main(["compare", "--n-machine", "1"]) != 0
     assert main(["compare", "--settings", "topk 0.5,nope"]) != 0
     assert "'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["compare", "evaluate"])
+@pytest.mark.parametrize("option, value, says", [("--tasks", " , ", "--tasks is empty"),
+                                                  ("--tasks", "movies-polarity,nope", "nope")])
+def test_both_commands_refuse_bad_task_lists_before_a_model_loads(capsys, command, option, value, says):
+    from energon_tvm.models.__main__ import main
+
+    assert main([command, option, value]) != 0
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_refuses_an_unknown_fixed_setting(capsys):
+    from energon_tvm.models.__main__ import main
+
+    assert main(["evaluate", "--fixed", "nope"]) != 0
+    assert "--fixed 'nope': one of" in capsys.readouterr().err
