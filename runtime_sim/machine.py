@@ -37,6 +37,7 @@ from .traps import Deadlock, IllegalInstruction, InstructionBudgetExceeded, Simu
 from .work import compute_cycles, dram_transfer_cycles
 
 DEFAULT_BUDGET = 5_000_000
+_IS_DMA = tuple(u in (Unit.LOAD, Unit.STORE) for u in Unit)  # per unit: issues DRAM transfers
 
 
 @dataclass
@@ -107,8 +108,7 @@ class Decoded:
         self.queues: list[list[int]] = [[] for _ in Unit]
         for pc in range(self.first, len(code) - 1):
             self.queues[self.units[pc]].append(pc)
-        is_dma = [u in (Unit.LOAD, Unit.STORE) for u in Unit]
-        self.is_transfer = [u is not None and is_dma[u] and n not in ("WAIT", "SIGNAL")
+        self.is_transfer = [u is not None and _IS_DMA[u] and n not in ("WAIT", "SIGNAL")
                             for n, u in zip(self.names, self.units)]
         self.producer = {a["token"]: Unit(u) for n, a, u in zip(self.names, self.args, self.units) if n == "SIGNAL"}
         self.heads = max((a["head"] for a in self.args if "head" in a), default=0) + 1
@@ -159,11 +159,10 @@ class Simulator:
             raise InstructionBudgetExceeded(f"program has {len(program.code)} instructions; the budget is "
                                             f"{self.budget} (Simulator(budget=...))")
 
-    def _apply_header(self, program: Program, state: MachineState) -> int:
-        pc = 0
-        for pc, ins in enumerate(program.code):  # noqa: B007 - pc is the first unit instruction
-            if ins.op.mnemonic != "SETR":
-                break
+    def _apply_header(self, program: Program, decoded: Decoded, state: MachineState) -> None:
+        """The header's SETRs into the registers, checked; errors name the first unit instruction."""
+        pc = decoded.first
+        for ins in program.code[:pc]:
             value = ins.value
             if ins.reg == Reg.CAUSAL_SHIFT and value >= 1 << 31:
                 value -= 1 << 32
@@ -175,7 +174,6 @@ class Simulator:
         for reg in (Reg.SEQ_Q, Reg.SEQ_K):
             if not 1 <= state.regs[reg] <= 65535:
                 raise IllegalInstruction(f"{reg.name} = {state.regs[reg]} must be in 1..65535", pc)
-        return pc
 
     def decode(self, program: Program) -> Decoded:
         """``program`` decoded and checked for this simulator's configuration, for :meth:`run`'s
@@ -204,7 +202,7 @@ class Simulator:
         if not isinstance(dram, Dram):
             dram = Dram(cfg, dram)
         state = MachineState(cfg, dram, program.memory_map)
-        self._apply_header(program, state)
+        self._apply_header(program, decoded, state)
         shape = (decoded.heads, state.regs[Reg.SEQ_Q], state.regs[Reg.SEQ_K]) if capture else None
         run = _Run(cfg, state, profile, shape)
 
@@ -212,7 +210,6 @@ class Simulator:
         handlers, wait_token, queues = decoded.handlers, decoded.wait_token, decoded.queues
         is_transfer, producer = decoded.is_transfer, decoded.producer
         qlen = [len(q) for q in queues]
-        is_dma = [u in (Unit.LOAD, Unit.STORE) for u in Unit]
 
         free = [0] * len(Unit)  # when each unit's previous instruction ends
         head_of = [0] * len(Unit)
@@ -272,7 +269,7 @@ class Simulator:
                 if trap.instruction is not None:
                     raise
                 raise type(trap)(trap.detail, pc, code[pc]) from None  # name the faulting instruction
-            if is_dma[u]:
+            if _IS_DMA[u]:
                 transfer = dram_transfer_cycles(work, cfg)
                 begin = max(start + latency, dram_free)
                 # busy: while any of the unit's transfers is in flight, less what waits for the other unit's
