@@ -4,7 +4,7 @@ Both are derived from the declarations in :mod:`.instructions` (no per-instructi
 ``assemble(disassemble(b))`` gives back ``b`` byte for byte for every valid binary. One statement a
 line::
 
-    ; Energon ISA v2 program for config edge: 3 instructions, 1 region
+    ; Energon ISA v3 program for config edge: 3 instructions, 1 region
     .config edge 4d4d6af1c117c83af3007f5151780bf6
     .region q offset=0x00000000 dtype=int16 shape=1,2,4,64 layout=BHSD
     .meta {}

@@ -58,8 +58,9 @@ from .errors import EncodingError
 from .numerics import KEEP_ONE, THRESHOLD_RULES
 
 #: 2: F.SELECT / F.RESELECT's `rule` field is 2 bits and a `keep` field follows `gap` (top-k, Sanger);
-#: binaries of version 1 are refused (recompile the model)
-ISA_VERSION = 2
+#: 3: the KV_STRIDE register (K and V rows interleaved per key in DRAM); binaries of an earlier version
+#: are refused (recompile the model)
+ISA_VERSION = 3
 WORD_BITS = 256
 WORD_BYTES = WORD_BITS // 8
 OPCODE_BITS = 6
@@ -85,6 +86,7 @@ class Reg(enum.IntEnum):
     SEQ_K = 2         # keys per head: sets the index row stride and the DRAM K plane stride
     V_OFFSET = 3      # bytes from a K row in DRAM to the V row of the same key
     CAUSAL_SHIFT = 4  # causal candidate rule: key k <= query q + CAUSAL_SHIFT (two's complement)
+    KV_STRIDE = 5     # bytes from a key's K row in DRAM to the next key's (0: D * 2, the rows packed)
 
 
 Width = int | Callable[[HardwareConfig], int]
@@ -278,8 +280,10 @@ OPS: tuple[OpSpec, ...] = (
             _addr("kv", "buf")),
            ("dram", "index"), ("kv",),
            "Gather, for every key of the chunk kept by at least one of the tile's rows, its INT16 K row "
-           "(at dram + j * D * 2) and V row (V_OFFSET further) into slot j of the K and V tiles. Runs "
-           "of adjacent keys are one DRAM segment each; scattered keys cost a request each."),
+           "(at dram + j * KV_STRIDE) and V row (V_OFFSET further) into slot j of the K and V tiles. "
+           "Rows adjacent in DRAM are one segment: with K and V interleaved per key (V_OFFSET = D * 2, "
+           "KV_STRIDE = D * 4) a run of adjacent keys is one segment, with K and V in two regions two; "
+           "scattered keys cost a request each."),
     OpSpec("LD.KVR", 13, Unit.LOAD,
            (_DRAM, _keys(), _rows("query rows whose kept bits select the keys"),
             _addr("index", "idx", "kept bitmask of the tile's row 0 at the chunk's first key"),

@@ -6,7 +6,7 @@ Memory-map regions (by name) a program for attention uses:
 * ``param``   float64 [heads, 2]: per head slot (b-major), ``qk_scale = sq * sk * scale`` and ``sv``
 * ``q``       int16 [B, H, Sq, D]
 * ``kplanes`` uint8 [B, H, 16, Sk, D/8]: the bit-planes of K's INT16 codes, sign plane first
-* ``k``, ``v`` int16 [B, H, Sk, D] (``v`` directly follows ``k``: V_OFFSET is the size of ``k``)
+* ``kv``      int16 [B, H, Sk, 2, D]: each key's K row, then its V row (V_OFFSET = D * 2, KV_STRIDE = D * 4)
 * ``bias``    float32 [Bb, Hb, Sqb, Sk]: the model's mask/bias as given (broadcast dims kept at 1)
 * ``out``     float32 [B, H, Sq, D]
 """
@@ -43,8 +43,9 @@ def layout_inputs(program: Program, q, k, v, bias=None) -> np.ndarray:
     mm = program.memory_map
     scale = float(program.meta["scale"])
     q = _expect("q", q, mm["q"].shape)
-    k = _expect("k", k, mm["k"].shape)
-    v = _expect("v", v, mm["v"].shape)
+    kv_shape = mm["kv"].shape
+    k = _expect("k", k, kv_shape[:3] + kv_shape[4:])
+    v = _expect("v", v, kv_shape[:3] + kv_shape[4:])
     image = np.zeros(mm.extent, np.uint8)
 
     def put(name: str, arr: np.ndarray) -> None:
@@ -56,8 +57,7 @@ def layout_inputs(program: Program, q, k, v, bias=None) -> np.ndarray:
     k16, sk = quantize_int16(k)
     v16, sv = quantize_int16(v)
     put("q", q16)
-    put("k", k16)
-    put("v", v16)
+    put("kv", np.stack([k16, v16], axis=3))
     put("kplanes", to_bitplanes(k16))
     put("param", np.stack([(sq * sk * scale).reshape(-1), sv.reshape(-1)], axis=-1))
     if "bias" in mm:

@@ -17,6 +17,7 @@ partial sums below 2**37 < 2**53.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -194,54 +195,89 @@ def ld_bias(run, a, pc, ins) -> Work:
     return w
 
 
-def _runs(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Starts and lengths of the runs of consecutive indices in sorted ``sel``."""
-    if sel.size == 0:
-        return sel, sel
-    breaks = np.flatnonzero(np.diff(sel) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [sel.size]])
-    return sel[starts], ends - starts
+@dataclass(frozen=True)
+class _KVLayout:
+    """Where a K/V gather's rows lie in DRAM: key j's K row at ``dram + j * stride``, its V row
+    ``v_offset`` further, ``row_bytes`` each."""
+
+    row_bytes: int
+    stride: int
+    v_offset: int
 
 
-def _kv_chunk(run, a, pc) -> tuple[int, int]:
-    """Check a K/V gather's operands (the kv tiles, the chunk's K and V rows in DRAM); its row bytes and
-    V offset."""
+def _kv_chunk(run, a, pc) -> _KVLayout:
+    """Check a K/V gather's operands (the kv tiles, the chunk's K and V rows in DRAM); its row layout."""
     st = run.state
     keys, row_bytes = a["keys"], st.head_dim * 2
     _kv_tile_fits(st.buf["kv"], a["buf"], keys, row_bytes, pc)
+    stride = st.regs[Reg.KV_STRIDE] or row_bytes
+    if stride < row_bytes:
+        raise IllegalInstruction(f"KV_STRIDE = {stride} bytes is less than a K row's {row_bytes} (D * 2): "
+                                 f"adjacent keys' rows would overlap", pc)
     v_off = st.regs[Reg.V_OFFSET]
+    if keys and _nearest_row_gap(v_off, stride, keys) < row_bytes:
+        raise IllegalInstruction(f"V_OFFSET = {v_off} bytes puts a V row over a K row of the chunk "
+                                 f"({row_bytes}-byte rows, one key every {stride} bytes)", pc)
     # the chunk's K rows and its V rows, each one span in one region, whichever rows are kept
-    st.dram_map.check(a["dram"], keys * row_bytes, "int16", pc, "K rows")
-    st.dram_map.check(a["dram"] + v_off, keys * row_bytes, "int16", pc, "V rows (V_OFFSET further)")
-    return row_bytes, v_off
+    span = (keys - 1) * stride + row_bytes
+    st.dram_map.check(a["dram"], span, "int16", pc, "K rows")
+    st.dram_map.check(a["dram"] + v_off, span, "int16", pc, "V rows (V_OFFSET further)")
+    return _KVLayout(row_bytes, stride, v_off)
 
 
-def _gather_rows(run, w: Work, a: dict, sel: np.ndarray, row_bytes: int, v_off: int) -> None:
+def _nearest_row_gap(v_off: int, stride: int, keys: int) -> int:
+    """The least distance in bytes from a V row (``v_off`` after its key's K row) to any K row of a
+    chunk of ``keys`` keys ``stride`` bytes apart."""
+    m = np.clip([v_off // stride, -(-v_off // stride)], -(keys - 1), keys - 1)
+    return int(np.abs(m * stride - v_off).min())
+
+
+def _segments(addrs: np.ndarray, row_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The DRAM segments of rows of ``row_bytes`` at ``addrs`` (sorted): rows that follow one another
+    in DRAM are one segment."""
+    if addrs.size == 0:
+        return addrs, addrs
+    breaks = np.flatnonzero(np.diff(addrs) != row_bytes) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [addrs.size]])
+    return addrs[starts], (ends - starts) * row_bytes
+
+
+def _gather_rows(run, w: Work, a: dict, sel: np.ndarray, layout: _KVLayout) -> None:
     """Move the K and V rows of the chunk's keys ``sel`` (sorted) into their slots of the kv tiles at
-    ``a["buf"]``: a run of adjacent keys is one DRAM segment for K and one for V."""
+    ``a["buf"]``: rows adjacent in DRAM are one segment (a run of adjacent keys is one segment for K
+    and one for V, or one for both where they are interleaved per key)."""
     st, keys, kv = run.state, a["keys"], run.state.buf["kv"]
-    starts, lengths = _runs(sel)
-    for base in (a["dram"], a["dram"] + v_off):
-        w.dram(base + starts * row_bytes, lengths * row_bytes)
-    w.wrote("kv", 2 * sel.size * row_bytes)
+    rb, base = layout.row_bytes, a["dram"]
+    rows = base + sel * layout.stride
+    w.dram(*_segments(np.sort(np.concatenate([rows, rows + layout.v_offset])), rb))
+    w.wrote("kv", 2 * sel.size * rb)
     if sel.size:
-        tile = keys * row_bytes
-        rows = slice(None) if sel.size == keys else sel  # every key of the chunk: one block copy
-        for src, dst in ((a["dram"], a["buf"]), (a["dram"] + v_off, a["buf"] + tile)):
-            if run.functional:  # whole rows at a time: [keys, row_bytes] views of both sides
-                kv.data[dst:dst + tile].reshape(keys, row_bytes)[rows] = \
-                    st.dram.data[src:src + tile].reshape(keys, row_bytes)[rows]
-            kv.written[dst:dst + tile].reshape(keys, row_bytes)[rows] = True
+        tile = keys * rb
+        slots = slice(None) if sel.size == keys else sel  # every key of the chunk: one block copy
+        for src, dst in ((base, a["buf"]), (base + layout.v_offset, a["buf"] + tile)):
+            if run.functional:  # whole rows at a time: a [keys, row_bytes] view of DRAM, the kept ones copied
+                chunk = _row_view(st.dram.data, src, keys, layout)
+                kv.data[dst:dst + tile].reshape(keys, rb)[slots] = chunk[slots]
+            kv.written[dst:dst + tile].reshape(keys, rb)[slots] = True
             kv.touched(dst, tile)
+
+
+def _row_view(data: np.ndarray, start: int, keys: int, layout: _KVLayout) -> np.ndarray:
+    """A read-only [keys, row_bytes] view of ``data``: key j's row at ``start + j * stride`` (the span
+    was checked against the DRAM by :func:`_kv_chunk`)."""
+    span = data[start:start + (keys - 1) * layout.stride + layout.row_bytes]
+    if span.size < (keys - 1) * layout.stride + layout.row_bytes:
+        raise AssertionError(f"K/V rows at {start:#x} run past the DRAM: _kv_chunk checks this first")
+    return np.lib.stride_tricks.as_strided(span, (keys, layout.row_bytes), (layout.stride, 1), writeable=False)
 
 
 @executes("LD.KV")
 def ld_kv(run, a, pc, ins) -> Work:
     w = Work()
-    row_bytes, v_off = _kv_chunk(run, a, pc)
+    layout = _kv_chunk(run, a, pc)
     _, sel = _gathered(run, w, a["idx"], a["rows"], a["keys"], pc)
-    _gather_rows(run, w, a, sel, row_bytes, v_off)
+    _gather_rows(run, w, a, sel, layout)
     return w
 
 
@@ -249,13 +285,13 @@ def ld_kv(run, a, pc, ins) -> Work:
 def ld_kvr(run, a, pc, ins) -> Work:
     w = Work()
     keys = a["keys"]
-    row_bytes, v_off = _kv_chunk(run, a, pc)
+    layout = _kv_chunk(run, a, pc)
     _, sel = _gathered(run, w, a["idx"], a["rows"], keys, pc)
     if a["first"]:
         resident = np.zeros(keys, bool)
     else:
         resident = _read_bits(run, w, a["res"], 1, keys, pc)[0]
-    _gather_rows(run, w, a, sel[~resident[sel]], row_bytes, v_off)
+    _gather_rows(run, w, a, sel[~resident[sel]], layout)
     marked = resident.copy()
     marked[sel] = True
     _write_bits(run, w, a["res"], marked[None, :], pc)

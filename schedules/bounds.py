@@ -35,8 +35,9 @@ rounds need (plane p of a key is needed when the key is a candidate of the first
 more than p bits: bits only grow from round to round); the K and V rows of every key some query of
 the head keeps (the kept union per head); the bias elements some causal-allowed pair reads, in the
 memory map's layout (broadcast dimensions stored once); the per-head params; the output (float32),
-written once. Each tensor's bytes are rounded up to whole bursts once; gathered K/V per run of
-consecutive kept keys (a DMA segment never spans a key outside the union), when the masks are known.
+written once. Each tensor's bytes are rounded up to whole bursts once; gathered K/V (a key's K and V
+rows lie together in the map) per run of consecutive kept keys (a DMA segment never spans a key
+outside the union), when the masks are known.
 
 **Tiling minimum DRAM bytes** (the fewest any fitting tiling moves). A tiling is a
 :class:`~.schedule.Schedule`: K's planes are resident per head or streamed per query tile and round
@@ -73,7 +74,7 @@ import numpy as np
 from ..isa.config import HardwareConfig
 from ..isa.errors import ScheduleError
 from ..isa.instructions import ThresholdRule
-from .emit import plan_memory
+from .emit import kv_rows, plan_memory
 from .schedule import PLANE_MODES, Schedule, buffer_usage, check_fits, fits, ranking_rules
 from .workload import AttentionWorkload
 
@@ -127,7 +128,7 @@ def total_bound(bounds: Sequence[CallBound]) -> CallBound:
 class _Sparsity:
     """Totals over the call's heads. ``round_keys[r]`` / ``round_loads[r]``: (head, key) pairs that are a
     round-(r+1) candidate of some row, and tile loads of them with at most ``rows`` rows per tile;
-    ``kv_*`` the same for the final kept set, with the bursts of K (or V) for each."""
+    ``kv_*`` the same for the final kept set, with the bursts of their K and V rows."""
 
     candidates: tuple[int, ...]  # per round: the pairs it scores
     kept: int                    # pairs attention runs over
@@ -148,7 +149,7 @@ def _allowed(w: AttentionWorkload) -> np.ndarray:
     return w.causal_keep() if w.causal else np.ones((w.seq_q, w.seq_k), bool)
 
 
-def _from_masks(w: AttentionWorkload, cfg: HardwareConfig, masks, rows: int, row_bytes: int) -> _Sparsity:
+def _from_masks(w: AttentionWorkload, cfg: HardwareConfig, masks, rows: int, key_bytes: int) -> _Sparsity:
     masks = tuple(getattr(masks, "masks", masks))  # a SparsityProfile, or its masks
     rounds = len(w.params.rounds)
     shape = (w.batch * w.heads, w.seq_q, w.seq_k)
@@ -176,9 +177,9 @@ def _from_masks(w: AttentionWorkload, cfg: HardwareConfig, masks, rows: int, row
     # runs of consecutive kept keys: a gather segment never spans a key outside its head's union
     edges = np.diff(np.pad(union, ((0, 0), (1, 1))).astype(np.int8), axis=1).ravel()
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    run_bursts = np.bincount(starts // (w.seq_k + 1), weights=_bursts((ends - starts) * row_bytes, cfg),
+    run_bursts = np.bincount(starts // (w.seq_k + 1), weights=_bursts((ends - starts) * key_bytes, cfg),
                              minlength=shape[0]).astype(np.int64)  # per head
-    load_bursts = np.maximum(run_bursts, _bursts(loads_h * row_bytes, cfg))
+    load_bursts = np.maximum(run_bursts, _bursts(loads_h * key_bytes, cfg))
     return _Sparsity(tuple(int(m.sum()) for m in masks[:-1]), int(kept.sum()), tuple(rk), tuple(rl),
                      kv_keys, kv_loads, int(run_bursts.sum()), int(load_bursts.sum()))
 
@@ -209,7 +210,7 @@ def tile_loads(m: np.ndarray, rows: int) -> np.ndarray:
 
 
 def _from_counts(w: AttentionWorkload, cfg: HardwareConfig, candidates: int, kept_per_round: Sequence[int],
-                 rows: int, row_bytes: int) -> _Sparsity:
+                 rows: int, key_bytes: int) -> _Sparsity:
     rounds = len(w.params.rounds)
     kept_per_round = [int(k) for k in kept_per_round]
     heads = w.batch * w.heads
@@ -239,7 +240,7 @@ def _from_counts(w: AttentionWorkload, cfg: HardwareConfig, candidates: int, kep
     kept = counts[-1]
     return _Sparsity(tuple(counts[:-1]), kept, tuple(fewest_keys(n) for n in counts[:-1]),
                      tuple(loads(n) for n in counts[:-1]), fewest_keys(kept), loads(kept),
-                     _bursts(fewest_keys(kept) * row_bytes, cfg), _bursts(loads(kept) * row_bytes, cfg))
+                     _bursts(fewest_keys(kept) * key_bytes, cfg), _bursts(loads(kept) * key_bytes, cfg))
 
 
 # -- what the buffers allow ------------------------------------------------------------------------------
@@ -291,11 +292,8 @@ def _bound(w: AttentionWorkload, cfg: HardwareConfig, sparsity, from_counts: boo
     planes_streamed = rows_by_mode["head"] == 0
     mm = plan_memory(w)
 
-    def per_key(name: str) -> int:  # bytes of one key's row (K, V) or one key's plane, as the map lays them out
-        region = mm[name]
-        return region.nbytes // math.prod(region.shape[:-1])
-
-    sp: _Sparsity = sparsity(rows, per_key("k"))
+    kv_key_bytes = kv_rows(mm)[1]  # one key's K and V rows, as the map lays them out
+    sp: _Sparsity = sparsity(rows, kv_key_bytes)
     rounds = w.params.rounds
     heads, d = w.batch * w.heads, w.head_dim
     allowed = _allowed(w)
@@ -309,15 +307,16 @@ def _bound(w: AttentionWorkload, cfg: HardwareConfig, sparsity, from_counts: boo
     au = max(2 * sp.kept * d / cfg.au_macs_per_cycle, (sp.kept + live_rows) / cfg.au_exp_per_cycle)
     au += heads * w.seq_q * d / cfg.au_macs_per_cycle
 
-    plane_bytes = per_key("kplanes")
+    planes_region = mm["kplanes"]
+    plane_bytes = planes_region.nbytes // math.prod(planes_region.shape[:-1])  # one key's row of one plane
     bits = [r.k_bits for r in rounds]
     new_bits = [b - a for a, b in zip([0] + bits, bits)]
     fixed = {"q": mm["q"].nbytes, "param": mm["param"].nbytes, "out": mm["out"].nbytes,
              "bias": _bias_bytes(w, allowed, mm) if "bias" in mm else 0}
     planes = plane_bytes * sum(n * k for n, k in zip(new_bits, sp.round_keys))
-    kv = 2 * sp.kv_keys * per_key("k")
+    kv = sp.kv_keys * kv_key_bytes
     compulsory = sum(fixed.values()) + planes + kv
-    bursts = sum(_bursts(n, cfg) for n in fixed.values()) + 2 * sp.kv_key_bursts
+    bursts = sum(_bursts(n, cfg) for n in fixed.values()) + sp.kv_key_bursts
     if planes_streamed:
         tiling_planes = plane_bytes * sum(n * k for n, k in zip(bits, sp.round_loads))
     else:
@@ -326,8 +325,8 @@ def _bound(w: AttentionWorkload, cfg: HardwareConfig, sparsity, from_counts: boo
     if _kv_resident(w, cfg):
         tiling_kv = kv
     else:
-        tiling_kv = 2 * sp.kv_loads * per_key("k")
-        bursts += 2 * (sp.kv_load_bursts - sp.kv_key_bursts)
+        tiling_kv = sp.kv_loads * kv_key_bytes
+        bursts += sp.kv_load_bursts - sp.kv_key_bursts
     tiling = compulsory - planes - kv + tiling_planes + tiling_kv
     dram = bursts * cfg.dram_burst_cycles
 

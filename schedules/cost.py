@@ -149,7 +149,7 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
     loads = tiles * (1 + chunks_per_tile) + plane_loads + bias_loads + 1
     load_bytes = q_bytes + kv_bytes + plane_bytes + bias_bytes
     per_byte = 1 / cfg.dram_bytes_per_cycle
-    requests = loads + 2 * attn_instructions  # a gather's K and V segments at least
+    requests = loads  # a segment per transfer at least (a gather's K and V rows interleave per key)
     # transfers in flight together share their latency: the loader waits it once per dram_outstanding_requests
     load = (loads * cfg.dram_latency_cycles / cfg.dram_outstanding_requests + load_bytes * per_byte
             + requests * cfg.dram_request_cycles)

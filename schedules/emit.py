@@ -25,6 +25,7 @@ instruction budget is the emitter's own number, for thousands of schedules in se
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -82,8 +83,8 @@ def plan_memory(w: AttentionWorkload) -> MemoryMap:
     specs = [("param", "float64", (b * h, 2), "head slot (b-major) x (qk_scale, sv)"),
              ("q", "int16", (b, h, sq, d), "BHSD"),
              ("kplanes", "uint8", (b, h, 16, sk, d // 8), "BH x plane (MSB first) x S x D/8 bits"),
-             ("k", "int16", (b, h, sk, d), "BHSD"),
-             ("v", "int16", (b, h, sk, d), "BHSD")]
+             # a key's V row follows its K row: a gather's run of adjacent kept keys is one DRAM segment
+             ("kv", "int16", (b, h, sk, 2, d), "BHS x (K row, V row) x D")]
     if w.bias_shape is not None:
         # the key axis is never broadcast in DRAM: the machine reads bias rows of Sk values (the driver
         # expands a bias given with one value for every key)
@@ -93,16 +94,24 @@ def plan_memory(w: AttentionWorkload) -> MemoryMap:
     for name, dtype, shape, layout in specs:
         region = Region(name, offset, dtype, shape, layout)
         regions.append(region)
-        # v must follow k directly: LD.KV reaches V at a fixed offset (V_OFFSET) from K
-        offset = region.end if name == "k" else _align(region.end)
+        offset = _align(region.end)
     return MemoryMap(tuple(regions))
+
+
+def kv_rows(memory: MemoryMap) -> tuple[int, int]:
+    """Bytes of one K (or V) row in ``memory``'s ``kv`` region, and from one key's rows to the next's
+    (V follows K, the next key both)."""
+    kv = memory["kv"]
+    row = kv.nbytes // math.prod(kv.shape[:-1])
+    return row, row * kv.shape[-2]
 
 
 def program_header(w: AttentionWorkload, memory: MemoryMap) -> list[Instruction]:
     """The ``SETR`` header of every program for ``w`` laid out as ``memory`` (see :func:`plan_memory`)."""
+    row, stride = kv_rows(memory)
     return [make("SETR", reg=Reg.HEAD_DIM, value=w.head_dim), make("SETR", reg=Reg.SEQ_Q, value=w.seq_q),
             make("SETR", reg=Reg.SEQ_K, value=w.seq_k),
-            make("SETR", reg=Reg.V_OFFSET, value=memory["v"].offset - memory["k"].offset),
+            make("SETR", reg=Reg.V_OFFSET, value=row), make("SETR", reg=Reg.KV_STRIDE, value=stride),
             make("SETR", reg=Reg.CAUSAL_SHIFT, value=w.causal_shift & 0xFFFFFFFF)]
 
 
@@ -116,6 +125,7 @@ class _Emitter:
         self.plan, self.cfg = plan, cfg
         self.w, self.s = w, s = plan.workload, plan.schedule
         self.mm = plan_memory(w) if memory is None else memory
+        self.kv_stride = kv_rows(self.mm)[1]
         self.d = w.head_dim
         self.buf = dict(plan.buffers)  # a plain dict: the address helpers look it up per instruction
         self.bias_mode = plan.bias_mode
@@ -185,7 +195,7 @@ class _Emitter:
         return r.offset + row * self.d * (4 if base == "out" else 2)
 
     def dram_kv(self, t: Tile, k0: int) -> int:
-        return self.mm["k"].offset + ((t.slot * self.w.seq_k) + k0) * self.d * 2
+        return self.mm["kv"].offset + ((t.slot * self.w.seq_k) + k0) * self.kv_stride
 
     def dram_planes(self, t: Tile, k0: int) -> int:
         return self.mm["kplanes"].offset + (t.slot * 16 * self.w.seq_k + k0) * self.d // 8

@@ -45,7 +45,7 @@ BINDS_MEANING = {
     "dram": "the DRAM traffic at full bandwidth",
 }
 #: memory-map tensors (schedules/emit.py plan_memory) as a reader names them
-TENSOR_NAMES = {"q": "Q", "k": "K", "v": "V", "kplanes": "K bit-planes", "bias": "bias / mask",
+TENSOR_NAMES = {"q": "Q", "kv": "K and V rows", "kplanes": "K bit-planes", "bias": "bias / mask",
                 "param": "per-head parameters", "out": "output"}
 
 

@@ -112,7 +112,7 @@ SECTION = struct.Struct("<HHII")
 
 
 def container(sections: list[tuple[int, bytes]], fingerprint: bytes, *, magic: bytes = b"ENGN",
-              fmt: int = 2, isa: int = 2) -> bytes:
+              fmt: int = 2, isa: int = 3) -> bytes:
     """A binary with the given (kind, payload) sections, correct length and checksum (the layout is
     written out here from the format description, not borrowed from ``isa/program.py``)."""
     pos = HEADER.size + SECTION.size * len(sections)

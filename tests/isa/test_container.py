@@ -94,6 +94,11 @@ def test_unknown_isa_version(blob):
     rejects(blob[:6] + (9).to_bytes(2, "little") + blob[8:], 6, "ISA version 9")
 
 
+def test_isa_version_2_binary_is_refused_with_what_to_do(blob, edge):
+    # version 2 had no KV_STRIDE: its programs laid K and V out in two regions the runtime no longer fills
+    rejects(container(sections_of(blob), edge.fingerprint, isa=2), 6, "ISA version 2", "recompile the model")
+
+
 def test_bad_checksum_names_both_digests(blob):
     bad = blob[:-1] + bytes([blob[-1] ^ 1])
     rejects(bad, len(blob) - 8, "checksum mismatch", bad[-8:].hex(), blob[-8:].hex())
@@ -177,7 +182,7 @@ def test_sections_exactly_once_in_order(blob, edge, kinds, offset, fragment):
 
 
 def test_section_table_past_the_end(edge):
-    header_only = reseal(b"ENGN" + bytes([2, 0, 2, 0]) + edge.fingerprint + bytes([4, 0]) + bytes(6) + bytes(8))
+    header_only = reseal(b"ENGN" + bytes([2, 0, 3, 0]) + edge.fingerprint + bytes([4, 0]) + bytes(6) + bytes(8))
     rejects(header_only, 32, "section table of 4 entries ends at byte 80, past the end of the 32-byte body")
 
 

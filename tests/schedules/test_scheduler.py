@@ -175,8 +175,8 @@ def test_resident_kv_is_gathered_once_per_head_and_equals_reference():
             s = Schedule(16, 24, 3, 2, 2, "head", "store", kv_mode)
             out, res = run_attention(emit_program(w, s, cfg), cfg, q, k, v, bias)
             np.testing.assert_allclose(out, ref.output, rtol=1e-5, atol=1e-6 * np.abs(ref.output).max())
-            moved[kv_mode] = res.stats["dram_bytes"]["read"]["k"]
-        assert moved["head"] == union * 32 * 2  # every kept key's K row once per head
+            moved[kv_mode] = res.stats["dram_bytes"]["read"]["kv"]
+        assert moved["head"] == union * 32 * 2 * 2  # every kept key's K and V rows once per head
         assert moved["chunk"] > moved["head"]  # query tiles share keys: chunk slots fetch them again
 
 

@@ -5,10 +5,12 @@ from energon_tvm.isa.instructions import Reg, make
 from energon_tvm.isa.program import MemoryMap, Program, Region
 
 
-def header(d=32, sq=16, sk=16, v_offset=0, shift=0):
+def header(d=32, sq=16, sk=16, v_offset=0, shift=0, kv_stride=None):
+    """The SETR header; KV_STRIDE is set only when given (left at 0, K rows and V rows are packed)."""
     return [make("SETR", reg=Reg.HEAD_DIM, value=d), make("SETR", reg=Reg.SEQ_Q, value=sq),
             make("SETR", reg=Reg.SEQ_K, value=sk), make("SETR", reg=Reg.V_OFFSET, value=v_offset),
-            make("SETR", reg=Reg.CAUSAL_SHIFT, value=shift & 0xFFFFFFFF)]
+            make("SETR", reg=Reg.CAUSAL_SHIFT, value=shift & 0xFFFFFFFF)] + \
+        ([] if kv_stride is None else [make("SETR", reg=Reg.KV_STRIDE, value=kv_stride)])
 
 
 def program(cfg, body, regions=(), **hdr):

@@ -7,7 +7,7 @@ from energon_tvm.isa.instructions import OPS, BiasMode, Unit, make
 from energon_tvm.isa.numerics import to_bitplanes
 from energon_tvm.runtime_sim import Simulator
 from energon_tvm.runtime_sim.semantics import HANDLERS
-from energon_tvm.runtime_sim.traps import NumericFault
+from energon_tvm.runtime_sim.traps import IllegalInstruction, NumericFault
 from simkit import image, program, sync
 
 D, SQ, SK = 32, 16, 24
@@ -206,21 +206,53 @@ def _assert_kv_holds(r, keys: int, sel: np.ndarray) -> None:
     assert not kv.written[:keys * D * 2].reshape(keys, -1)[~sel].any()
 
 
-@pytest.mark.parametrize("rows", [1, 4])
-def test_ld_kv_gathers_only_kept_rows(cfg, rows):
-    keys = 16
-    body = [make("LD.BIAS", dram=A_BIAS, rows=rows, keys=keys, buf=0),
+def _gather_body(rows, keys):
+    """The bias tile's candidates of ``rows`` rows, then one LD.KV of the chunk's kept keys."""
+    return [make("LD.BIAS", dram=A_BIAS, rows=rows, keys=keys, buf=0),
             sync(Unit.LOAD, LOADED), sync(Unit.FILTER, LOADED, "WAIT"),
             make("F.CAND", rows=rows, q0=0, k0=0, keys=keys, idx=0, bias=0, head=0, causal=0, biasmode=1),
             sync(Unit.FILTER, SELECTED), sync(Unit.LOAD, SELECTED, "WAIT"),
             make("LD.KV", dram=A_K, keys=keys, rows=rows, idx=0, buf=0)]
-    r = run(cfg, body)
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_ld_kv_gathers_only_kept_rows(cfg, rows):
+    keys = 16
+    r = run(cfg, _gather_body(rows, keys))
     sel = (BIAS[:rows, :keys] > -1e4).any(0)
     _assert_kv_holds(r, keys, sel)
-    # scattered keys cost a request per run of adjacent keys, for K and for V
+    # K and V in two areas: scattered keys cost a request per run of adjacent keys, for K and for V
     runs = np.count_nonzero(np.diff(np.concatenate([[0], sel.astype(int)])) == 1)
     assert runs >= 1 and (rows > 1 or runs > 1)
     assert r.stats["dram_segments"] == rows + 2 * runs  # + one per bias row
+
+
+def test_ld_kv_from_interleaved_rows_is_one_segment_per_run(cfg):
+    """K and V interleaved per key (V_OFFSET = D * 2, KV_STRIDE = D * 4): the same gather fills the
+    same slots, and a run of adjacent kept keys is one DRAM request, not one for K and one for V."""
+    keys, rows = 16, 1
+    kv = np.stack([K16, V16], axis=1)  # [SK, (K row, V row), D]
+    dram = image((A_PARAM, PARAM), (A_K, kv), (A_BIAS, BIAS))
+    prog = program(cfg, _gather_body(rows, keys), d=D, sq=SQ, sk=SK, v_offset=D * 2, kv_stride=D * 4)
+    r = Simulator(cfg).run(prog, dram)
+    sel = (BIAS[:rows, :keys] > -1e4).any(0)
+    _assert_kv_holds(r, keys, sel)
+    runs = np.count_nonzero(np.diff(np.concatenate([[0], sel.astype(int)])) == 1)
+    assert runs > 1
+    assert r.stats["dram_segments"] == rows + runs
+    assert r.stats["dram_bytes"]["read_total"] == rows * keys * 4 + 2 * sel.sum() * D * 2
+
+
+@pytest.mark.parametrize("v_offset, kv_stride, message", [
+    (D * 2, D * 2 - 2, r"KV_STRIDE = 62 bytes is less than a K row's 64"),
+    (D * 2 - 2, D * 4, r"V_OFFSET = 62 bytes puts a V row over a K row of the chunk \(64-byte rows, one key every 128"),
+    (D * 4, D * 4, r"V_OFFSET = 128 bytes puts a V row over a K row"),
+    (0, 0, r"V_OFFSET = 0 bytes puts a V row over a K row"),
+])
+def test_ld_kv_refuses_rows_that_overlap(cfg, v_offset, kv_stride, message):
+    prog = program(cfg, _gather_body(1, 16), d=D, sq=SQ, sk=SK, v_offset=v_offset, kv_stride=kv_stride)
+    with pytest.raises(IllegalInstruction, match=message):
+        Simulator(cfg).run(prog, DRAM.copy())
 
 
 @pytest.mark.parametrize("kb", [4, 16])

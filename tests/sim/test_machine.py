@@ -66,37 +66,38 @@ def test_worked_timing_example(cfg):
     # FILTER waits t0 until 144; F.CAND 128 compares / 64 = 2 -> 146; F.SCORE 128 pairs x 32 dims
     #       = 4096 MACs / 512 = 8 -> 154; F.SELECT 128 / 64 = 2 -> 156; signals t1, t2 at 156
     # LOAD  waits t1 (idle from 144, its last completion): 12 cycles; LD.KV all 16 keys kept (alpha = -1):
-    #       one run each for K and V, 1024 B = 16 bursts: 156 + 100 = 256, + 2 * (4 + 16 * 2.5) = 88 -> 344
-    # ATTEND waits t2 until 156; A.INIT 1 cycle -> 157; waits t3 until 344; A.ATTN 128 pairs:
-    #       2 * 128 * 32 = 8192 MACs / 128 = 64 cycles vs (128 + 8) exp / 8 = 17 -> 64 + 8 = 72 -> 416;
-    #       A.NORM 8 x 32 = 256 / 128 = 2 + 8 = 10 -> 426; signal t4
-    # STORE waits t4 until 426; ST.OUT 1024 B: 426 + 100 = 526, + 4 + 16 * 2.5 = 44 -> 570
+    #       one run of K rows, 1024 B, and V's rows follow them in DRAM (V_OFFSET = the K rows' 1024 B), so
+    #       one segment of 2048 B = 32 bursts: 156 + 100 = 256, + 4 + 32 * 2.5 = 84 -> 340
+    # ATTEND waits t2 until 156; A.INIT 1 cycle -> 157; waits t3 until 340; A.ATTN 128 pairs:
+    #       2 * 128 * 32 = 8192 MACs / 128 = 64 cycles vs (128 + 8) exp / 8 = 17 -> 64 + 8 = 72 -> 412;
+    #       A.NORM 8 x 32 = 256 / 128 = 2 + 8 = 10 -> 422; signal t4
+    # STORE waits t4 until 422; ST.OUT 1024 B: 422 + 100 = 522, + 4 + 16 * 2.5 = 44 -> 566
     r = Simulator(cfg).run(worked_example(cfg), _worked_dram())
     s = r.stats
-    assert s["cycles"] == 570
-    assert s["units"]["load"]["busy"] == 144 + 188  # something in flight: 0..144 and 156..344
+    assert s["cycles"] == 566
+    assert s["units"]["load"]["busy"] == 144 + 184  # something in flight: 0..144 and 156..340
     assert s["units"]["filter"]["busy"] == 2 + 8 + 2
     assert s["units"]["attend"]["busy"] == 1 + 72 + 10
     assert s["units"]["store"]["busy"] == 144
     assert s["units"]["filter"]["stall"] == {"wait:load": 144}
     assert s["units"]["load"]["stall"] == {"wait:filter": 12}
-    assert s["units"]["attend"]["stall"] == {"wait:filter": 156, "wait:load": 187}
-    assert s["units"]["store"]["stall"] == {"wait:attend": 426}
+    assert s["units"]["attend"]["stall"] == {"wait:filter": 156, "wait:load": 183}
+    assert s["units"]["store"]["stall"] == {"wait:attend": 422}
     assert s["macs"] == {"fu_int4xint2": 4096, "au_int16": 8192}
     assert s["dram_bytes"]["read_total"] == 16 + 512 + 128 + 2048
     assert s["energy_pj"]["total"] == pytest.approx(sum(v for k, v in s["energy_pj"].items() if k != "total"))
-    assert s["energy_pj"]["leakage"] == pytest.approx(cfg.energy.leakage_mw * 570)
+    assert s["energy_pj"]["leakage"] == pytest.approx(cfg.energy.leakage_mw * 566)
 
 
 @pytest.mark.parametrize("depth, cycles, load_busy", [
     # one transfer at a time: every load waits its own latency
     #   LD.PARAM 0 + 100 + 6.5 -> 107; LD.Q 107 + 100 + 24 -> 231; LD.KP 231 + 100 + 13 -> 344 (t0);
-    #   filter 344 -> 356; LD.KV 356 + 100 + 88 -> 544; A.ATTN 544 -> 616, A.NORM -> 626; ST.OUT -> 770
-    (1, 770, 107 + 124 + 113 + 188),
+    #   filter 344 -> 356; LD.KV 356 + 100 + 84 -> 540; A.ATTN 540 -> 612, A.NORM -> 622; ST.OUT -> 766
+    (1, 766, 107 + 124 + 113 + 184),
     # two in flight: LD.PARAM and LD.Q issue at 0 (-> 107, 131); LD.KP takes LD.PARAM's slot at 107:
-    #   107 + 100 = 207 + 13 -> 220 (t0); filter 220 -> 232; LD.KV 232 + 100 + 88 -> 420; A.ATTN 420 -> 492,
-    #   A.NORM -> 502; ST.OUT 502 + 100 + 44 -> 646
-    (2, 646, 220 + 188),
+    #   107 + 100 = 207 + 13 -> 220 (t0); filter 220 -> 232; LD.KV 232 + 100 + 84 -> 416; A.ATTN 416 -> 488,
+    #   A.NORM -> 498; ST.OUT 498 + 100 + 44 -> 642
+    (2, 642, 220 + 184),
 ])
 def test_transfers_in_flight_are_bounded_by_the_config(cfg, depth, cycles, load_busy):
     cfg = cfg.replace(dram_outstanding_requests=depth)
@@ -237,8 +238,8 @@ def test_trace_and_reports(cfg, tmp_path):
         mine = sorted((e["ts"], e["ts"] + e["dur"]) for e in spans if e["tid"] == tid)
         assert all(a[1] <= b[0] + 1e-9 for a, b in zip(mine, mine[1:]))
     md = markdown_report(r.stats)
-    assert "| cycles | 570 |" in md and "## energy" in md
+    assert "| cycles | 566 |" in md and "## energy" in md
     csv = csv_report(r.stats)
-    assert csv.splitlines()[0] == "section,metric,value" and "run,cycles,570" in csv
+    assert csv.splitlines()[0] == "section,metric,value" and "run,cycles,566" in csv
     with pytest.raises(ValueError, match="trace=True"):
         chrome_trace(Simulator(cfg).run(worked_example(cfg), dram))

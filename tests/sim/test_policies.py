@@ -237,7 +237,7 @@ def test_rule_and_keep_fields_round_trip(cfg):
     prog = emit_program(w, default_schedule(w, cfg), cfg)
     text = disassemble(prog)
     assert f"rule=TOPK gap=0 keep={to_fixed('topk', 0.3)}" in text and "rule=GAP gap=384 keep=0" in text
-    assert text.startswith(f"; Energon ISA v{ISA_VERSION} ") and ISA_VERSION == 2
+    assert text.startswith(f"; Energon ISA v{ISA_VERSION} ") and ISA_VERSION == 3
     assert assemble(text, cfg) == prog
     assert Program.from_bytes(prog.to_bytes()) == prog
     blob = prog.to_bytes()

@@ -85,7 +85,8 @@ def test_hand_written_assembly_program(cfg):
     setr reg=head_dim value=32
     setr reg=seq_q value=8
     setr reg=seq_k value=16
-    setr reg=v_offset value={mm["v"].offset - mm["k"].offset}
+    setr reg=v_offset value=64                ; K and V rows interleaved per key (D * 2 bytes each)
+    setr reg=kv_stride value=128
     setr reg=causal_shift value=0
     ld.param dram={mm["param"].offset:#x} heads=1 buf=0
     ld.q     dram={mm["q"].offset:#x} rows=8 buf=0
@@ -98,7 +99,7 @@ def test_hand_written_assembly_program(cfg):
     signal   unit=filter token=1               ; kept bits ready for the gather
     signal   unit=filter token=2               ; ... and for the attention unit
     wait     unit=load token=1
-    ld.kv    dram={mm["k"].offset:#x} keys=16 rows=8 idx=0 buf=0
+    ld.kv    dram={mm["kv"].offset:#x} keys=16 rows=8 idx=0 buf=0
     signal   unit=load token=3
     wait     unit=attend token=2
     a.init   rows=8

@@ -1,4 +1,4 @@
-; Energon ISA v2 program for config edge: 28 instructions, 5 regions
+; Energon ISA v3 program for config edge: 28 instructions, 5 regions
 .config edge 71f9eaf6f4e31329a5ec82a7d0a93812
 .region params offset=0x00000000 dtype=float64 shape=1,2 layout=HS
 .region q offset=0x00000100 dtype=int16 shape=1,1,64,64 layout=BHSD
