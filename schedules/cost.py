@@ -16,7 +16,8 @@ rising linearly to all at -1 (the default rounds then keep 0.17 of the pairs; st
 rows' kept sets with probability ``1 - (1 - kept) ** n`` (rows keep keys independently). The units
 overlap as far as the tile slots let them: with ``tile_slots`` query tiles in flight the non-binding
 units' time adds to the binding one's by :data:`OVERLAP` of it (all of it with one slot: each unit
-waits for the previous one's tile). These factors are what measured schedules show (docs/scheduler.md):
+waits for the previous one's tile; two slots across a long head overlap as three do,
+:data:`LONG_HEAD_TILES`). These factors are what measured schedules show (docs/scheduler.md):
 the heuristic ranks tilings by this estimate, it does not predict cycles to the percent.
 """
 
@@ -33,6 +34,11 @@ from .schedule import TilingPlan
 
 #: share of the non-binding units' time that adds to the binding unit's, by query tiles in flight
 OVERLAP = {1: 1.0, 2: 0.5, 3: 0.15}
+#: ... and with two tiles in flight, K/V in chunk slots, a head's planes resident and at least this many
+#: query tiles a head: the loader then runs two tiles ahead of the gathers (``TilingPlan.lead``) across
+#: a long head, which overlaps as three slots do (measured on edge S=512 and server S=2048,
+#: docs/scheduler.md; with one or two tiles a head, as at S=128, or with streamed planes, it does not)
+LONG_HEAD_TILES = 4
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,8 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
     kept_pairs = candidates
     # candidate building, then each round's select at its rule's compares per (row, key)
     fu += (1 + sum(ThresholdRule.of(r.rule).compares for r in rounds)) * pairs / cfg.fu_select_per_cycle
-    fu_instructions = tiles * (1 if plan.whole_row else chunks_per_tile) * (1 + 2 * len(rounds))
+    shares = len(plan.filter_tiles(plan.rows))  # filter sub-tiles of a tile: each runs every round
+    fu_instructions = tiles * (1 if plan.whole_row else chunks_per_tile) * (1 + 2 * len(rounds) * shares)
     fu = max(fu, fu_instructions)
 
     attn_instructions = tiles * chunks_per_tile
@@ -160,7 +167,9 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
         au += attn_instructions * cfg.dram_latency_cycles + kv_bytes * per_byte
     units = (fu, au, max(load, channel))
     binding = max(units)
-    overlap = OVERLAP.get(s.tile_slots, min(OVERLAP.values()))
+    long_head = (s.tile_slots == 2 and plan.lead == 2 and s.plane_mode == "head"
+                 and plan.tiles >= LONG_HEAD_TILES)
+    overlap = OVERLAP[3] if long_head else OVERLAP.get(s.tile_slots, min(OVERLAP.values()))
     cycles = cfg.dram_latency_cycles + binding + overlap * (sum(units) - binding)
     return CostEstimate(fu, au, load, channel, load_bytes + out_bytes, cycles)
 

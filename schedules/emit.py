@@ -6,10 +6,13 @@ The four units get one instruction stream each, synchronised only by dependency 
   ``gather`` (only the kept K/V rows, chunk by chunk: into K/V chunk slots with LD.KV, or, with K/V
   resident per head, only the kept rows not yet resident with LD.KVR). Prefetches run
   ``tile_slots - 1`` tiles ahead of gathers, which is what lets the Filtering Unit work on tile i+1
-  while the Attention Unit works on tile i.
+  while the Attention Unit works on tile i (dense, a tile's first chunk is gathered before the
+  prefetch that waits for a tile slot: see ``_early_gather``).
 * FILTER: initial candidates (mask, causal), then every round: scores over all chunks, then the
-  threshold and selector over all chunks.
-* ATTEND: online softmax over the gathered chunks, then normalisation.
+  threshold and selector over all chunks; a tile whose stored scores do not fit the score buffer
+  runs the rounds share by share of its rows (``TilingPlan.filter_tiles``).
+* ATTEND: online softmax over the gathered chunks (in the unit's own state), then normalisation into
+  an output slot, which alone waits for that slot's previous tile to be stored.
 * STORE: the tile's output rows.
 
 Buffers hold ``slots`` copies of each per-tile operand, as the schedule's
@@ -126,6 +129,8 @@ class _Emitter:
         self.w, self.s = w, s = plan.workload, plan.schedule
         self.mm = plan_memory(w) if memory is None else memory
         self.kv_stride = kv_rows(self.mm)[1]
+        self.index_row = -(-w.seq_k // 8)  # bytes of a query row's kept bits in the index buffer
+        self.early_gather = _early_gather(plan)
         self.d = w.head_dim
         self.buf = dict(plan.buffers)  # a plain dict: the address helpers look it up per instruction
         self.bias_mode = plan.bias_mode
@@ -172,8 +177,8 @@ class _Emitter:
         return self.buf["bias"].addr(i, k0 * self.plan.bias_rows * 4)  # chunk-major: [chunk][row][key]
 
     def score_addr(self, k0: int, n: int) -> int:
-        """Round n's score tile of the chunk at k0: chunk-major, [chunk][row][key]."""
-        return self.buf["score"].addr(0, k0 * self.plan.rows * self.plan.score_bytes[n - 1])
+        """Round n's score tile of the chunk at k0: chunk-major, [chunk][row][key] over a filter sub-tile."""
+        return self.buf["score"].addr(0, k0 * self.plan.filter_rows * self.plan.score_bytes[n - 1])
 
     def head_planes_addr(self, t: Tile, k0: int) -> int:
         return self.buf["kplane"].addr(t.slot, k0 * self.d * self.plan.plane_bits // 8)
@@ -243,12 +248,24 @@ class _Emitter:
                     self.sync(Unit.LOAD, "SIGNAL", PLANES_LOADED, lab)
 
     def gather(self, i: int, t: Tile) -> None:
-        lab = t.label
-        self.sync(Unit.LOAD, "WAIT", GATHER_READY, lab)
+        self.sync(Unit.LOAD, "WAIT", GATHER_READY, t.label)
         if self.plan.kv_resident:
             self.gather_resident(i, t)
             return
-        for k0, keys in self.chunks(t):
+        self.gather_chunks(i, t, self.chunks(t))
+
+    def gather_opening(self, i: int, t: Tile) -> None:
+        """The gather's first chunk (see :attr:`early_gather`)."""
+        self.sync(Unit.LOAD, "WAIT", GATHER_READY, t.label)
+        self.gather_chunks(i, t, self.chunks(t)[:1])
+
+    def gather_rest(self, i: int, t: Tile) -> None:
+        self.gather_chunks(i, t, self.chunks(t)[1:])
+
+    def gather_chunks(self, i: int, t: Tile, chunks: list[tuple[int, int]]) -> None:
+        """LD.KV of the tile's kept K/V rows of ``chunks``, each into the next chunk slot."""
+        lab = t.label
+        for k0, keys in chunks:
             self.sync(Unit.LOAD, "WAIT", KV_FREE, lab)
             self.put(Unit.LOAD, t.chunk_label(k0, keys), "LD.KV", dram=self.dram_kv(t, k0), keys=keys,
                      rows=t.rows, idx=self.idx_addr(i, k0), buf=self.kv_addr(self.kv_counter))
@@ -280,32 +297,46 @@ class _Emitter:
             self.put(Unit.FILTER, t.chunk_label(k0, keys), "F.CAND", rows=t.rows, q0=t.q0, k0=k0, keys=keys,
                      idx=self.idx_addr(i, k0), bias=self.bias_addr(i, k0), head=t.slot, causal=int(self.w.causal),
                      biasmode=int(self.bias_mode))
+        for r0, rows in self.plan.filter_tiles(t.rows):
+            self.filter_rounds(i, t, r0, rows, chunks)
+        self.sync(Unit.FILTER, "SIGNAL", GATHER_READY, lab)
+        self.sync(Unit.FILTER, "SIGNAL", INDEX_READY, lab)
+        if self.rounds and self.s.plane_mode == "head" and t.last_of_head:
+            self.sync(Unit.FILTER, "SIGNAL", PLANES_FREE, lab)
+
+    def filter_rounds(self, i: int, t: Tile, r0: int, rows: int, chunks: list[tuple[int, int]]) -> None:
+        """Every round over ``rows`` of tile ``t``'s rows from its row ``r0`` (a filter sub-tile): scores
+        over all chunks, then the threshold and selector over all chunks."""
         store = self.s.filter_mode == "store"
+        q, q0 = self.q_addr(i) + r0 * self.d * 2, t.q0 + r0
+
+        def idx(k0: int) -> int:
+            return self.idx_addr(i, k0) + r0 * self.index_row
+
+        def bias(k0: int, keys: int) -> int:  # a per-row bias tile is [row][key] per chunk; a padding row is shared
+            return self.bias_addr(i, k0) + (r0 * keys * 4 if self.bias_mode == BiasMode.TILE else 0)
+
         for n, r in enumerate(self.rounds, 1):
             for c, (k0, keys) in enumerate(chunks):  # pass 1: scores and per-row statistics
                 clab = t.chunk_label(k0, keys, n)
                 kp = self.planes_in(t, k0, clab)
-                self.put(Unit.FILTER, clab, "F.SCORE", qb=r.q_bits, kb=r.k_bits, rows=t.rows, q=self.q_addr(i),
-                         kp=kp, keys=keys, sc=self.score_addr(k0, n) if store else 0, idx=self.idx_addr(i, k0),
-                         bias=self.bias_addr(i, k0), head=t.slot, first=int(c == 0), biasmode=int(self.bias_mode),
+                self.put(Unit.FILTER, clab, "F.SCORE", qb=r.q_bits, kb=r.k_bits, rows=rows, q=q,
+                         kp=kp, keys=keys, sc=self.score_addr(k0, n) if store else 0, idx=idx(k0),
+                         bias=bias(k0, keys), head=t.slot, first=int(c == 0), biasmode=int(self.bias_mode),
                          store=int(store), narrow=int(store and self.plan.score_bytes[n - 1] == 2))
                 self.planes_out(clab)
             for k0, keys in chunks:  # pass 2: threshold and selector
                 clab = t.chunk_label(k0, keys, n)
                 if store:
-                    self.put(Unit.FILTER, clab, "F.SELECT", round=n, rows=t.rows, q0=t.q0,
-                             k0=k0, keys=keys, sc=self.score_addr(k0, n), idx=self.idx_addr(i, k0), head=t.slot,
+                    self.put(Unit.FILTER, clab, "F.SELECT", round=n, rows=rows, q0=q0,
+                             k0=k0, keys=keys, sc=self.score_addr(k0, n), idx=idx(k0), head=t.slot,
                              narrow=int(self.plan.score_bytes[n - 1] == 2), **self.threshold(r, t))
                     continue
                 kp = self.planes_in(t, k0, clab)
                 self.put(Unit.FILTER, clab, "F.RESELECT", qb=r.q_bits, kb=r.k_bits, round=n, **self.threshold(r, t),
-                         rows=t.rows, q0=t.q0, k0=k0, keys=keys, q=self.q_addr(i), kp=kp, idx=self.idx_addr(i, k0),
-                         bias=self.bias_addr(i, k0), head=t.slot, biasmode=int(self.bias_mode))
+                         rows=rows, q0=q0, k0=k0, keys=keys, q=q, kp=kp, idx=idx(k0),
+                         bias=bias(k0, keys), head=t.slot, biasmode=int(self.bias_mode))
                 self.planes_out(clab)
-        self.sync(Unit.FILTER, "SIGNAL", GATHER_READY, lab)
-        self.sync(Unit.FILTER, "SIGNAL", INDEX_READY, lab)
-        if self.rounds and self.s.plane_mode == "head" and t.last_of_head:
-            self.sync(Unit.FILTER, "SIGNAL", PLANES_FREE, lab)
 
     def threshold(self, r, t: Tile) -> dict[str, int]:
         """The threshold fields of round ``r``'s selects for tile ``t``: its head's own value (a head of
@@ -329,7 +360,6 @@ class _Emitter:
     def attend(self, i: int, t: Tile) -> None:
         lab = t.label
         self.sync(Unit.ATTEND, "WAIT", INDEX_READY, lab)
-        self.sync(Unit.ATTEND, "WAIT", OUT_FREE, lab)
         self.put(Unit.ATTEND, lab, "A.INIT", rows=t.rows)
         resident = self.plan.kv_resident
         if resident:  # one signal per tile: all its chunks are in the head's K/V
@@ -344,6 +374,9 @@ class _Emitter:
             if not resident:
                 self.kv_counter_a += 1
                 self.sync(Unit.ATTEND, "SIGNAL", KV_FREE, lab)
+        # the online softmax runs in the unit's own state: only A.NORM writes the out buffer, so only it
+        # waits for the slot's previous tile to be stored
+        self.sync(Unit.ATTEND, "WAIT", OUT_FREE, lab)
         self.put(Unit.ATTEND, lab, "A.NORM", rows=t.rows, out=self.out_addr(i), head=t.slot)
         if resident and t.last_of_head:
             self.sync(Unit.ATTEND, "SIGNAL", KV_FREE, lab)
@@ -392,30 +425,30 @@ class _Emitter:
         return (Unit.LOAD, self.prefetch), (Unit.FILTER, self.filter)
 
     def in_order(self) -> tuple[tuple[Unit, Callable[[int, Tile], None]], ...]:
-        """A tile's blocks that follow the Attention Unit."""
-        return (Unit.LOAD, self.gather), (Unit.ATTEND, self.attend), (Unit.STORE, self.store)
-
-    def lead(self) -> int:
-        """Tiles prefetched before tile i's gather: up to tile ``i + lead - 1``. Chunk slots are refilled
-        as the Attention Unit drains them, so a tile's gather ends only as its attention does: every
-        free tile slot is prefetched first (``tile_slots``), or the Filtering Unit would wait on the
-        gather. A resident tile's gather is one burst as soon as its filter is done, and the next tile's
-        attention waits on it, so it goes before the prefetch that needs a tile slot back
-        (``tile_slots - 1``)."""
-        s = self.s
-        return s.tile_slots - 1 if self.plan.kv_resident and s.tile_slots > 1 else s.tile_slots
+        """A tile's blocks that follow the Attention Unit (with :attr:`early_gather`, the first of them
+        goes before the tile's last prefetch)."""
+        gather = ((Unit.LOAD, self.gather_opening), (Unit.LOAD, self.gather_rest)) if self.early_gather \
+            else ((Unit.LOAD, self.gather),)
+        return gather + ((Unit.ATTEND, self.attend), (Unit.STORE, self.store))
 
     def tile_blocks(self, tiles: list[Tile]) -> Iterator[tuple[Unit, Callable[[int, Tile], None], int, Tile]]:
         """(unit, work, i, tile) of every tile's blocks, in program order."""
         ahead, behind = self.run_ahead(), self.in_order()
-        prefetched, lead = 0, self.lead()
-        for i, t in enumerate(tiles):
-            # the loader runs ahead: prefetch(j) follows gather(j - lead)
-            while prefetched < min(i + lead, len(tiles)):
+        prefetched, lead, early = 0, self.plan.lead, int(self.early_gather)
+
+        def prefetch_to(j):  # the loader runs ahead: prefetch(j) follows gather(j - lead)
+            nonlocal prefetched
+            while prefetched < min(j, len(tiles)):
                 for unit, work in ahead:
                     yield unit, work, prefetched, tiles[prefetched]
                 prefetched += 1
-            for unit, work in behind:
+
+        for i, t in enumerate(tiles):
+            yield from prefetch_to(i + lead - early)
+            for unit, work in behind[:early]:
+                yield unit, work, i, t
+            yield from prefetch_to(i + lead)
+            for unit, work in behind[early:]:
                 yield unit, work, i, t
 
     def emit(self) -> Program:
@@ -433,6 +466,17 @@ class _Emitter:
         code += trailer
         labels += ["end"] * len(trailer)
         return Program.build(self.cfg, code, self.mm, {**program_meta(w, s), "labels": labels})
+
+
+def _early_gather(plan: TilingPlan) -> bool:
+    """Whether a tile's first K/V chunk is gathered before the loader's prefetch that waits for the
+    previous tile's attention to free a tile slot: with K/V in chunk slots, a lead of two or more, and no
+    filter round (dense: the Filtering Unit only builds candidates, so a tile's kept bits are ready long
+    before its gather). The opening chunk then waits only for its slot, freed before the previous tile's
+    attention ends, and the tile's attention starts as that one ends. With filter rounds the kept bits
+    may come late (the filter binding), and then the prefetch the next filter needs goes first: which
+    unit binds depends on the sparsity, unknown when the program is emitted."""
+    return not plan.kv_resident and plan.lead >= 2 and not plan.workload.params.rounds
 
 
 class _Counter(_Emitter):

@@ -117,6 +117,8 @@ class TilingPlan:
     workload: AttentionWorkload
     schedule: Schedule
     rows: int             # query rows of a full tile
+    filter_rows: int      # rows the Filtering Unit scores at a time: the tile, or a share of it whose stored
+                          # scores fit the score buffer (see plan_tiling)
     keys: int             # keys of a full chunk
     tiles: int            # query tiles per head
     key_chunks: int       # chunks across all of Sk
@@ -131,6 +133,17 @@ class TilingPlan:
     def kv_resident(self) -> bool:
         """K/V held per head across its query tiles (``kv_mode`` "head"), each key gathered once."""
         return self.schedule.kv_mode == "head"
+
+    @property
+    def lead(self) -> int:
+        """Tiles the loader prefetches before tile i's gather: up to tile ``i + lead - 1``. Chunk slots are
+        refilled as the Attention Unit drains them, so a tile's gather ends only as its attention does:
+        every free tile slot is prefetched first (``tile_slots``), or the Filtering Unit would wait on
+        the gather. A resident tile's gather is one burst as soon as its filter is done, and the next
+        tile's attention waits on it, so it goes before the prefetch that needs a tile slot back
+        (``tile_slots - 1``)."""
+        s = self.schedule
+        return s.tile_slots - 1 if self.kv_resident and s.tile_slots > 1 else s.tile_slots
 
     def kv_chunk_addr(self, n: int, k0: int) -> int:
         """kv buffer address of the K/V tiles of the chunk at key ``k0``: in the ``n``-th chunk slot
@@ -149,6 +162,11 @@ class TilingPlan:
     def plane_slots(self) -> int:
         """K bit-plane slots: heads resident at once ("head" mode) or chunks in flight ("chunk" mode)."""
         return self.buffers["kplane"].slots
+
+    def filter_tiles(self, rows: int) -> list[tuple[int, int]]:
+        """(first row, rows) of each filter sub-tile of a tile of ``rows`` query rows: the rows the
+        Filtering Unit scores and selects before the next ones reuse the score buffer."""
+        return [(r0, min(self.filter_rows, rows - r0)) for r0 in range(0, rows, self.filter_rows)]
 
     def usage(self) -> dict[str, int]:
         """Bytes each on-chip buffer must hold (all slots included), in BUFFERS order."""
@@ -201,6 +219,10 @@ def plan_tiling(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareCo
     bias_rows = {BiasMode.NONE: 0, BiasMode.ROW: 1, BiasMode.TILE: rows}[bias_mode]
     kv_head = s.kv_mode == "head"
     score_bytes = tuple(2 if narrow_scores(w, r) else 4 for r in w.params.rounds)
+    store = filtering and s.filter_mode == "store"
+    # shares of a tile reuse the score buffer where the planes are resident (streamed ones would stream again)
+    shared = store and s.plane_mode == "head"
+    filter_rows = _filter_rows(rows, sk_pad * max(score_bytes, default=0), cfg) if shared else rows
     if s.plane_mode == "head":
         per_head = sk_pad * d * planes // 8
         # two heads resident when they fit: the next head's planes load while this head is filtered
@@ -210,8 +232,8 @@ def plan_tiling(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareCo
     buffers = {
         "q": BufferPlan(rows * d * 2, s.tile_slots),
         "kplane": kplane,
-        # one tile's scores of one round, chunk after chunk; recomputed scores need none
-        "score": BufferPlan(rows * sk_pad * max(score_bytes) if filtering and s.filter_mode == "store" else 0, 1),
+        # one filter sub-tile's scores of one round, chunk after chunk; recomputed scores need none
+        "score": BufferPlan(filter_rows * sk_pad * max(score_bytes) if store else 0, 1),
         # resident K/V: a bit per key of each resident head after the tiles' kept bits
         "index": BufferPlan(rows * row_bytes, s.tile_slots, row_bytes * s.kv_slots if kv_head else 0),
         # a head's resident K/V is every chunk's K and V tiles, the last chunk padded to a full one
@@ -221,7 +243,8 @@ def plan_tiling(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareCo
         "param": BufferPlan(PARAM_BYTES_PER_HEAD, w.batch * w.heads),
     }
     return TilingPlan(
-        workload=w, schedule=s, rows=rows, keys=keys, tiles=-(-w.seq_q // rows), key_chunks=-(-w.seq_k // keys),
+        workload=w, schedule=s, rows=rows, filter_rows=filter_rows, keys=keys, tiles=-(-w.seq_q // rows),
+        key_chunks=-(-w.seq_k // keys),
         plane_bits=planes,
         # With a head's planes resident and no per-row bias tile, the Filtering Unit takes a query tile's
         # whole key row in one instruction: the same MACs in far fewer instructions (under a causal mask its
@@ -232,6 +255,18 @@ def plan_tiling(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareCo
         bias_mode=bias_mode, bias_rows=bias_rows, score_bytes=score_bytes,
         buffers=MappingProxyType({name: buffers[name] for name in BUFFERS}),
     )
+
+
+def _filter_rows(rows: int, score_row_bytes: int, cfg: HardwareConfig) -> int:
+    """Rows a tile's filter scores at a time when it stores scores (a row of ``score_row_bytes``): the
+    whole tile where its scores fit the score buffer, else the tile in the fewest equal shares whose
+    scores do. Each share runs every round before the next begins, so query tiles are sized for K/V
+    reuse, not for the score buffer."""
+    fit = cfg.buffer("score") // score_row_bytes if score_row_bytes else rows
+    if fit >= rows or fit < 1:
+        return rows  # fits whole, or not even one row does: check_plan names the score buffer
+    shares = -(-rows // fit)
+    return -(-rows // shares)
 
 
 def buffer_usage(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareConfig) -> dict[str, int]:

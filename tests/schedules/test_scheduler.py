@@ -119,12 +119,34 @@ def test_workloads_the_machine_cannot_take(w, match):
 
 def test_explicit_schedules_that_do_not_fit_name_the_buffer():
     w = AttentionWorkload(1, 2, 512, 512, 64)
+    # streamed planes would stream again for every share of a tile, so the tile's scores must fit whole
     with pytest.raises(ScheduleError, match=r"score buffer needs 131072 bytes, edge has 32768"):
-        check_fits(w, Schedule(128, 64), CONFIGS["edge"])
+        check_fits(w, Schedule(128, 64, 1, 1, 1, "chunk"), CONFIGS["edge"])
     with pytest.raises(ScheduleError, match="threshold unit's 128 row lanes"):
         check_fits(dense_workload(w), Schedule(256, 64), CONFIGS["edge"])
     with pytest.raises(ScheduleError, match="multiple of 8"):
         Schedule(16, 60)
+
+
+@pytest.mark.parametrize("seq, q_tile, score_kib, shares", [
+    (512, 32, 32, [(0, 32)]),                          # INT16 scores of 32 rows fill 32 KiB: whole
+    (512, 64, 32, [(0, 32), (32, 32)]),
+    (512, 100, 32, [(0, 25), (25, 25), (50, 25), (75, 25)]),  # the fewest equal shares, not 32 + 32 + 32 + 4
+    (1024, 64, 32, [(0, 16), (16, 16), (32, 16), (48, 16)]),
+])
+def test_a_tile_whose_scores_do_not_fit_is_filtered_in_equal_shares(seq, q_tile, score_kib, shares):
+    cfg = CONFIGS["edge"]
+    w = AttentionWorkload(1, 1, seq, seq, 32)
+    plan = plan_tiling(w, Schedule(q_tile, 64, 1, 1, 1), cfg)
+    assert plan.filter_tiles(plan.rows) == shares
+    assert plan.usage()["score"] == shares[0][1] * seq * 2 <= score_kib * 1024
+    assert plan_tiling(w, Schedule(q_tile, 64, 1, 1, 1, filter_mode="recompute"), cfg).filter_rows == plan.rows
+
+
+def test_no_share_of_a_tile_fits_a_score_buffer_too_small_for_one_row():
+    cfg = CONFIGS["edge"].replace(buffer_score=512)  # one row of 512 INT16 scores needs 1 KiB
+    with pytest.raises(ScheduleError, match=r"score buffer needs 65536 bytes, edge has 512"):
+        check_fits(AttentionWorkload(1, 1, 512, 512, 32), Schedule(64, 64, 1, 1, 1), cfg)
 
 
 def test_heuristic_takes_the_fitting_schedule_its_cost_ranks_first():
@@ -139,10 +161,13 @@ def test_heuristic_takes_the_fitting_schedule_its_cost_ranks_first():
     # a head's K and V (2 x 128 x 64 x 2 B = 32 KiB) fit the 64 KiB kv buffer: they stay resident
     assert s.kv_mode == "head" and s.plane_mode == "head" and s.filter_mode == "store"
     # at S=512 they take 128 KiB and cannot: chunk slots refilled per query tile. The rounds' scores fit
-    # INT16 (64 x 2**3 x 2**3 = 4096), so stored scores allow 32 KiB / (512 x 2 B) = 32 rows
+    # INT16 (64 x 2**3 x 2**3 = 4096), so the 32 KiB score buffer holds 32 rows of 512 keys: 64-row tiles
+    # (the most the out buffer takes, 16 KiB / (64 x 64 x 4 B)), each gathering its rows' union once,
+    # filter in two shares of 32
     w = AttentionWorkload(1, 12, 512, 512, 64)
     s = default_schedule(w, cfg)
-    assert (s.kv_mode, s.filter_mode, s.q_tile) == ("chunk", "store", 32)
+    assert (s.kv_mode, s.filter_mode, s.q_tile) == ("chunk", "store", 64)
+    assert plan_tiling(w, s, cfg).filter_rows == 32
     assert not fits(w, Schedule(8, 512, kv_mode="head"), cfg)
     assert plan_tiling(w, s, cfg).score_bytes == (2, 2)
     assert buffer_usage(w, Schedule(32, 512), cfg)["score"] == cfg.buffer("score")

@@ -5,7 +5,7 @@ import pytest
 from energon_tvm.isa.asm import assemble, disassemble
 from energon_tvm.runtime_sim import Simulator, SparsityProfile, layout_inputs, read_output, run_attention
 from energon_tvm.schedules.emit import emit_program
-from energon_tvm.schedules.schedule import Schedule, default_schedule
+from energon_tvm.schedules.schedule import Schedule, default_schedule, plan_tiling
 from energon_tvm.schedules.workload import AttentionWorkload
 
 from energon_tvm.mpmrf import FilterRound, MPMRFParams, mpmrf_attention
@@ -71,6 +71,71 @@ def test_scheduled_programs_equal_reference(cfg, w):
 def test_every_schedule_knob_computes_the_same(cfg, schedule):
     w = AttentionWorkload(1, 2, 40, 56, 32, causal=True)
     check_against_reference(w, cfg, schedule)
+
+
+@pytest.mark.parametrize("w, schedule, shares, bias_buffer", [
+    # INT16 scores of 512 keys: 32 rows fill the 32 KiB score buffer, so a 64-row tile filters in two shares
+    (AttentionWorkload(1, 2, 96, 512, 32), Schedule(64, 128, 2, 2, 1), 2, None),
+    # a per-row bias: INT32 scores, 16 rows a share, four to a tile; each share reads its own bias rows
+    # and applies the causal rule from its own first row (edge's bias buffer holds 8 such rows, so the
+    # tile needs a larger one)
+    (AttentionWorkload(1, 1, 80, 512, 32, causal=True, bias_shape=(1, 1, 80, 512)), Schedule(64, 128, 1, 1, 1), 4,
+     64 * 512 * 4),
+    # a padding row shared by every row, the whole key row in one instruction
+    (AttentionWorkload(1, 2, 72, 512, 32, bias_shape=(1, 1, 1, 512)), Schedule(64, 512, 2, 1, 1), 4, None),
+], ids=["int16", "row-bias-causal", "padding-whole-row"])
+def test_filter_shares_of_a_tile_compute_the_same(cfg, w, schedule, shares, bias_buffer):
+    """A query tile whose stored scores do not fit the score buffer is filtered in shares that reuse it;
+    gathers and attention still take the whole tile."""
+    if bias_buffer:
+        cfg = cfg.replace(buffer_bias=bias_buffer)
+    plan = plan_tiling(w, schedule, cfg)
+    assert len(plan.filter_tiles(plan.rows)) == shares and plan.rows == 64
+    prog, _, _ = check_against_reference(w, cfg, schedule)
+
+    def rows(mnemonic):
+        return {i.rows for i in prog.code if i.op.mnemonic == mnemonic}
+
+    last = w.seq_q - 64  # the head's second, shorter tile
+    assert rows("F.SELECT") == {64 // shares, min(last, 64 // shares)}
+    assert rows("F.CAND") == rows("A.ATTN") == rows("LD.KV") == {64, last}
+
+
+def _load_order(prog):
+    """(mnemonic, label) of the loader's instructions, in program order."""
+    return [(i.op.mnemonic, prog.labels[pc]) for pc, i in enumerate(prog.code)
+            if i.op.unit is not None and i.op.unit.name == "LOAD" and i.op.mnemonic.startswith("LD.")]
+
+
+@pytest.mark.parametrize("tile_slots", [2, 3])
+def test_dense_gathers_open_before_the_prefetch_that_waits_for_a_tile_slot(cfg, tile_slots):
+    """Dense, K/V in chunk slots: a tile's first chunk is gathered before the loader's prefetch that
+    waits for the previous tile's attention (its kept bits are ready long before), and the program
+    still computes the reference."""
+    w = AttentionWorkload(1, 2, 64, 64, 32, params=MPMRFParams(()))
+    schedule = Schedule(16, 16, tile_slots, 2, 1)
+    prog, _, _ = check_against_reference(w, cfg, schedule)
+    order = _load_order(prog)
+    prefetch = ("LD.Q", f"h0 q{16 * tile_slots}-{16 * tile_slots + 15}")  # tile 1 + lead - 1, lead = tile_slots
+    opening, second = ("LD.KV", "h0 q16-31 k0-15"), ("LD.KV", "h0 q16-31 k16-31")  # tile 1's first two chunks
+    assert order.index(opening) < order.index(prefetch) < order.index(second)
+    # with filter rounds the prefetch goes first: the kept bits may come late
+    mp = emit_program(AttentionWorkload(1, 2, 64, 64, 32), schedule, cfg)
+    order = _load_order(mp)
+    assert order.index(prefetch) < order.index(opening)
+
+
+def test_attention_of_the_next_tile_does_not_wait_for_the_store(cfg):
+    """With one output slot, only A.NORM waits for the previous tile's store: the online softmax runs
+    in the Attention Unit's own state, so the next tile's attention overlaps the store."""
+    w = AttentionWorkload(1, 1, 64, 64, 32)
+    prog = emit_program(w, Schedule(32, 64, 2, 2, 1), cfg)
+    q, k, v, _, _ = make_inputs(w)
+    res = Simulator(cfg).run(prog, layout_inputs(prog, q, k, v), trace=True)
+    spans = {(m, label): (t0, t1) for _u, _pc, m, t0, t1, label in res.events}
+    store0, attn1 = spans[("ST.OUT", "h0 q0-31")], spans[("A.ATTN", "h0 q32-63 k0-63")]
+    assert attn1[0] < store0[1]  # attention of tile 1 runs while tile 0 is stored
+    assert spans[("A.NORM", "h0 q32-63")][0] >= store0[1]  # ... and normalises into its slot after
 
 
 def test_hand_written_assembly_program(cfg):
