@@ -23,8 +23,10 @@ Prints, in one run:
    from timing-only runs driven by the sparsity the real sentences produced (plot in docs/);
 6. end to end on ``--dataset`` inputs (default 1,000 tweets of VADER's corpus, S=128) through the
    main job's package (edge, the default selection): inputs/s of the full simulator, the timing
-   backend and the reference backend in one process, and of the timing backend on a 2-worker Dask
-   LocalCluster (whose figures must equal the local run's), with the mean cycles and energy each gives;
+   backend and the reference backend in one process, interleaved (the data set in ``DATASET_ROUNDS``
+   parts, each run on the three backends in turn, so a slow spell of the shared machine hits all), and
+   of the timing backend on a 2-worker Dask LocalCluster (whose figures must equal the local run's),
+   with the mean cycles and energy each gives;
 7. the wall time of ``tvmc run missing.tar`` (a user error answered before TVM is imported).
 
 ``--skip-simulation`` prints the first table only (2-6 run the Energon simulator: minutes; the
@@ -224,16 +226,47 @@ def dataset_inputs(out: Path, n: int) -> Path:
     return path
 
 
+DATASET_ROUNDS = 5  # parts of the data set the local backends take in turn
+
+
+def interleaved_runs(package: Path, inputs: Path, backends: tuple[str, ...], rounds: int) -> dict:
+    """Each backend's run over the whole data set, made of ``rounds`` parts run on every backend in
+    turn (the order rotating from part to part): per backend, one result with the parts' samples in
+    order and their wall times summed."""
+    from dataclasses import replace
+
+    from energon_tvm.tvmc.runner import run_dataset
+
+    data = np.load(inputs)
+    n = data[data.files[0]].shape[0]
+    bounds = np.linspace(0, n, rounds + 1).astype(int)
+    parts: dict[str, list] = {b: [] for b in backends}
+    for r, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        part = inputs.with_name(f"{inputs.stem}-part{r}.npz")
+        np.savez(part, **{k: data[k][lo:hi] for k in data.files})
+        for backend in backends[r % len(backends):] + backends[:r % len(backends)]:
+            parts[backend].append(run_dataset(package, part, backend=backend, progress=True))
+        part.unlink()
+    merged = {}
+    for backend, runs in parts.items():
+        first = runs[0]
+        merged[backend] = replace(
+            first, outputs={k: np.concatenate([x.outputs[k] for x in runs]) for k in first.outputs},
+            **{f: np.concatenate([getattr(x, f) for x in runs])
+               for f in ("cycles", "energy_pj", "dram_bytes", "kept_ratio")},
+            wall_seconds=sum(x.wall_seconds for x in runs), timing_simulated=sum(x.timing_simulated for x in runs),
+            timing_cached=sum(x.timing_cached for x in runs))
+    return merged
+
+
 def dataset_table(package: Path, inputs: Path, n: int) -> str:
-    """Inputs/s of each backend over the data set, and of the timing backend on a 2-worker Dask
-    LocalCluster; the Dask run's figures are checked against the local run's."""
+    """Inputs/s of each backend over the data set (the local ones interleaved), and of the timing
+    backend on a 2-worker Dask LocalCluster; the Dask run's figures are checked against the local run's."""
     from distributed import LocalCluster
 
     from energon_tvm.tvmc.runner import run_dataset
 
-    results = {}
-    for backend in ("simulator", "timing", "reference"):
-        results[backend] = run_dataset(package, inputs, backend=backend, progress=True)
+    results = interleaved_runs(package, inputs, ("simulator", "timing", "reference"), DATASET_ROUNDS)
     # each worker process: one core, one TVM thread (the workers inherit the environment when they start)
     with (mock.patch.dict(os.environ, {"TVM_NUM_THREADS": "1"}),
           LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster):
@@ -259,7 +292,8 @@ def dataset_table(package: Path, inputs: Path, n: int) -> str:
                      f"{a['energy_pj']['mean'] / 1e6:.2f}" if machine else "-", cached])
     return table(["backend", "inputs", "wall s", "inputs/s", "vs full", "mean cycles", "p95 cycles", "mean uJ",
                   "calls from the timing cache"], rows,
-                 f"End to end on {n:,} tweets (all-MiniLM-L6-v2 S=128, edge, default selection; the Dask run's "
+                 f"End to end on {n:,} tweets (all-MiniLM-L6-v2 S=128, edge, default selection; the local backends "
+                 f"in {DATASET_ROUNDS} interleaved parts; the Dask run's "
                  f"figures and outputs equal the local timing run's, and the timing run's cycles and energy the "
                  f"full simulator's)")
 
