@@ -228,8 +228,8 @@ def _kv_chunk(run, a, pc) -> _KVLayout:
 def _nearest_row_gap(v_off: int, stride: int, keys: int) -> int:
     """The least distance in bytes from a V row (``v_off`` after its key's K row) to any K row of a
     chunk of ``keys`` keys ``stride`` bytes apart."""
-    m = np.clip([v_off // stride, -(-v_off // stride)], -(keys - 1), keys - 1)
-    return int(np.abs(m * stride - v_off).min())
+    last = keys - 1  # key offsets run from -last to last
+    return min(abs(max(-last, min(last, m)) * stride - v_off) for m in (v_off // stride, -(-v_off // stride)))
 
 
 def _segments(addrs: np.ndarray, row_bytes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -129,7 +129,6 @@ class _Emitter:
         self.w, self.s = w, s = plan.workload, plan.schedule
         self.mm = plan_memory(w) if memory is None else memory
         self.kv_stride = kv_rows(self.mm)[1]
-        self.index_row = -(-w.seq_k // 8)  # bytes of a query row's kept bits in the index buffer
         self.early_gather = _early_gather(plan)
         self.d = w.head_dim
         self.buf = dict(plan.buffers)  # a plain dict: the address helpers look it up per instruction
@@ -311,7 +310,7 @@ class _Emitter:
         q, q0 = self.q_addr(i) + r0 * self.d * 2, t.q0 + r0
 
         def idx(k0: int) -> int:
-            return self.idx_addr(i, k0) + r0 * self.index_row
+            return self.idx_addr(i, k0) + r0 * self.plan.index_row_bytes
 
         def bias(k0: int, keys: int) -> int:  # a per-row bias tile is [row][key] per chunk; a padding row is shared
             return self.bias_addr(i, k0) + (r0 * keys * 4 if self.bias_mode == BiasMode.TILE else 0)

@@ -153,10 +153,15 @@ class TilingPlan:
             return self.buffers["kv"].addr(n)
         return self.buffers["kv"].addr(n, (k0 // self.keys) * 2 * self.keys * self.workload.head_dim * 2)
 
+    @property
+    def index_row_bytes(self) -> int:
+        """Bytes of one query row's kept bits in the index buffer (a bit per key)."""
+        return _ceil8(self.workload.seq_k)
+
     def resident_addr(self, n: int, k0: int) -> int:
         """index buffer address of the resident bitmask of the ``n``-th head's K/V, at key ``k0``."""
-        index, row_bytes = self.buffers["index"], _ceil8(self.workload.seq_k)
-        return index.slot_bytes * index.slots + (n % self.schedule.kv_slots) * row_bytes + k0 // 8
+        index = self.buffers["index"]
+        return index.slot_bytes * index.slots + (n % self.schedule.kv_slots) * self.index_row_bytes + k0 // 8
 
     @property
     def plane_slots(self) -> int:
@@ -220,9 +225,10 @@ def plan_tiling(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareCo
     kv_head = s.kv_mode == "head"
     score_bytes = tuple(2 if narrow_scores(w, r) else 4 for r in w.params.rounds)
     store = filtering and s.filter_mode == "store"
+    score_row = sk_pad * max(score_bytes, default=0)  # one query row's stored scores of one round
     # shares of a tile reuse the score buffer where the planes are resident (streamed ones would stream again)
     shared = store and s.plane_mode == "head"
-    filter_rows = _filter_rows(rows, sk_pad * max(score_bytes, default=0), cfg) if shared else rows
+    filter_rows = _filter_rows(rows, score_row, cfg) if shared else rows
     if s.plane_mode == "head":
         per_head = sk_pad * d * planes // 8
         # two heads resident when they fit: the next head's planes load while this head is filtered
@@ -233,7 +239,7 @@ def plan_tiling(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareCo
         "q": BufferPlan(rows * d * 2, s.tile_slots),
         "kplane": kplane,
         # one filter sub-tile's scores of one round, chunk after chunk; recomputed scores need none
-        "score": BufferPlan(filter_rows * sk_pad * max(score_bytes) if store else 0, 1),
+        "score": BufferPlan(filter_rows * score_row if store else 0, 1),
         # resident K/V: a bit per key of each resident head after the tiles' kept bits
         "index": BufferPlan(rows * row_bytes, s.tile_slots, row_bytes * s.kv_slots if kv_head else 0),
         # a head's resident K/V is every chunk's K and V tiles, the last chunk padded to a full one
