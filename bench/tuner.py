@@ -164,7 +164,7 @@ def exhaustive_study(args, runner) -> None:
     best = min(cycles.values())
     target = best * (1 + WITHIN)
     near = sum(c <= target for c in cycles.values())
-    (heuristic,) = runner.run(task, [space.heuristic()])
+    (heuristic,) = runner.run(task, [space.heuristic("cycles")])
     table(["space", "points", "measured in", "exhaustive best", "best schedule", f"points within {WITHIN:.0%}",
            "heuristic"],
           [["MiniLM S=128, edge, coarse knobs", len(space), took, f"{best:,}",

@@ -56,19 +56,28 @@ def record_id(record) -> str:
 
 @dataclass(frozen=True)
 class ScheduleSource:
-    """Where schedules come from: the heuristic (:func:`default_schedule`), or the best matching tuning
-    record in the objective the records state (the heuristic for a workload no record matches)."""
+    """Where schedules come from: the heuristic (:func:`default_schedule`, ranking by ``objective``, its
+    default when None), or the best matching tuning record in the objective the records state (the
+    heuristic for a workload no record matches)."""
 
     records: tuple = ()  # TuningRecord, as read by energon_tvm.tuner.records
+    objective: str | None = None  # the heuristic's ranking: one of schedules.cost.OBJECTIVES
+
+    def __post_init__(self) -> None:
+        from .schedules.cost import OBJECTIVES
+
+        if self.objective is not None and self.objective not in OBJECTIVES:
+            raise ConfigError(f"schedule objective = {self.objective!r}; one of {', '.join(OBJECTIVES)}")
 
     @classmethod
-    def from_records(cls, records) -> ScheduleSource:
-        """``records``: None (heuristic only), a JSON-lines path, or TuningRecords / record dicts."""
+    def from_records(cls, records, objective: str | None = None) -> ScheduleSource:
+        """``records``: None (heuristic only), a JSON-lines path, or TuningRecords / record dicts;
+        ``objective``: how the heuristic ranks schedules (None: its default)."""
         if records is None:
-            return cls()
+            return cls(objective=objective)
         from .tuner.records import as_records
 
-        return cls(tuple(as_records(records)))
+        return cls(tuple(as_records(records)), objective)
 
     def choose(self, workload: AttentionWorkload, cfg: HardwareConfig) -> ScheduleChoice:
         if self.records:
@@ -77,7 +86,7 @@ class ScheduleSource:
             best = best_record(self.records, workload, cfg)  # matching, measured, and fitting this machine
             if best is not None:
                 return ScheduleChoice(best.schedule, TUNED, record_id(best))
-        return ScheduleChoice(default_schedule(workload, cfg))
+        return ScheduleChoice(default_schedule(workload, cfg, self.objective))
 
 
 @dataclass(frozen=True)

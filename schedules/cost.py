@@ -24,11 +24,14 @@ the heuristic ranks tilings by this estimate, it does not predict cycles to the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
 from ..isa.config import HardwareConfig
+from ..isa.errors import ScheduleError
 from ..isa.instructions import BiasMode, ThresholdRule
 from .schedule import TilingPlan
 
@@ -51,6 +54,17 @@ class CostEstimate:
     dram_cycles: float     # the DRAM channel's transfers (loads and stores)
     dram_bytes: float
     cycles: float
+    energy_pj: float
+    sram_bytes: Mapping[str, float] = field(compare=False)  # bytes written plus read, per buffer
+
+
+#: what a schedule is ranked by: its cycles, its energy (pJ) or their product; the heuristic and the
+#: tuner take the same names
+OBJECTIVES = ("cycles", "energy", "edp")
+#: the heuristic's ranking when none is asked for: the energy-delay product, so that of two schedules
+#: about as fast the one moving far fewer bytes wins (dense BERT-base S=2048 on edge: 1.04x the cycles
+#: of the fastest at 0.56x its energy, docs/scheduler.md). A tuning session's default stays cycles
+DEFAULT_OBJECTIVE = "edp"
 
 
 #: the assumed fraction of its candidates a round with threshold at the mean (alpha 0) keeps
@@ -109,13 +123,14 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
     rounds = w.params.rounds
     passes = 1 if s.filter_mode == "store" else 2
 
-    fu, candidates = 0.0, pairs
+    fu_mac_passes, candidates = 0.0, pairs
     for r in rounds:
-        fu += passes * candidates * d * cfg.fu_passes(r.q_bits, r.k_bits) / cfg.fu_macs_per_cycle
+        fu_mac_passes += passes * candidates * d * cfg.fu_passes(r.q_bits, r.k_bits)
         candidates *= round_keep(r)
     kept_pairs = candidates
     # candidate building, then each round's select at its rule's compares per (row, key)
-    fu += (1 + sum(ThresholdRule.of(r.rule).compares for r in rounds)) * pairs / cfg.fu_select_per_cycle
+    compares = (1 + sum(ThresholdRule.of(r.rule).compares for r in rounds)) * pairs
+    fu = fu_mac_passes / cfg.fu_macs_per_cycle + compares / cfg.fu_select_per_cycle
     shares = len(plan.filter_tiles(plan.rows))  # filter sub-tiles of a tile: each runs every round
     fu_instructions = tiles * (1 if plan.whole_row else chunks_per_tile) * (1 + 2 * len(rounds) * shares)
     fu = max(fu, fu_instructions)
@@ -171,10 +186,42 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
                  and plan.tiles >= LONG_HEAD_TILES)
     overlap = OVERLAP[3] if long_head else OVERLAP.get(s.tile_slots, min(OVERLAP.values()))
     cycles = cfg.dram_latency_cycles + binding + overlap * (sum(units) - binding)
-    return CostEstimate(fu, au, load, channel, load_bytes + out_bytes, cycles)
+
+    # each buffer's bytes written plus read: filter instructions (F.SCORE, and F.RESELECT when scores are
+    # recomputed) read a sub-tile's Q rows, its chunk's planes and bias; F.CAND the bias; every A.ATTN the
+    # tile's Q, its bias and the kept K/V rows of its chunk
+    # (a whole-row filter instruction reads the whole key row, causal or not; each filter share reads the
+    # padding row again, and its own rows of a per-row bias)
+    filter_reads = passes * len(rounds)
+    filter_instructions = 1 if plan.whole_row else chunks_per_tile
+    filter_keys = sk if plan.whole_row else covered
+    row_bias = 4 * tiles * plan.bias_rows  # bytes of every tile's bias per key
+    sram = {
+        "q": q_bytes * (1 + filter_reads * filter_instructions + chunks_per_tile),
+        "kplane": plane_bytes + passes * tiles * shares * filter_keys * plane_key_bytes * sum(r.k_bits for r in rounds),
+        "score": 2 * heads * sq * filter_keys * sum(plan.score_bytes) if s.filter_mode == "store" else 0.0,
+        "bias": bias_bytes + row_bias * (filter_keys * (1 + filter_reads * (shares if plan.bias_rows == 1 else 1))
+                                         + covered),
+        "kv": kv_bytes + 2 * tiles * covered * union(plan.rows) * key_bytes,
+        "out": 2 * out_bytes,
+    }
+    e = cfg.energy
+    energy = (fu_mac_passes * e.fu_mac_4b + compares * e.fu_compare
+              + 2 * kept_pairs * d * e.au_mac_16b + (kept_pairs + heads * sq) * e.au_exp
+              + heads * sq * d * e.au_div
+              + sum(n * e.sram_per_byte(cfg.buffer(buf)) for buf, n in sram.items())
+              + (load_bytes + out_bytes) * e.dram_per_byte + e.leakage_mw * cycles / cfg.clock_ghz)
+    return CostEstimate(fu, au, load, channel, load_bytes + out_bytes, cycles, energy, MappingProxyType(sram))
 
 
-def cost_key(plan: TilingPlan, cfg: HardwareConfig) -> tuple[float, float]:
-    """How the heuristic ranks a fitting plan: estimated cycles, then DRAM bytes (energy)."""
+def cost_key(plan: TilingPlan, cfg: HardwareConfig, objective: str = DEFAULT_OBJECTIVE) -> tuple[float, ...]:
+    """How the heuristic ranks a fitting plan, by ``objective`` (one of :data:`OBJECTIVES`): estimated
+    cycles, then DRAM bytes; estimated energy, then cycles; or their product."""
     e = estimate(plan, cfg)
-    return math.floor(e.cycles), e.dram_bytes
+    if objective == "cycles":
+        return math.floor(e.cycles), e.dram_bytes
+    if objective == "energy":
+        return e.energy_pj, e.cycles
+    if objective == "edp":
+        return e.cycles * e.energy_pj, e.cycles
+    raise ScheduleError(f"objective = {objective!r}; one of {', '.join(OBJECTIVES)}")

@@ -13,7 +13,8 @@ the whole row) runs only on a plan that filters whole rows (``TilingPlan.whole_r
 is rejected with the reason.
 
 :func:`default_schedule` is the heuristic: of the schedules that fit, the one an analytic cost
-(:mod:`.cost`: the units' work and the DRAM bytes the plan moves) ranks first.
+(:mod:`.cost`: the units' work, the DRAM bytes the plan moves, and their energy) ranks first by an
+objective (cycles, energy, or their product, the default).
 """
 
 from __future__ import annotations
@@ -344,16 +345,22 @@ def fits(workload: AttentionWorkload, schedule: Schedule, cfg: HardwareConfig) -
     return True
 
 
-def default_schedule(workload: AttentionWorkload, cfg: HardwareConfig) -> Schedule:
+def default_schedule(workload: AttentionWorkload, cfg: HardwareConfig, objective: str | None = None) -> Schedule:
     """The heuristic: of the fitting schedules of :func:`candidate_schedules`, the one the analytic cost
-    of :mod:`.cost` ranks first (estimated cycles, then DRAM bytes; the first in candidate order of
-    equals)."""
+    of :mod:`.cost` ranks first by ``objective`` (``cycles``: estimated cycles, then DRAM bytes;
+    ``energy``: estimated energy, then cycles; ``edp``, the default (``cost.DEFAULT_OBJECTIVE``): their
+    product; the first in candidate order of equals)."""
+    from .cost import DEFAULT_OBJECTIVE, OBJECTIVES
+
+    objective = DEFAULT_OBJECTIVE if objective is None else objective
+    if objective not in OBJECTIVES:
+        raise ScheduleError(f"objective = {objective!r}; one of {', '.join(OBJECTIVES)}")
     check_workload(workload, cfg)
-    return _ranked_first(workload, cfg)
+    return _ranked_first(workload, cfg, objective)
 
 
 @functools.lru_cache(maxsize=256)
-def _ranked_first(workload: AttentionWorkload, cfg: HardwareConfig) -> Schedule:
+def _ranked_first(workload: AttentionWorkload, cfg: HardwareConfig, objective: str) -> Schedule:
     from .cost import cost_key
 
     best = None
@@ -361,14 +368,14 @@ def _ranked_first(workload: AttentionWorkload, cfg: HardwareConfig) -> Schedule:
         if not fits(workload, Schedule(*tiling[:2], 1, 1, 1, *tiling[2:]), cfg):
             continue  # with one slot of everything it overflows: with more it does too
         for slots in (3, 2, 1):
-            # the cost does not fall with fewer K/V or output slots: the most that fit stand for the rest
+            # fewer K/V or output slots save neither cycles nor energy: the most that fit stand for the rest
             for kv, out in ((2, 2), (2, 1), (1, 2), (1, 1)):
                 plan = plan_tiling(workload, Schedule(*tiling[:2], slots, kv, out, *tiling[2:]), cfg)
                 try:
                     check_plan(plan, cfg)
                 except ScheduleError:
                     continue
-                key = cost_key(plan, cfg)
+                key = cost_key(plan, cfg, objective)
                 if best is None or key < best[0]:
                     best = (key, plan.schedule)
                 break

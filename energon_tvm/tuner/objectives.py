@@ -6,9 +6,8 @@ was tuned for; ``energy`` is the run's total in pJ (docs/energy.md); ``edp`` is 
 
 from __future__ import annotations
 
+from ..schedules.cost import OBJECTIVES  # the heuristic's names, declared once
 from .errors import TuningError
-
-OBJECTIVES = ("cycles", "energy", "edp")
 
 
 def objective_value(objective: str, cycles: int | None, energy_pj: float | None) -> float | None:

@@ -135,7 +135,7 @@ def tune(workload: AttentionWorkload, cfg: HardwareConfig | str | Path,
 
     try:
         if include_heuristic:
-            h = space.heuristic()
+            h = space.heuristic(objective)  # ranked by what this session minimises
             (result,) = _scored(_within_floor([h], runner.run(task, [h]), floor), objective)
             log([h], [result], "heuristic")
             at = space.index(h)

@@ -138,6 +138,7 @@ class SearchSpace:
             object.__setattr__(self, "_index_cache", cache)
         return cache
 
-    def heuristic(self) -> Schedule:
-        """The heuristic's schedule (:func:`default_schedule`); it may lie outside the space."""
-        return default_schedule(self.workload, self.cfg)
+    def heuristic(self, objective: str | None = None) -> Schedule:
+        """The heuristic's schedule (:func:`default_schedule`) ranked by ``objective`` (the heuristic's
+        default when None); it may lie outside the space."""
+        return default_schedule(self.workload, self.cfg, objective)

@@ -152,11 +152,14 @@ def partition_model(model_path, *, model_format: str | None = None, target: str 
                     rule: str | None = None, gap: str | None = None, policy: str | None = None,
                     topk: str | None = None, sanger: str | None = None,
                     mcpu: str | None = None, input_shapes: str | None = None, tuning_records: str | None = None,
-                    verbose: int = 0, log=None, thresholds=None, cpu_flags=None, fast_math=None) -> Partitioned:
+                    verbose: int = 0, log=None, thresholds=None, cpu_flags=None, fast_math=None,
+                    objective: str | None = None) -> Partitioned:
     """Import the model and offload its attention, as :func:`compile_model` does before the host
     build (its options are the same). The host code is for ``mcpu`` or, when None, for the highest
     x86-64 level of the compiling CPU (``cpu_flags``: that CPU's Linux flags, default this machine's;
-    :func:`energon_tvm.host.default_mcpu`)."""
+    :func:`energon_tvm.host.default_mcpu`). ``objective``: how the heuristic ranks the schedules of the
+    calls no tuning record covers, ``cycles``, ``energy`` or ``edp`` (None: its default,
+    ``energon_tvm.schedules.cost.DEFAULT_OBJECTIVE``)."""
     from dataclasses import replace
 
     from .. import host
@@ -183,7 +186,8 @@ def partition_model(model_path, *, model_format: str | None = None, target: str 
         tgt = replace(tgt, params=parse_params(",".join(f"{q}x{k}" for q, k in cal.bits), cal.rule).with_view(cal.view))
     # both --input-shapes forms (commas, classic spaces) reach the frontend as the comma form
     shapes = format_input_shapes(parse_input_shapes(input_shapes)) if input_shapes else None
-    schedules = ScheduleSource.from_records(tuning_records)  # a bad records file fails before the import
+    # a bad records file or objective fails before the import
+    schedules = ScheduleSource.from_records(tuning_records, objective)
     timings = {}
     t0 = time.perf_counter()
     model = load_model(model_path, model_format, shapes, verbose=verbose)  # quiet unless -v (noise.HARMLESS)
@@ -231,7 +235,7 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
                   topk: str | None = None, sanger: str | None = None,
                   mcpu: str | None = None, input_shapes: str | None = None, tuning_records: str | None = None,
                   host_database=None, build: BuildOptions | None = None, verbose: int = 0, log=None,
-                  thresholds=None, cpu_flags=None, fast_math=None) -> CompileResult:
+                  thresholds=None, cpu_flags=None, fast_math=None, objective: str | None = None) -> CompileResult:
     """Compile the model at ``model_path``; ``log`` (a callable) receives progress lines. ``policy`` is the
     selection policy (``--target-energon-policy``, default mpmrf) and ``topk`` / ``sanger`` the value of
     the one-round policy of that name (:func:`~energon_tvm.tvmc.target.parse_params`). ``build``: the
@@ -242,7 +246,8 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
     records (a file); ``host_database``: a folder ``tvmc tune --host`` wrote, whose tuned host kernels
     replace the default schedules of the same kernels. ``mcpu`` None: the compiling CPU's level
     (:func:`partition_model`). ``fast_math`` (``--target-llvm-fast-math``: on / off, or a bool): the host
-    code's exp, erf, tanh, GELU and softmax as TVM's fast approximations (:func:`energon_tvm.host.legalize_passes`)."""
+    code's exp, erf, tanh, GELU and softmax as TVM's fast approximations (:func:`energon_tvm.host.legalize_passes`).
+    ``objective``: the heuristic's ranking (:func:`partition_model`)."""
     database = None
     if host_database is not None:  # a bad folder fails before the import
         from .. import host_tuning
@@ -252,7 +257,7 @@ def compile_model(model_path, *, model_format: str | None = None, target: str = 
     part = partition_model(model_path, model_format=model_format, target=target, config=config, alpha=alpha,
                            rounds=rounds, rule=rule, gap=gap, policy=policy, topk=topk, sanger=sanger, mcpu=mcpu,
                            input_shapes=input_shapes, tuning_records=tuning_records, verbose=verbose, log=log,
-                           thresholds=thresholds, cpu_flags=cpu_flags, fast_math=fast_math)
+                           thresholds=thresholds, cpu_flags=cpu_flags, fast_math=fast_math, objective=objective)
     from .. import host
 
     tgt, timings, applied = part.target, dict(part.timings), None

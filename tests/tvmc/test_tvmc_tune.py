@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from energon_tvm.tvmc.main import main
 
 
@@ -92,3 +94,28 @@ def test_tune_checks_its_output_and_options_before_compiling(model_files, tmp_pa
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
     assert garbage.read_bytes() == b"\xff\xfe not records\n"
+
+
+def test_compile_objective_ranks_the_heuristic_schedules_of_calls_without_a_record(model_files, capsys):
+    from energon_tvm.isa.config import load_config
+    from energon_tvm.schedules import AttentionWorkload, Schedule, default_schedule
+
+    from energon_tvm.tvmc import compile_model
+
+    cfg = load_config("edge")
+    picked = {}
+    for objective in ("cycles", "energy"):
+        result = compile_model(model_files / "model.onnx", objective=objective)
+        for call in result.calls:
+            w = AttentionWorkload.from_dict(call.workload)
+            assert call.schedule_source == "heuristic"
+            assert Schedule.from_dict(call.schedule) == default_schedule(w, cfg, objective)
+        picked[objective] = Schedule.from_dict(result.calls[0].schedule)
+    # on these tiny calls the estimate prices scoring twice below writing and reading stored scores
+    assert (picked["cycles"].filter_mode, picked["energy"].filter_mode) == ("store", "recompute")
+    assert main(["compile", str(model_files / "model.onnx"), "-o", str(model_files / "energy.tar"),
+                 "--objective", "energy"]) == 0
+    with pytest.raises(SystemExit) as exit_:
+        main(["compile", str(model_files / "model.onnx"), "-o", str(model_files / "x.tar"), "--objective", "power"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--objective" in err and "Traceback" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ...schedules.cost import DEFAULT_OBJECTIVE, OBJECTIVES
 from ..main import command
 from ..target import add_target_arguments, target_options
 
@@ -20,6 +21,9 @@ def add_arguments(p) -> None:
                    help="a file: Energon tuning records (tvmc tune; the best per workload is used); a folder: the "
                         "host kernels' MetaSchedule database (tvmc tune --host; the kernels it holds records of "
                         "for this build's CPU replace the default schedules); give both to use both")
+    p.add_argument("--objective", choices=list(OBJECTIVES),
+                   help="how the heuristic ranks the schedules of calls no tuning record covers: estimated "
+                        f"cycles, energy, or their product (default: {DEFAULT_OBJECTIVE})")
     p.add_argument("--dump-code", help="comma list of isa,relax: write them next to the output")
     p.add_argument("--dump-offloads", metavar="-|FILE", help="list every attention site, offloaded or not and why")
     p.add_argument("-O", "--opt-level", type=int, metavar="0..3",
@@ -58,7 +62,7 @@ def run(args) -> int:
 
     result = compile_model(args.model, model_format=args.model_format, **target_options(args),
                            input_shapes=args.input_shapes, tuning_records=records, host_database=database,
-                           build=build,
+                           build=build, objective=args.objective,
                            verbose=verbose, log=say if verbose else None,
                            thresholds=args.target_energon_thresholds)
     text = None

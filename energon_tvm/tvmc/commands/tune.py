@@ -3,6 +3,7 @@ the host kernels with MetaSchedule (a database, a folder)."""
 
 from __future__ import annotations
 
+from ...schedules.cost import OBJECTIVES
 from ..errors import TVMCError
 from ..main import command
 from ..target import add_target_arguments, target_options
@@ -30,7 +31,7 @@ def add_arguments(p) -> None:
                                          "(default: random inputs)")
     p.add_argument("--dask-scheduler", help="measure on a Dask cluster (tcp://HOST:PORT) instead of locally")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--objective", choices=["cycles", "energy", "edp"],
+    p.add_argument("--objective", choices=list(OBJECTIVES),
                    help="what to minimise: cycles, energy (pJ) or edp (cycles x pJ); records keep it (cycles)")
 
 
