@@ -107,10 +107,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{energy / 1e6:.1f} uJ")
     print(f"  dense INT16 schedule, same machine: {dense_cycles:,.0f} cycles, {dense_energy / 1e6:.1f} uJ")
     cfg = packages["mp-mrf"][1].target.config
-    (bound, binds), (dense_bound, dense_binds) = (bound_per_inference(c, cfg) for c in (calls, dense_calls))
+    (bound, binds, bound_pj), (dense_bound, dense_binds, dense_bound_pj) = (
+        bound_per_inference(c, cfg) for c in (calls, dense_calls))
     print(f"  lower bounds per inference (from the runs' counts): MP-MRF {bound:,.0f} cycles ({binds} binds), "
           f"dense {dense_bound:,.0f} ({dense_binds}); the runs are {cycles / bound:.2f}x and "
           f"{dense_cycles / dense_bound:.2f}x their bounds")
+    print(f"  energy bounds per inference: MP-MRF {bound_pj / 1e6:.1f} uJ, dense {dense_bound_pj / 1e6:.1f} uJ; the "
+          f"runs are {energy / bound_pj:.2f}x and {dense_energy / dense_bound_pj:.2f}x theirs")
     print(f"  speedup over dense: {dense_cycles / cycles:.2f}x (the bounds allow {dense_bound / bound:.2f}x); "
           f"energy {energy / dense_energy:.2f}x of dense")
     print(f"  cosine similarity to onnxruntime's dense embeddings: mean {cos.mean():.5f}, min {cos.min():.5f} "

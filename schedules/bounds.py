@@ -61,6 +61,14 @@ chunks only add to them). Then:
 
 With masks, every count is exact per head; with counts only (what a call's statistics report), the kept
 union is the fewest (head, key) pairs whose causal row capacities hold the kept pairs, a weaker bound.
+
+**Energy** (the least any schedule spends, at the config's energy table as ``runtime_sim/energy.py``
+prices a run): the actions of the unit bounds once each (each round's low-bit MACs of its candidates,
+the compares, the Attention Unit's MACs, exponentials and the live rows' divides), the tiling minimum's
+DRAM bytes, each byte a buffer must take written once and read once (the live query rows' Q, read
+also by every round; the needed planes; gathered K/V written as the tiling minimum gathers them and
+read once per kept key; the output, written for live rows and stored whole; the needed bias), no
+stored scores and no index or parameter traffic, and leakage over the bound's cycles.
 """
 
 from __future__ import annotations
@@ -96,16 +104,25 @@ class CallBound:
     cycles: int
     binds: str
     from_counts: bool = False  # sparsity known by counts only: a weaker bound
+    energy_pj: float = 0.0  # the least energy (pJ) of any schedule, the module's last bound
 
     def ratio(self, cycles: float) -> float:
         """A simulated cycle count over the bound (>= 1 for every schedule)."""
         return cycles / self.cycles if self.cycles else math.inf
 
-    def format(self, sim_cycles: float, sim_dram_bytes: float | None = None) -> str:
-        """``1.32x the bound (dram binds)``, and with DRAM bytes ``; DRAM 1.10x the tiling minimum``."""
+    def energy_ratio(self, energy_pj: float) -> float:
+        """A simulated energy (pJ) over the energy bound (>= 1 for every schedule)."""
+        return energy_pj / self.energy_pj if self.energy_pj else math.inf
+
+    def format(self, sim_cycles: float, sim_dram_bytes: float | None = None,
+               sim_energy_pj: float | None = None) -> str:
+        """``1.32x the bound (dram binds)``, with DRAM bytes ``; DRAM 1.10x the tiling minimum``, with
+        energy ``; energy 1.25x its bound``."""
         text = f"{self.ratio(sim_cycles):.2f}x the bound ({self.binds} binds)"
         if sim_dram_bytes is not None and self.tiling_min_dram_bytes:
             text += f"; DRAM {sim_dram_bytes / self.tiling_min_dram_bytes:.2f}x the tiling minimum"
+        if sim_energy_pj is not None and self.energy_pj:
+            text += f"; energy {self.energy_ratio(sim_energy_pj):.2f}x its bound"
         return text
 
     def to_dict(self) -> dict:
@@ -120,7 +137,8 @@ def total_bound(bounds: Sequence[CallBound]) -> CallBound:
                      sum(x.dram_cycles for x in bounds), sum(x.compulsory_dram_bytes for x in bounds),
                      sum(x.tiling_min_dram_bytes for x in bounds), sum(x.latency_cycles for x in bounds),
                      sum(x.cycles for x in bounds),
-                     max(BINDS, key=share.__getitem__), any(x.from_counts for x in bounds))
+                     max(BINDS, key=share.__getitem__), any(x.from_counts for x in bounds),
+                     sum(x.energy_pj for x in bounds))
 
 
 # -- the sparsity, reduced to what the bounds need -----------------------------------------------------
@@ -333,8 +351,21 @@ def _bound(w: AttentionWorkload, cfg: HardwareConfig, sparsity, from_counts: boo
     units = dict(zip(BINDS, (math.ceil(fu), math.ceil(au), math.ceil(dram))))
     binds = max(BINDS, key=units.__getitem__)
     latency = cfg.dram_latency_cycles
+    cycles = latency + units[binds]
+    # the least energy: every action above once, the tiling minimum's DRAM bytes, each byte a buffer
+    # must take written once and read once (the Q rows of live queries, those with an allowed key, also
+    # once per round; the output stored whole but written only where a row attends), leakage over the
+    # bound's cycles
+    e = cfg.energy
+    fu_mac_passes = sum(c * d * cfg.fu_passes(r.q_bits, r.k_bits) for c, r in zip(sp.candidates, rounds))
+    sram = {"q": live_rows * d * 2 * (2 + len(rounds)), "kplane": 2 * planes, "kv": tiling_kv + kv,
+            "out": fixed["out"] + live_rows * d * 4, "bias": 2 * fixed["bias"]}
+    energy = (fu_mac_passes * e.fu_mac_4b + compares * heads * covered * e.fu_compare
+              + 2 * sp.kept * d * e.au_mac_16b + (sp.kept + live_rows) * e.au_exp + live_rows * d * e.au_div
+              + sum(n * e.sram_per_byte(cfg.buffer(buf)) for buf, n in sram.items())
+              + tiling * e.dram_per_byte + e.leakage_mw * cycles / cfg.clock_ghz)
     return CallBound(units["filter"], units["attention"], units["dram"], compulsory, tiling, latency,
-                     latency + units[binds], binds, from_counts)
+                     cycles, binds, from_counts, energy)
 
 
 def _bias_bytes(w: AttentionWorkload, allowed: np.ndarray, mm) -> int:

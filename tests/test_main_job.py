@@ -20,5 +20,8 @@ def test_main_job_on_the_real_model(tmp_path, capsys):
     ratios = line.split("the runs are ")[1].replace(" their bounds", "").replace("x", "").split(" and ")
     ratios = [float(r) for r in ratios]
     assert len(ratios) == 2 and all(r >= 1.0 for r in ratios)
+    line = out.split("energy bounds per inference")[1].split("\n")[0]
+    ratios = [float(r) for r in line.split("the runs are ")[1].replace(" theirs", "").replace("x", "").split(" and ")]
+    assert len(ratios) == 2 and all(r >= 1.0 for r in ratios)
     dense = float(out.split("(dense INT16: mean ")[1].split(")")[0])
     assert dense > 0.999  # with every key kept, only INT16 quantisation separates it from onnxruntime

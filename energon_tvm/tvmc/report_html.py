@@ -336,6 +336,11 @@ def _summary(result, rows: list[CallRow], total) -> str:
                           f"{kib(total.tiling_min_dram_bytes)} KiB (compulsory traffic "
                           f"{kib(total.compulsory_dram_bytes)} KiB)"])
         items.append(["energy per inference", f"{t['energy_pj'] / 1e6:.3f} µJ"])
+        if total is not None and total.energy_pj:
+            items.append(["energy against its bound",
+                          f"{total.energy_ratio(t['energy_pj']):.2f}x the least energy any schedule could take "
+                          f"({total.energy_pj / 1e6:.3f} µJ: every action once, the tiling minimum's DRAM "
+                          f"bytes, each buffered byte written and read once)"])
     items += [
         ["kept ratio per round (1 / 2 / ...; kept pairs / candidate pairs, all calls)",
          kept_text(t["kept_ratio"]) if rows else "n/a (no offloaded call)"],

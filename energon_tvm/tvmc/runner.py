@@ -70,14 +70,15 @@ def per_inference(runs) -> dict:
         "calls": per_run[0]["calls"] if per_run else 0, "kept_ratio": pooled["kept_ratio"]}
 
 
-def bound_per_inference(runs, cfg) -> tuple[float, str]:
+def bound_per_inference(runs, cfg) -> tuple[float, str, float]:
     """The mean over inferences (``runs``: one list of CallRecords each, run on ``cfg``) of their calls'
-    lower bound (:mod:`energon_tvm.schedules.bounds`, the count form: what a run's statistics hold), and
-    the unit that binds the most bound cycles of all their calls (:func:`total_bound`'s rule)."""
+    lower bound (:mod:`energon_tvm.schedules.bounds`, the count form: what a run's statistics hold), the
+    unit that binds the most bound cycles of all their calls (:func:`total_bound`'s rule), and the mean
+    energy bound (pJ)."""
     from ..schedules.bounds import call_bound_from_stats, total_bound
 
     total = total_bound([call_bound_from_stats(c.workload, cfg, c.stats) for calls in runs for c in calls])
-    return total.cycles / len(runs), total.binds
+    return total.cycles / len(runs), total.binds, total.energy_pj / len(runs)
 
 
 #: Limits for an inputs .npz, checked before zipfile reads its directory: real ones hold a few arrays.

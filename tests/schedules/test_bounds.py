@@ -58,6 +58,15 @@ def test_dense_single_tile_by_hand():
     assert call_bound_from_counts(w, EDGE, 64, []) == changed(b, from_counts=True)
     assert b.format(256) == "2.00x the bound (dram binds)"
     assert b.format(256, 1312) == "2.00x the bound (dram binds); DRAM 2.00x the tiling minimum"
+    # energy: 64 candidate compares; 1,024 MACs, 72 exponentials, 64 divides; Q written and read once
+    # (128 B each way), K and V gathered and read once (256 B each way), the output written and stored
+    # (256 B each way); the 656 DRAM bytes; leakage over the bound's cycles
+    e, sram = EDGE.energy, lambda buf: e.sram_per_byte(EDGE.buffer(buf))
+    expected = (64 * e.fu_compare + 1024 * e.au_mac_16b + 72 * e.au_exp + 64 * e.au_div
+                + 256 * sram("q") + 512 * sram("kv") + 512 * sram("out") + 656 * e.dram_per_byte
+                + e.leakage_mw * b.cycles / EDGE.clock_ghz)
+    assert b.energy_pj == pytest.approx(expected, rel=1e-12)
+    assert b.format(256, None, 2 * expected) == "2.00x the bound (dram binds); energy 2.00x its bound"
 
 
 def changed(b, **changes):
@@ -239,6 +248,7 @@ def test_no_schedule_beats_the_bound(case):
     weak = call_bound_from_counts(w, cfg, int(masks[0].sum()), [int(m.sum()) for m in masks[1:]])
     assert bound.tiling_min_dram_bytes >= bound.compulsory_dram_bytes
     assert weak.cycles <= bound.cycles and weak.tiling_min_dram_bytes <= bound.tiling_min_dram_bytes
+    assert weak.energy_pj <= bound.energy_pj * (1 + 1e-12)
     for s in [heuristic] + ([schedule] if fits(w, schedule, cfg) else []):
         stats = simulate(w, s, cfg, masks)
         where = f"{w.key()} on {cfg.name} with {s.to_json()}: {stats['cycles']} cycles vs {bound}"
@@ -246,3 +256,4 @@ def test_no_schedule_beats_the_bound(case):
         assert dram_moved(stats) >= bound.tiling_min_dram_bytes, where
         assert stats["units"]["filter"]["busy"] >= bound.fu_cycles, where
         assert stats["units"]["attend"]["busy"] >= bound.au_cycles, where
+        assert stats["energy_pj"]["total"] >= bound.energy_pj * (1 - 1e-12), where

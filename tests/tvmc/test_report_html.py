@@ -184,6 +184,19 @@ def test_summary_has_the_bound_beside_the_cycles(result, page):
     assert summary["lower bound per inference"].startswith(f"{sum(b.cycles for b in bounds):,} cycles")
     assert summary["simulated / lower bound"] == f"{cycles / sum(b.cycles for b in bounds):.2f}x"
     assert summary[rh.POLICY_LABEL] == "mpmrf (Q4xK2 gap=8, Q4xK4 gap=4), every call"
+    energy, least = sum(c.stats["energy_pj"]["total"] for c in result.calls), sum(b.energy_pj for b in bounds)
+    assert energy >= least > 0
+    assert summary["energy against its bound"].startswith(f"{energy / least:.2f}x the least energy any schedule")
+
+
+def test_profile_puts_the_energy_beside_its_bound(result):
+    lines = _profile_lines(result)
+    line = next(x for x in lines if x.startswith("energy ") and "its lower bound" in x)
+    cfg = rh.run_config(result.manifest)
+    least = sum(call_bound_from_stats(c.workload, cfg, c.stats).energy_pj for c in result.calls)
+    energy = sum(c.stats["energy_pj"]["total"] for c in result.calls)
+    assert line == (f"energy {energy / 1e6:.3f} uJ, {energy / least:.2f}x its lower bound of "
+                    f"{least / 1e6:.3f} uJ")
 
 
 def _rows(result):

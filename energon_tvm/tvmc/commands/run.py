@@ -94,9 +94,14 @@ def _profile_lines(result) -> list[str]:
         total = sum(v for _, v in parts)
         lines.append("energy by component, uJ: " + ", ".join(
             f"{label} {v:.3f} ({v / total:.0%})" for label, v in parts))
+    inference_bound = bound_total(bounds)
+    if inference_bound is not None and inference_bound.energy_pj:
+        lines.append(f"energy {t['energy_pj'] / 1e6:.3f} uJ, {inference_bound.energy_ratio(t['energy_pj']):.2f}x "
+                     f"its lower bound of {inference_bound.energy_pj / 1e6:.3f} uJ")
     if any(b is not None for b in bounds):
         lines.append("x bound: simulated cycles over the fewest any schedule could take on this machine with the "
-                     "kept counts of the run (docs/scheduler.md, Lower bounds)")
+                     "kept counts of the run; the energy bound likewise the least energy (docs/scheduler.md, "
+                     "Lower bounds)")
     return lines
 
 
