@@ -161,17 +161,19 @@ def test_reference_profile_gives_kept_ratios_and_no_machine_figures(sparse_packa
 
 def test_bound_per_inference_is_the_mean_and_names_the_unit_of_the_most_bound_cycles(monkeypatch):
     """Three inferences, two binding on attention, one on DRAM with more bound cycles than the other two
-    together: the mean of their bounds, and DRAM (a vote of inferences would say attention), in any order."""
+    together: the mean of their bounds, and DRAM (a vote of inferences would say attention), in any order;
+    and the mean of their energy bounds."""
     from types import SimpleNamespace
 
     from energon_tvm.schedules import bounds
 
     from energon_tvm.tvmc.runner import bound_per_inference
 
-    def inference(cycles: int, binds: str) -> list:  # one call whose "statistics" are its bound
-        return [SimpleNamespace(workload=None, stats=bounds.CallBound(0, 0, 0, 0, 0, 0, cycles, binds))]
+    def inference(cycles: int, binds: str, pj: float) -> list:  # one call whose "statistics" are its bound
+        return [SimpleNamespace(workload=None, stats=bounds.CallBound(0, 0, 0, 0, 0, 0, cycles, binds,
+                                                                      energy_pj=pj))]
 
     monkeypatch.setattr(bounds, "call_bound_from_stats", lambda w, cfg, stats: stats)
-    runs = [inference(60, "attention"), inference(60, "attention"), inference(200, "dram")]
+    runs = [inference(60, "attention", 30.0), inference(60, "attention", 60.0), inference(200, "dram", 90.0)]
     for order in (runs, runs[::-1]):
-        assert bound_per_inference(order, None) == (320 / 3, "dram")
+        assert bound_per_inference(order, None) == (320 / 3, "dram", 60.0)
