@@ -29,6 +29,7 @@ from .isa.errors import BinaryFormatError, ConfigError, EnergonError, ScheduleEr
 from .isa.numerics import MPMRFParams
 from .isa.program import Program
 from .schedules import AttentionWorkload, Schedule, check_program, default_schedule, emit_program
+from .schedules.cost import DEFAULT_OBJECTIVE, OBJECTIVES
 
 BACKENDS = ("simulator", "timing", "reference")
 HEURISTIC = "heuristic"
@@ -39,14 +40,17 @@ TUNED = "tuning records"
 @dataclass(frozen=True)
 class ScheduleChoice:
     """The schedule one workload got, and where it came from: :data:`HEURISTIC` or :data:`TUNED` (then
-    ``record`` is the record's id, :func:`record_id`)."""
+    ``record`` is the record's id, :func:`record_id`), and what it was chosen for: the objective the
+    heuristic ranked by, or the one the record was tuned for."""
 
     schedule: Schedule
     source: str = HEURISTIC  # or TUNED
     record: str | None = None
+    objective: str | None = None  # one of schedules.cost.OBJECTIVES
 
     def describe(self) -> str:
-        return self.source if self.record is None else f"{self.source} {self.record}"
+        text = self.source if self.record is None else f"{self.source} {self.record}"
+        return text if self.objective is None else f"{text}, {self.objective}"
 
 
 def record_id(record) -> str:
@@ -64,8 +68,6 @@ class ScheduleSource:
     objective: str | None = None  # the heuristic's ranking: one of schedules.cost.OBJECTIVES
 
     def __post_init__(self) -> None:
-        from .schedules.cost import OBJECTIVES
-
         if self.objective is not None and self.objective not in OBJECTIVES:
             raise ConfigError(f"schedule objective = {self.objective!r}; one of {', '.join(OBJECTIVES)}")
 
@@ -85,8 +87,9 @@ class ScheduleSource:
 
             best = best_record(self.records, workload, cfg)  # matching, measured, and fitting this machine
             if best is not None:
-                return ScheduleChoice(best.schedule, TUNED, record_id(best))
-        return ScheduleChoice(default_schedule(workload, cfg, self.objective))
+                return ScheduleChoice(best.schedule, TUNED, record_id(best), best.objective)
+        objective = DEFAULT_OBJECTIVE if self.objective is None else self.objective
+        return ScheduleChoice(default_schedule(workload, cfg, objective), objective=objective)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ class CompiledCall:
     schedule: dict
     schedule_source: str  # executor.HEURISTIC or executor.TUNED
     schedule_record: str | None = None  # the tuning record's id (executor.record_id)
+    schedule_objective: str | None = None  # what the heuristic ranked by, or the record was tuned for
 
     @property
     def member(self) -> str:
@@ -107,6 +108,7 @@ class CompileResult:
             "outputs": [o.to_dict() for o in self.outputs],
             "calls": [{"site": c.site, "workload": c.workload, "schedule": c.schedule,
                        "schedule_source": c.schedule_source, "schedule_record": c.schedule_record,
+                       "schedule_objective": c.schedule_objective,
                        "program": c.member} for c in self.calls],
             "offloads": [] if self.offloads is None else [r.to_dict() for r in self.offloads],
             "compile_seconds": self.timings,
@@ -207,7 +209,7 @@ def partition_model(model_path, *, model_format: str | None = None, target: str 
         for i, record in enumerate(report.offloaded):
             choice = record.schedule
             calls.append(CompiledCall(i, record.site, record.workload.to_dict(), record.program,
-                                      choice.schedule.to_dict(), choice.source, choice.record))
+                                      choice.schedule.to_dict(), choice.source, choice.record, choice.objective))
             if schedules.records and choice.source == HEURISTIC:
                 say(f"no tuning record for {record.workload.key()} on {tgt.config.name}; using the heuristic "
                     f"schedule")

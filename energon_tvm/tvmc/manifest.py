@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..schedules.cost import OBJECTIVES
 from .errors import PackageError
 
 
@@ -51,6 +52,8 @@ CPU_NAME = Text(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "an LLVM CPU name (letters, 
 CPU_FEATURE = Text(r"[a-z0-9][a-z0-9_.-]{0,63}", "an LLVM CPU feature name (lower-case letters, digits, _ . -)")
 CALL = {"site": str, "workload": dict, "schedule": dict, "schedule_source": Text(r"heuristic|tuning records",
         "'heuristic' or 'tuning records'"), "schedule_record": Opt(Text(r"[0-9a-f]{12}", "12 hex digits")),
+        # what the heuristic ranked by or the record was tuned for (absent in packages older than the choice)
+        "schedule_objective": Opt(Text("|".join(OBJECTIVES), "one of " + ", ".join(OBJECTIVES))),
         "program": Text(r"programs/call_\d{3,6}\.bin", "a programs/call_NNN.bin member")}
 SCHEMA = {
     "format": str,

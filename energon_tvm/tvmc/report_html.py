@@ -98,10 +98,18 @@ def schedule_text(entry: dict | None) -> str:
     knobs = entry.get("schedule", {})
     known = [f.name for f in fields(Schedule)]  # the schedule's own order; knobs it does not know go last
     order = sorted(knobs, key=lambda k: (known.index(k) if k in known else len(known), k))
+    return ", ".join(f"{k}={knobs[k]}" for k in order) + f" ({schedule_origin(entry)})"
+
+
+def schedule_origin(entry: dict) -> str:
+    """Where a manifest call's schedule came from: ``heuristic, ranked by edp`` or ``tuning records,
+    record 0123456789ab, tuned for cycles`` (packages older than the objective name none)."""
     source = entry.get("schedule_source", "?")
     if entry.get("schedule_record"):
         source += f", record {entry['schedule_record']}"
-    return ", ".join(f"{k}={knobs[k]}" for k in order) + f" ({source})"
+    if entry.get("schedule_objective"):
+        source += f", {'tuned for' if entry.get('schedule_record') else 'ranked by'} {entry['schedule_objective']}"
+    return source
 
 
 def kept_text(ratios) -> str:

@@ -521,6 +521,7 @@ def _cases() -> list[Case]:
         ("host-only but with calls", _set(["offload"], False)),
         ("schedule_source unknown", _set(["calls", 0, "schedule_source"], "oracle")),
         ("schedule_record not hex", _set(["calls", 0, "schedule_record"], "../x")),
+        ("schedule_objective unknown", _set(["calls", 0, "schedule_objective"], "latency")),
         ("params garbage", _set(["params"], {"rounds": "all"})),
         ("two calls share a site", _set(["calls", 1, "site"], "lv13")),
         ("host features a string", _set(["host", "features"], "avx2")),

@@ -204,8 +204,8 @@ def test_inspect_names_the_policy_in_the_header_and_per_call(packages, policy, v
     lines = capsys.readouterr().out.splitlines()
     assert f"selection: {text}, every call" in lines
     calls = [line for line in lines if line.startswith("=== call ")]
-    assert calls == [f"=== call 0: site lv13, policy {policy} (heuristic schedule) ===",
-                     f"=== call 1: site lv29, policy {policy} (heuristic schedule) ==="]
+    assert calls == [f"=== call 0: site lv13, policy {policy} (schedule: heuristic, ranked by edp) ===",
+                     f"=== call 1: site lv29, policy {policy} (schedule: heuristic, ranked by edp) ==="]
     workloads = [line for line in lines if line.startswith("workload: ")]
     assert len(workloads) == 2 and all(line.endswith(f"; policy {text}") for line in workloads)
     rows = [line.split() for line in lines if line.startswith("  lv")]

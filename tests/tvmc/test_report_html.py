@@ -149,7 +149,7 @@ def test_each_call_shows_its_policy_config_schedule_and_bound(result, page):
         assert row["selection policy"] == "mpmrf (Q4xK2 gap=8, Q4xK4 gap=4)"  # the default policy
         assert row["hardware config"] == "edge" == call.stats["config"]
         knobs = entries[call.site]["schedule"]
-        assert row["schedule (source)"].endswith("(heuristic)")
+        assert row["schedule (source)"].endswith("(heuristic, ranked by edp)")
         for k, v in knobs.items():
             assert f"{k}={v}" in row["schedule (source)"]
         assert row["schedule (source)"].startswith(f"q_tile={knobs['q_tile']}, k_chunk={knobs['k_chunk']}")

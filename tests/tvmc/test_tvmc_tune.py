@@ -51,6 +51,7 @@ def test_tune_for_energy_records_the_objective_and_compile_picks_by_it(model_fil
     tuned = compile_model(model_files / "model.onnx", tuning_records=str(records))
     best = min((r for r in lines if r.get("error") is None), key=lambda r: r["energy_pj"])
     assert tuned.calls[0].schedule == best["schedule"]
+    assert tuned.calls[0].schedule_source == "tuning records" and tuned.calls[0].schedule_objective == "energy"
 
 
 def test_unknown_objective_is_one_line(model_files, capsys):
@@ -111,6 +112,7 @@ def test_compile_objective_ranks_the_heuristic_schedules_of_calls_without_a_reco
             assert call.schedule_source == "heuristic"
             assert Schedule.from_dict(call.schedule) == default_schedule(w, cfg, objective)
         picked[objective] = Schedule.from_dict(result.calls[0].schedule)
+        assert all(call["schedule_objective"] == objective for call in result.manifest()["calls"])
     # on these tiny calls the estimate prices scoring twice below writing and reading stored scores
     assert (picked["cycles"].filter_mode, picked["energy"].filter_mode) == ("store", "recompute")
     assert main(["compile", str(model_files / "model.onnx"), "-o", str(model_files / "energy.tar"),

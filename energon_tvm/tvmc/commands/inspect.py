@@ -20,6 +20,7 @@ def run(args) -> int:
     from ...isa.numerics import MPMRFParams
     from ..inspect import describe_program, selection_lines, threshold_table
     from ..package import read_package
+    from ..report_html import schedule_origin
 
     path = Path(args.path)
     if not path.exists():
@@ -52,6 +53,6 @@ def run(args) -> int:
         print("\n" + threshold_table(m))
     for i, call in enumerate(m["calls"]):
         policy = MPMRFParams.from_dict(call["workload"]["params"]).policy
-        print(f"\n=== call {i}: site {call['site']}, policy {policy} ({call['schedule_source']} schedule) ===")
+        print(f"\n=== call {i}: site {call['site']}, policy {policy} (schedule: {schedule_origin(call)}) ===")
         print(describe_program(pkg.program(call), code=not args.no_code))
     return 0
