@@ -57,7 +57,7 @@ def describe_program(blob: bytes, cfg: HardwareConfig | None = None, code: bool 
         dram = most["dram_bytes"]["read_total"] + most["dram_bytes"]["write_total"]
         lines.append(f"lower bound for that work: {floor.cycles:,} cycles ({floor.binds} binds; filter "
                      f"{floor.fu_cycles:,}, attention {floor.au_cycles:,}, DRAM {floor.dram_cycles:,}); this "
-                     f"schedule is {floor.format(most['cycles'], dram)}")
+                     f"schedule is {floor.format(most['cycles'], dram, most['energy_pj']['total'])}")
     if code:
         lines.append("")
         lines.append(disassemble(prog))

@@ -2,6 +2,8 @@
 its own machine and into its own runner, equal to its own separate run; a program needs nothing but its
 bytes; a compile's report carries the programs and schedules the package is written from."""
 
+import re
+
 import numpy as np
 import pytest
 from energon_tvm.isa.program import Program
@@ -122,6 +124,7 @@ def test_host_only_compile_still_counts_the_sites_and_inspect_reads_dumped_asm(m
     assert main(["inspect", str(asm), "--no-code"]) == 0
     shown = capsys.readouterr().out
     assert shown.startswith("program: ") and "lower bound for that work" in shown
+    assert float(re.search(r"; energy (\d+\.\d+)x its bound", shown).group(1)) >= 1.0
     asm.write_text(asm.read_text().replace("ld.q ", "ld.qq ", 1))
     assert main(["inspect", str(asm)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
