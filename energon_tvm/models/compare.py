@@ -125,15 +125,17 @@ def simulate_call(q, k, v, mask, scale, params: MPMRFParams, cfg):
 
 
 def _figures(setting: str, params: MPMRFParams, inferences: Sequence[Sequence[tuple]], cfg) -> MachineFigures:
-    """Sum every call of an inference, average the inferences."""
+    """Sum every call of an inference, average the inferences; what binds is the unit that binds the
+    most bound cycles of all their calls (``total_bound``'s rule)."""
     from ..schedules.bounds import total_bound
 
-    per = []
+    per, every_bound = [], []
     kept = cand = 0
     for calls in inferences:
         stats, bounds = zip(*(simulate_call(*c, params, cfg) for c in calls))
+        every_bound += bounds
         total = total_bound(bounds)
-        per.append((sum(s["cycles"] for s in stats), total.cycles, total.binds,
+        per.append((sum(s["cycles"] for s in stats), total.cycles,
                     sum(s["energy_pj"]["total"] for s in stats) / 1e6,
                     sum(s["dram_bytes"]["read_total"] + s["dram_bytes"]["write_total"] for s in stats),
                     total.compulsory_dram_bytes))
@@ -141,11 +143,11 @@ def _figures(setting: str, params: MPMRFParams, inferences: Sequence[Sequence[tu
             cand += s["candidates"]
             kept += s["kept_per_round"][-1] if s["kept_per_round"] else s["candidates"]
     cycles = np.array([p[0] for p in per], np.float64)
-    binds = max({p[2] for p in per}, key=[p[2] for p in per].count)
     return MachineFigures(setting, params.policy, kept / cand if cand else 1.0, float(cycles.mean()),
                           float(cycles.std(ddof=1) / np.sqrt(len(cycles))) if len(cycles) > 1 else 0.0,
-                          float(np.mean([p[1] for p in per])), binds, float(np.mean([p[3] for p in per])),
-                          float(np.mean([p[4] for p in per])), float(np.mean([p[5] for p in per])), len(per))
+                          float(np.mean([p[1] for p in per])), total_bound(every_bound).binds,
+                          float(np.mean([p[2] for p in per])), float(np.mean([p[3] for p in per])),
+                          float(np.mean([p[4] for p in per])), len(per))
 
 
 def model_inferences(samples: Mapping[str, Sequence]) -> list[list[tuple]]:

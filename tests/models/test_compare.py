@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from energon_tvm.isa.config import load_config
-from energon_tvm.isa.numerics import POLICIES
+from energon_tvm.isa.numerics import POLICIES, MPMRFParams
 
 from energon_tvm.models import compare
 from energon_tvm.models.evaluation import SettingResult, TaskResult
@@ -70,6 +70,24 @@ def test_machine_figures_agree_with_the_reference_and_the_bound(name):
     assert fig.policy == params.policy and fig.inputs == 2
     assert fig.bound_cycles <= fig.cycles and fig.compulsory_dram_bytes <= fig.dram_bytes
     assert fig.energy_uj > 0 and fig.cycles_se >= 0
+
+
+def test_what_binds_is_the_unit_of_the_most_bound_cycles_not_a_vote_of_inferences(monkeypatch):
+    # two inferences bound by attention (60 cycles each), one by DRAM (200): DRAM sets most of the bound
+    from energon_tvm.schedules.bounds import CallBound
+
+    stats = {"cycles": 300, "energy_pj": {"total": 1.0}, "dram_bytes": {"read_total": 1, "write_total": 1},
+             "candidates": 4, "kept_per_round": [2]}
+
+    def call(q, k, v, mask, scale, params, cfg):  # the "call" is its bound's cycles and unit
+        return stats, CallBound(0, 0, 0, 0, 0, 0, q, k)
+
+    monkeypatch.setattr(compare, "simulate_call", call)
+    inferences = [[(60, "attention", None, None, None)], [(60, "attention", None, None, None)],
+                  [(200, "dram", None, None, None)]]
+    for order in (inferences, inferences[::-1]):
+        fig = compare.machine_figures(order, {"gap 8/4": MPMRFParams()}, load_config("edge"), progress=False)[0]
+        assert fig.binds == "dram" and fig.bound_cycles == pytest.approx(320 / 3)
 
 
 def test_dense_keeps_everything_and_sparse_moves_less():
