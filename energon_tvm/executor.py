@@ -29,7 +29,7 @@ from .isa.errors import BinaryFormatError, ConfigError, EnergonError, ScheduleEr
 from .isa.numerics import MPMRFParams
 from .isa.program import Program
 from .schedules import AttentionWorkload, Schedule, check_program, default_schedule, emit_program
-from .schedules.cost import DEFAULT_OBJECTIVE, OBJECTIVES
+from .schedules.cost import resolve_objective
 
 BACKENDS = ("simulator", "timing", "reference")
 HEURISTIC = "heuristic"
@@ -68,8 +68,10 @@ class ScheduleSource:
     objective: str | None = None  # the heuristic's ranking: one of schedules.cost.OBJECTIVES
 
     def __post_init__(self) -> None:
-        if self.objective is not None and self.objective not in OBJECTIVES:
-            raise ConfigError(f"schedule objective = {self.objective!r}; one of {', '.join(OBJECTIVES)}")
+        try:
+            resolve_objective(self.objective)
+        except ScheduleError as err:
+            raise ConfigError(f"schedule {err}") from None
 
     @classmethod
     def from_records(cls, records, objective: str | None = None) -> ScheduleSource:
@@ -88,7 +90,7 @@ class ScheduleSource:
             best = best_record(self.records, workload, cfg)  # matching, measured, and fitting this machine
             if best is not None:
                 return ScheduleChoice(best.schedule, TUNED, record_id(best), best.objective)
-        objective = DEFAULT_OBJECTIVE if self.objective is None else self.objective
+        objective = resolve_objective(self.objective)
         return ScheduleChoice(default_schedule(workload, cfg, objective), objective=objective)
 
 

@@ -360,6 +360,24 @@ class HardwareConfig:
             raise ConfigError(f"config {self.name!r}: {err}") from None
 
 
+def price_actions(cfg: HardwareConfig, *, fu_mac_passes: float, compares: float, au_macs: float, exps: float,
+                  norms: float, sram_bytes: dict[str, float], dram_bytes: float, cycles: float) -> dict[str, float]:
+    """Energy in picojoules by component of the given action counts at ``cfg``'s energy table: the one
+    pricing a simulated run (``runtime_sim.energy``), the scheduler's estimate and the energy lower bound
+    share. ``sram_bytes``: bytes written plus read, per buffer; leakage over ``cycles``."""
+    e = cfg.energy
+    out = {
+        "filter_unit": fu_mac_passes * e.fu_mac_4b + compares * e.fu_compare,
+        "attention_unit": au_macs * e.au_mac_16b + exps * e.au_exp + norms * e.au_div,
+    }
+    for buf, n in sram_bytes.items():
+        out[f"sram_{buf}"] = n * e.sram_per_byte(cfg.buffer(buf))
+    out["dram"] = dram_bytes * e.dram_per_byte
+    out["leakage"] = e.leakage_mw * cycles / cfg.clock_ghz  # mW x ns = pJ
+    out["total"] = sum(out.values())
+    return out
+
+
 def _section(doc: dict, key: str, where: str) -> dict:
     value = doc.get(key)
     if not isinstance(value, dict):

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from ..isa.config import HardwareConfig
+from ..isa.config import HardwareConfig, price_actions
 
 
 def energy_breakdown(stats: dict, cfg: HardwareConfig) -> dict[str, float]:
     """Energy in picojoules by component, from a run's stats (see :mod:`.machine`)."""
-    e = cfg.energy
-    fu_passes = stats["fu_mac_passes"]
-    out = {
-        "filter_unit": fu_passes * e.fu_mac_4b + stats["compares"] * e.fu_compare,
-        "attention_unit": stats["macs"]["au_int16"] * e.au_mac_16b + stats["exps"] * e.au_exp
-        + stats["norms"] * e.au_div,
-    }
-    for buf, acc in stats["sram_bytes"].items():
-        out[f"sram_{buf}"] = (acc["read"] + acc["write"]) * e.sram_per_byte(cfg.buffer(buf))
-    out["dram"] = (stats["dram_bytes"]["read_total"] + stats["dram_bytes"]["write_total"]) * e.dram_per_byte
-    # leakage: mW x ns = pJ
-    out["leakage"] = e.leakage_mw * stats["cycles"] / cfg.clock_ghz
-    out["total"] = sum(out.values())
-    return out
+    return price_actions(
+        cfg, fu_mac_passes=stats["fu_mac_passes"], compares=stats["compares"], au_macs=stats["macs"]["au_int16"],
+        exps=stats["exps"], norms=stats["norms"],
+        sram_bytes={buf: acc["read"] + acc["write"] for buf, acc in stats["sram_bytes"].items()},
+        dram_bytes=stats["dram_bytes"]["read_total"] + stats["dram_bytes"]["write_total"], cycles=stats["cycles"])

@@ -79,7 +79,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..isa.config import HardwareConfig
+from ..isa.config import HardwareConfig, price_actions
 from ..isa.errors import ScheduleError
 from ..isa.instructions import ThresholdRule
 from .emit import kv_rows, plan_memory
@@ -356,14 +356,12 @@ def _bound(w: AttentionWorkload, cfg: HardwareConfig, sparsity, from_counts: boo
     # must take written once and read once (the Q rows of live queries, those with an allowed key, also
     # once per round; the output stored whole but written only where a row attends), leakage over the
     # bound's cycles
-    e = cfg.energy
-    fu_mac_passes = sum(c * d * cfg.fu_passes(r.q_bits, r.k_bits) for c, r in zip(sp.candidates, rounds))
     sram = {"q": live_rows * d * 2 * (2 + len(rounds)), "kplane": 2 * planes, "kv": tiling_kv + kv,
             "out": fixed["out"] + live_rows * d * 4, "bias": 2 * fixed["bias"]}
-    energy = (fu_mac_passes * e.fu_mac_4b + compares * heads * covered * e.fu_compare
-              + 2 * sp.kept * d * e.au_mac_16b + (sp.kept + live_rows) * e.au_exp + live_rows * d * e.au_div
-              + sum(n * e.sram_per_byte(cfg.buffer(buf)) for buf, n in sram.items())
-              + tiling * e.dram_per_byte + e.leakage_mw * cycles / cfg.clock_ghz)
+    energy = price_actions(
+        cfg, fu_mac_passes=sum(c * d * cfg.fu_passes(r.q_bits, r.k_bits) for c, r in zip(sp.candidates, rounds)),
+        compares=compares * heads * covered, au_macs=2 * sp.kept * d, exps=sp.kept + live_rows,
+        norms=live_rows * d, sram_bytes=sram, dram_bytes=tiling, cycles=cycles)["total"]
     return CallBound(units["filter"], units["attention"], units["dram"], compulsory, tiling, latency,
                      cycles, binds, from_counts, energy)
 

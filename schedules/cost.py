@@ -30,7 +30,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ..isa.config import HardwareConfig
+from ..isa.config import HardwareConfig, price_actions
 from ..isa.errors import ScheduleError
 from ..isa.instructions import BiasMode, ThresholdRule
 from .schedule import TilingPlan
@@ -65,6 +65,15 @@ OBJECTIVES = ("cycles", "energy", "edp")
 #: about as fast the one moving far fewer bytes wins (dense BERT-base S=2048 on edge: 1.04x the cycles
 #: of the fastest at 0.56x its energy, docs/scheduler.md). A tuning session's default stays cycles
 DEFAULT_OBJECTIVE = "edp"
+
+
+def resolve_objective(objective: str | None) -> str:
+    """``objective``, or :data:`DEFAULT_OBJECTIVE` when None; a ScheduleError naming the choices when it is
+    none of :data:`OBJECTIVES`."""
+    objective = DEFAULT_OBJECTIVE if objective is None else objective
+    if objective not in OBJECTIVES:
+        raise ScheduleError(f"objective = {objective!r}; one of {', '.join(OBJECTIVES)}")
+    return objective
 
 
 #: the assumed fraction of its candidates a round with threshold at the mean (alpha 0) keeps
@@ -205,23 +214,19 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
         "kv": kv_bytes + 2 * tiles * covered * union(plan.rows) * key_bytes,
         "out": 2 * out_bytes,
     }
-    e = cfg.energy
-    energy = (fu_mac_passes * e.fu_mac_4b + compares * e.fu_compare
-              + 2 * kept_pairs * d * e.au_mac_16b + (kept_pairs + heads * sq) * e.au_exp
-              + heads * sq * d * e.au_div
-              + sum(n * e.sram_per_byte(cfg.buffer(buf)) for buf, n in sram.items())
-              + (load_bytes + out_bytes) * e.dram_per_byte + e.leakage_mw * cycles / cfg.clock_ghz)
+    energy = price_actions(cfg, fu_mac_passes=fu_mac_passes, compares=compares, au_macs=2 * kept_pairs * d,
+                           exps=kept_pairs + heads * sq, norms=heads * sq * d, sram_bytes=sram,
+                           dram_bytes=load_bytes + out_bytes, cycles=cycles)["total"]
     return CostEstimate(fu, au, load, channel, load_bytes + out_bytes, cycles, energy, MappingProxyType(sram))
 
 
 def cost_key(plan: TilingPlan, cfg: HardwareConfig, objective: str = DEFAULT_OBJECTIVE) -> tuple[float, ...]:
     """How the heuristic ranks a fitting plan, by ``objective`` (one of :data:`OBJECTIVES`): estimated
     cycles, then DRAM bytes; estimated energy, then cycles; or their product."""
+    objective = resolve_objective(objective)
     e = estimate(plan, cfg)
     if objective == "cycles":
         return math.floor(e.cycles), e.dram_bytes
     if objective == "energy":
         return e.energy_pj, e.cycles
-    if objective == "edp":
-        return e.cycles * e.energy_pj, e.cycles
-    raise ScheduleError(f"objective = {objective!r}; one of {', '.join(OBJECTIVES)}")
+    return e.cycles * e.energy_pj, e.cycles

@@ -350,11 +350,9 @@ def default_schedule(workload: AttentionWorkload, cfg: HardwareConfig, objective
     of :mod:`.cost` ranks first by ``objective`` (``cycles``: estimated cycles, then DRAM bytes;
     ``energy``: estimated energy, then cycles; ``edp``, the default (``cost.DEFAULT_OBJECTIVE``): their
     product; the first in candidate order of equals)."""
-    from .cost import DEFAULT_OBJECTIVE, OBJECTIVES
+    from .cost import resolve_objective
 
-    objective = DEFAULT_OBJECTIVE if objective is None else objective
-    if objective not in OBJECTIVES:
-        raise ScheduleError(f"objective = {objective!r}; one of {', '.join(OBJECTIVES)}")
+    objective = resolve_objective(objective)
     check_workload(workload, cfg)
     return _ranked_first(workload, cfg, objective)
 
