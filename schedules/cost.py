@@ -132,9 +132,10 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
     rounds = w.params.rounds
     passes = 1 if s.filter_mode == "store" else 2
 
-    fu_mac_passes, candidates = 0.0, pairs
+    fu_mac_passes, candidates, round_candidates = 0.0, pairs, []
     for r in rounds:
         fu_mac_passes += passes * candidates * d * cfg.fu_passes(r.q_bits, r.k_bits)
+        round_candidates.append(candidates)
         candidates *= round_keep(r)
     kept_pairs = candidates
     # candidate building, then each round's select at its rule's compares per (row, key)
@@ -198,7 +199,8 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
 
     # each buffer's bytes written plus read: filter instructions (F.SCORE, and F.RESELECT when scores are
     # recomputed) read a sub-tile's Q rows, its chunk's planes and bias; F.CAND the bias; every A.ATTN the
-    # tile's Q, its bias and the kept K/V rows of its chunk
+    # tile's Q, its bias and the kept K/V rows of its chunk; stored scores are written and read once per
+    # candidate of their round
     # (a whole-row filter instruction reads the whole key row, causal or not; each filter share reads the
     # padding row again, and its own rows of a per-row bias)
     filter_reads = passes * len(rounds)
@@ -208,7 +210,8 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
     sram = {
         "q": q_bytes * (1 + filter_reads * filter_instructions + chunks_per_tile),
         "kplane": plane_bytes + passes * tiles * shares * filter_keys * plane_key_bytes * sum(r.k_bits for r in rounds),
-        "score": 2 * heads * sq * filter_keys * sum(plan.score_bytes) if s.filter_mode == "store" else 0.0,
+        "score": (2 * sum(c * b for c, b in zip(round_candidates, plan.score_bytes))
+                  if s.filter_mode == "store" else 0.0),
         "bias": bias_bytes + row_bias * (filter_keys * (1 + filter_reads * (shares if plan.bias_rows == 1 else 1))
                                          + covered),
         "kv": kv_bytes + 2 * tiles * covered * union(plan.rows) * key_bytes,

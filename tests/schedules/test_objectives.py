@@ -98,8 +98,9 @@ SRAM_CASES = [  # (config, workload, schedule or None for the heuristic's)
 
 @pytest.mark.parametrize("cfg_name,w,schedule", SRAM_CASES)
 def test_estimated_buffer_traffic_is_the_simulators_where_sparsity_does_not_change_it(cfg_name, w, schedule):
-    # Q, planes, stored scores, bias and output are read and written the same whatever is kept: the
-    # estimate that prices them counts exactly the simulator's bytes (K/V depend on the kept union)
+    # Q, planes, bias and output are read and written the same whatever is kept: the estimate that
+    # prices them counts exactly the simulator's bytes (K/V depend on the kept union, stored scores on
+    # each round's candidates: written and read once each, at the round's score width)
     cfg = load_config(cfg_name)
     schedule = schedule or default_schedule(w, cfg)
     assert fits(w, schedule, cfg)
@@ -109,10 +110,29 @@ def test_estimated_buffer_traffic_is_the_simulators_where_sparsity_does_not_chan
         bias = np.zeros(w.bias_shape, np.float32)
         bias[..., -3:] = -1e4
     stats = Simulator(cfg).run(emit_program(w, schedule, cfg), profile=profile_from_arrays(w, q, k, v, bias)).stats
-    est = estimate(plan_tiling(w, schedule, cfg), cfg).sram_bytes
-    for buf in ("q", "kplane", "score", "bias", "out"):
+    plan = plan_tiling(w, schedule, cfg)
+    est = estimate(plan, cfg).sram_bytes
+    for buf in ("q", "kplane", "bias", "out"):
         acc = stats["sram_bytes"][buf]
         assert acc["read"] + acc["write"] == pytest.approx(est[buf], rel=1e-9, abs=0), buf
+    scores = stats["sram_bytes"]["score"]
+    round_candidates = (stats["candidates"], *stats["kept_per_round"][:-1])
+    stored = sum(c * b for c, b in zip(round_candidates, plan.score_bytes)) if schedule.filter_mode == "store" else 0
+    assert scores["write"] == scores["read"] == stored
+
+
+def test_estimated_score_traffic_is_the_simulators_for_a_round_of_known_candidates():
+    # one round over every pair: its candidates are known before any data is, and the estimate's stored
+    # scores are the simulator's bytes (later rounds' candidates are the kept ratio the estimate assumes)
+    cfg = load_config("edge")
+    w = AttentionWorkload(1, 2, 256, 256, 64, params=MPMRFParams.from_values("gap", (8.0,), bits=((4, 4),)))
+    schedule = default_schedule(w, cfg)
+    assert schedule.filter_mode == "store"
+    q, k, v = structured_qkv(np.random.default_rng(0), 1, 2, 256, 256, 64)
+    stats = Simulator(cfg).run(emit_program(w, schedule, cfg), profile=profile_from_arrays(w, q, k, v)).stats
+    plan = plan_tiling(w, schedule, cfg)
+    assert stats["sram_bytes"]["score"]["write"] == 2 * 256 * 256 * plan.score_bytes[0]
+    assert estimate(plan, cfg).sram_bytes["score"] == 2 * stats["sram_bytes"]["score"]["write"]
 
 
 def test_an_unknown_objective_is_refused_naming_the_choices():

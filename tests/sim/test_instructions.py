@@ -278,6 +278,17 @@ def test_narrow_scores_select_as_wide_ones_and_trap_when_they_do_not_fit(cfg, kb
     assert moved[0] == {"read": SQ * SK * 4, "write": SQ * SK * 4}
 
 
+@pytest.mark.parametrize("mode", [BiasMode.NONE, BiasMode.TILE])
+def test_stored_scores_are_billed_for_the_candidates_only(cfg, mode):
+    """F.SCORE computes, writes and F.SELECT reads back the scores of candidate pairs only (causal, and
+    with a bias tile its -inf keys too): 4 bytes each way per candidate, as numpy counts them."""
+    r = run(cfg, _filter_body(4, 4, mode, alpha=0))
+    candidates = int(_numpy_scores(4, 4, mode)[1].sum())
+    assert candidates < SQ * SK
+    assert r.stats["sram_bytes"]["score"] == {"read": 4 * candidates, "write": 4 * candidates}
+    assert r.stats["macs"]["fu_int4xint4"] == candidates * D
+
+
 def test_ld_kvr_fetches_only_keys_not_yet_resident(cfg):
     """Two tiles of a head (row 0, then rows 1-3) gather into one resident K/V: the second fetches only
     the keys the first did not keep, and the resident bits end as the union."""
