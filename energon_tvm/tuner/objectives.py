@@ -13,18 +13,18 @@ from .errors import TuningError
 def objective_value(objective: str, cycles: int | None, energy_pj: float | None) -> float | None:
     """What a tuner minimises: ``cycles``, ``energy`` (pJ) or ``edp`` (cycles x pJ); None when the
     figures it needs are missing."""
+    check_objective(objective)
     if objective == "cycles":
         return None if cycles is None else float(cycles)
     if energy_pj is None or cycles is None:
         return None
     if objective == "energy":
         return float(energy_pj)
-    if objective == "edp":
-        return float(cycles) * float(energy_pj)
-    raise TuningError(f"unknown objective {objective!r}; objectives are {', '.join(OBJECTIVES)}")
+    return float(cycles) * float(energy_pj)  # edp
 
 
 def check_objective(objective) -> str:
+    """``objective`` when it is one of :data:`OBJECTIVES`, else a :class:`TuningError` naming them."""
     if objective not in OBJECTIVES:
         raise TuningError(f"unknown objective {objective!r}; objectives are {', '.join(OBJECTIVES)}")
     return objective
