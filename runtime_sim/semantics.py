@@ -463,6 +463,12 @@ def _score_bytes(a: dict) -> int:
     return 2 if a["narrow"] else 4
 
 
+def _candidate_score_bytes(cand: np.ndarray, a: dict) -> int:
+    """Score-buffer bytes F.SCORE writes and F.SELECT reads back: the candidates' scores only (a
+    non-candidate's score is neither computed nor ever read; the tile's layout still holds every pair)."""
+    return int(np.count_nonzero(cand)) * _score_bytes(a)
+
+
 @executes("F.SCORE")
 def f_score(run, a, pc, ins) -> Work:
     st, w = run.state, Work()
@@ -477,8 +483,8 @@ def f_score(run, a, pc, ins) -> Work:
     elif not st.f_valid[lanes].all():
         raise IllegalInstruction("F.SCORE continues a round whose first chunk (first=1) never ran", pc, ins)
     if a["store"]:
-        nbytes = rows * keys * _score_bytes(a)  # the tile's layout; only the candidates' scores are written
-        w.wrote("score", int(np.count_nonzero(cand)) * _score_bytes(a))
+        nbytes = rows * keys * _score_bytes(a)
+        w.wrote("score", _candidate_score_bytes(cand, a))
         if scores is None:
             st.buf["score"].reserve(a["sc"], nbytes, pc)
         elif a["narrow"]:
@@ -513,7 +519,7 @@ def f_select(run, a, pc, ins) -> Work:
     cand = _read_bits(run, w, a["idx"], rows, keys, pc)
     nbytes = rows * keys * _score_bytes(a)
     raw = run.state.buf["score"].read(a["sc"], nbytes, pc)
-    w.read("score", int(np.count_nonzero(cand)) * _score_bytes(a))  # a non-candidate's score is never read
+    w.read("score", _candidate_score_bytes(cand, a))
     dtype = np.int16 if a["narrow"] else np.int32
     scores = raw.view(dtype).reshape(rows, keys).astype(np.int64) if run.functional else None
     _select(run, w, a, cand, scores, pc, ins)
