@@ -171,12 +171,12 @@ def estimate(plan: TilingPlan, cfg: HardwareConfig) -> CostEstimate:
         plane_loads = tiles * chunks_per_tile * passes * len(rounds)
     bias_bytes = 0.0
     bias_loads = 0
-    if plan.bias_mode != BiasMode.NONE and plan.whole_row:  # the padding row over all of Sk, at once
-        bias_bytes = tiles * sk * 4
-        bias_loads = tiles
-    elif plan.bias_mode != BiasMode.NONE:
+    if plan.bias_mode == BiasMode.TILE:  # every tile's own rows, chunk by chunk
         bias_bytes = tiles * plan.bias_rows * covered * 4
         bias_loads = tiles * chunks_per_tile
+    elif plan.bias_mode == BiasMode.ROW:  # a padding row over all of Sk, once per bias group
+        bias_bytes = plan.bias_groups * sk * 4
+        bias_loads = plan.bias_groups * (1 if plan.whole_row else len(plan.chunks(0, sq)))
     q_bytes, out_bytes = heads * sq * d * 2, heads * sq * d * 4
     loads = tiles * (1 + chunks_per_tile) + plane_loads + bias_loads + 1
     load_bytes = q_bytes + kv_bytes + plane_bytes + bias_bytes

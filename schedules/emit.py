@@ -63,6 +63,8 @@ class Tile:
     rows: int
     first_of_head: bool
     last_of_head: bool
+    bias_group: int = 0      # the run of tiles sharing one bias slot (see _Emitter.tiles)
+    loads_bias: bool = True  # the first tile of its bias group: it loads the group's bias
 
     @property
     def label(self) -> str:
@@ -172,8 +174,17 @@ class _Emitter:
     def idx_addr(self, i: int, k0: int) -> int:
         return self.buf["index"].addr(i, k0 // 8)  # a bit per key
 
-    def bias_addr(self, i: int, k0: int) -> int:
-        return self.buf["bias"].addr(i, k0 * self.plan.bias_rows * 4)  # chunk-major: [chunk][row][key]
+    def bias_addr(self, t: Tile, k0: int) -> int:
+        """Where key k0 of tile ``t``'s bias starts: in its bias group's slot, chunk-major ([chunk][row][key])."""
+        return self.buf["bias"].addr(t.bias_group, k0 * self.plan.bias_rows * 4)
+
+    def bias_chunks(self, t: Tile) -> list[tuple[int, int]]:
+        """Key chunks (k0, keys) of the bias the first tile of a bias group loads: its own chunks for a
+        per-row tile; for a padding row, which every tile of the group reads, the chunks of the group's
+        widest tile (under a causal mask, its last rows see the most keys)."""
+        if self.bias_mode == BiasMode.TILE or self.whole_row:
+            return self.filter_chunks(t)
+        return self.plan.chunks(0, self.w.seq_q)
 
     def score_addr(self, k0: int, n: int) -> int:
         """Round n's score tile of the chunk at k0: chunk-major, [chunk][row][key] over a filter sub-tile."""
@@ -230,12 +241,12 @@ class _Emitter:
             self.sync(Unit.LOAD, "SIGNAL", PLANES_LOADED, lab)
         self.sync(Unit.LOAD, "WAIT", TILE_FREE, lab)
         self.put(Unit.LOAD, lab, "LD.Q", dram=self.dram_q(t), rows=t.rows, buf=self.q_addr(i))
-        if self.bias_mode != BiasMode.NONE:
+        if self.bias_mode != BiasMode.NONE and t.loads_bias:
             # a whole-row filter reads the tile's padding row over every key: one row, all of Sk, at once
-            for k0, keys in self.filter_chunks(t):
+            for k0, keys in self.bias_chunks(t):
                 rows = t.rows if self.bias_mode == BiasMode.TILE else 1
                 self.put(Unit.LOAD, t.chunk_label(k0, keys), "LD.BIAS", dram=self.dram_bias(t, k0),
-                         rows=rows, keys=keys, buf=self.bias_addr(i, k0))
+                         rows=rows, keys=keys, buf=self.bias_addr(t, k0))
         self.sync(Unit.LOAD, "SIGNAL", TILE_LOADED, lab)
         if self.rounds and self.s.plane_mode == "chunk":
             for n, r in enumerate(self.rounds, 1):
@@ -294,7 +305,7 @@ class _Emitter:
         self.sync(Unit.FILTER, "WAIT", INDEX_FREE, lab)
         for k0, keys in chunks:
             self.put(Unit.FILTER, t.chunk_label(k0, keys), "F.CAND", rows=t.rows, q0=t.q0, k0=k0, keys=keys,
-                     idx=self.idx_addr(i, k0), bias=self.bias_addr(i, k0), head=t.slot, causal=int(self.w.causal),
+                     idx=self.idx_addr(i, k0), bias=self.bias_addr(t, k0), head=t.slot, causal=int(self.w.causal),
                      biasmode=int(self.bias_mode))
         for r0, rows in self.plan.filter_tiles(t.rows):
             self.filter_rounds(i, t, r0, rows, chunks)
@@ -313,7 +324,7 @@ class _Emitter:
             return self.idx_addr(i, k0) + r0 * self.plan.index_row_bytes
 
         def bias(k0: int, keys: int) -> int:  # a per-row bias tile is [row][key] per chunk; a padding row is shared
-            return self.bias_addr(i, k0) + (r0 * keys * 4 if self.bias_mode == BiasMode.TILE else 0)
+            return self.bias_addr(t, k0) + (r0 * keys * 4 if self.bias_mode == BiasMode.TILE else 0)
 
         for n, r in enumerate(self.rounds, 1):
             for c, (k0, keys) in enumerate(chunks):  # pass 1: scores and per-row statistics
@@ -368,7 +379,7 @@ class _Emitter:
                 self.sync(Unit.ATTEND, "WAIT", KV_LOADED, lab)
             kv = self.kv_addr(t.slot, k0) if resident else self.kv_addr(self.kv_counter_a)
             self.put(Unit.ATTEND, t.chunk_label(k0, keys), "A.ATTN", rows=t.rows, q=self.q_addr(i), keys=keys,
-                     kv=kv, idx=self.idx_addr(i, k0), bias=self.bias_addr(i, k0),
+                     kv=kv, idx=self.idx_addr(i, k0), bias=self.bias_addr(t, k0),
                      head=t.slot, biasmode=int(self.bias_mode))
             if not resident:
                 self.kv_counter_a += 1
@@ -391,8 +402,17 @@ class _Emitter:
 
     # -- the whole program ------------------------------------------------------------------------------
     def tiles(self) -> list[Tile]:
+        """Every query tile in program order, each with its bias group (:meth:`TilingPlan.bias_group_key`)."""
         w, head = self.w, self.plan.head_tiles()
-        return [Tile(b * w.heads + h, b, h, *tile) for b in range(w.batch) for h in range(w.heads) for tile in head]
+        tiles, key, group = [], None, -1
+        for b in range(w.batch):
+            for h in range(w.heads):
+                for tile in head:  # a bias group is a run of consecutive tiles reading the same bias
+                    first = self.plan.bias_group_key(b, h, len(tiles)) != key
+                    if first:
+                        key, group = self.plan.bias_group_key(b, h, len(tiles)), group + 1
+                    tiles.append(Tile(b * w.heads + h, b, h, *tile, bias_group=group, loads_bias=first))
+        return tiles
 
     def header(self) -> list[Instruction]:
         return program_header(self.w, self.mm)
@@ -531,6 +551,8 @@ class ProgramCounter:
         classes = self._classes.get(shared)
         if classes is None:
             classes = self._classes[shared] = _tile_classes(plan)
+        if plan.bias_mode == BiasMode.ROW:  # shared padding rows: counted per bias group, not per tile
+            fixed += plan.bias_groups * len(em.bias_chunks(classes[0][2]))
         per_head = 0
         for key, i, tile, tiles in classes:
             n = self._counts.get((shared, key))
@@ -548,11 +570,12 @@ class ProgramCounter:
 def _tile_classes(plan: TilingPlan) -> list[tuple[tuple, int, Tile, int]]:
     """(class, index and tile of its first member, members) of each tile class of a head."""
     classes: dict[tuple, list] = {}
+    per_tile_bias = plan.bias_mode == BiasMode.TILE  # a padding row is loaded per bias group instead
     for i, (q0, rows, first, last) in enumerate(plan.head_tiles()):
         key = (rows, plan.chunk_count(q0, rows), first, last)
         seen = classes.get(key)
         if seen is None:
-            classes[key] = [key, i, Tile(0, 0, 0, q0, rows, first, last), 1]
+            classes[key] = [key, i, Tile(0, 0, 0, q0, rows, first, last, loads_bias=per_tile_bias), 1]
         else:
             seen[3] += 1
     return [tuple(c) for c in classes.values()]

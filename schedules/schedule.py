@@ -178,6 +178,31 @@ class TilingPlan:
         """Bytes each on-chip buffer must hold (all slots included), in BUFFERS order."""
         return {name: b.bytes for name, b in self.buffers.items()}
 
+    def bias_group_key(self, b: int, h: int, n: int) -> tuple[int, ...]:
+        """What identifies the bias the ``n``-th tile of the program (batch element ``b``, head ``h``)
+        reads. A per-row bias tile is the tile's own. A padding row, broadcast over queries, is shared by
+        every tile of its batch element and head, and by all heads (or batch elements) where it is
+        broadcast over them too: the ``[B, 1, 1, Sk]`` mask of an encoder is one row for every head.
+        A bias group is a run of consecutive tiles (in program order) with the same key; the first
+        of them loads the bias, into the group's slot of the bias buffer (``group % tile_slots``): the
+        tiles that used that slot before end at or before the tile ``tile_slots`` back, whose attention
+        frees the loading tile's slot, so nothing still read is overwritten."""
+        if self.bias_mode != BiasMode.ROW:
+            return (n,)
+        bb, bh, _, _ = self.workload.bias_shape4
+        return (b if bb > 1 else 0, h if bh > 1 else 0)
+
+    @property
+    def bias_groups(self) -> int:
+        """Bias loads of the program, one per bias group (:meth:`bias_group_key`); none without a bias."""
+        w = self.workload
+        if self.bias_mode == BiasMode.NONE:
+            return 0
+        if self.bias_mode == BiasMode.TILE:
+            return w.batch * w.heads * self.tiles
+        bb, bh, _, _ = w.bias_shape4  # a row per head starts a run at every head, of every batch element
+        return w.batch * w.heads if bh > 1 else (w.batch if bb > 1 else 1)
+
     def head_tiles(self) -> list[tuple[int, int, bool, bool]]:
         """(q0, rows, first of its head, last of its head) of each query tile of a head, in order."""
         sq, last = self.workload.seq_q, self.tiles - 1

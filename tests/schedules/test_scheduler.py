@@ -205,6 +205,34 @@ def test_resident_kv_is_gathered_once_per_head_and_equals_reference():
         assert moved["chunk"] > moved["head"]  # query tiles share keys: chunk slots fetch them again
 
 
+@pytest.mark.parametrize("bias_shape, loads", [((1, 1, 1, 70), 1), ((2, 1, 1, 70), 2), ((1, 3, 1, 70), 6),
+                                               ((2, 3, 1, 70), 6)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_padding_row_is_loaded_once_per_bias_group_and_equals_reference(bias_shape, loads, causal):
+    """A bias broadcast over queries is loaded by the first tile of each run of tiles reading it (once for
+    an encoder's [B, 1, 1, Sk] mask per batch element, per head where it has a row per head), and every
+    tile reads its own run's row: a tile reading another run's slot would change the kept sets."""
+    cfg = CONFIGS["edge"]
+    w = AttentionWorkload(2, 3, 50, 70, 32, causal=causal, bias_shape=bias_shape)
+    rng = np.random.default_rng(3)
+    q, k, v = structured_qkv(rng, 2, 3, 50, 70, 32)
+    bias = np.where(rng.random(bias_shape) < 0.4, -np.inf, 0.3 * rng.standard_normal(bias_shape)).astype(np.float32)
+    full = np.broadcast_to(bias, (2, 3, 50, 70))
+    if causal:
+        full = full + np.where(np.arange(70)[None] <= np.arange(50)[:, None] + w.causal_shift, 0.0, -np.inf)
+    ref = mpmrf_attention(q, k, v, full, w.params)
+    for s in (Schedule(16, 24, 1, 1, 1, "chunk", "recompute"), Schedule(16, 72, 2, 2, 2, "head", "store"),
+              Schedule(32, 24, 3, 2, 1, "head", "store", "head")):
+        plan = plan_tiling(w, s, cfg)
+        prog = emit_program(w, s, cfg)
+        out, res = run_attention(prog, cfg, q, k, v, bias, capture=True)
+        assert plan.bias_groups == loads
+        assert res.stats["dram_bytes"]["read"]["bias"] == loads * 70 * 4  # each run's row, all its keys, once
+        for r, kept in enumerate(ref.kept, 1):
+            assert np.array_equal(res.captured[r].reshape(ref.kept[0].shape), kept), (s, r)
+        np.testing.assert_allclose(out, ref.output, rtol=1e-5, atol=1e-6 * np.abs(ref.output).max())
+
+
 def test_schedule_records_replay_to_identical_bytes():
     cfg = CONFIGS["edge"]
     w = build(1, 2, 100, 90, 32, "causal+padding")
