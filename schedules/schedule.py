@@ -33,6 +33,8 @@ from .workload import AttentionWorkload
 PLANE_MODES = ("head", "chunk")
 FILTER_MODES = ("store", "recompute")
 KV_MODES = ("chunk", "head")
+#: query tiles in flight the heuristic and the tuner weigh, most first (the heuristic's order of equals)
+TILE_SLOTS = (4, 3, 2, 1)
 #: knobs a record may leave out, and the meaning it then has (records older than the knob)
 KNOB_DEFAULTS = {"kv_mode": "chunk"}
 CHUNK_PLANE_SLOTS = 2  # streamed K planes: chunks in flight
@@ -390,7 +392,7 @@ def _ranked_first(workload: AttentionWorkload, cfg: HardwareConfig, objective: s
     for tiling in _tilings(workload, cfg):
         if not fits(workload, Schedule(*tiling[:2], 1, 1, 1, *tiling[2:]), cfg):
             continue  # with one slot of everything it overflows: with more it does too
-        for slots in (3, 2, 1):
+        for slots in TILE_SLOTS:
             # fewer K/V or output slots save neither cycles nor energy: the most that fit stand for the rest
             for kv, out in ((2, 2), (2, 1), (1, 2), (1, 1)):
                 plan = plan_tiling(workload, Schedule(*tiling[:2], slots, kv, out, *tiling[2:]), cfg)
@@ -429,11 +431,11 @@ def _tilings(w: AttentionWorkload, cfg: HardwareConfig) -> list[tuple]:
 
 
 def candidate_schedules(workload: AttentionWorkload, cfg: HardwareConfig) -> list[Schedule]:
-    """The schedules the heuristic weighs, fitting or not: every tiling of :func:`_tilings` with 1-3 tile
+    """The schedules the heuristic weighs, fitting or not: every tiling of :func:`_tilings` with 1-4 tile
     slots and 1-2 K/V and output slots."""
     return [Schedule(q, k, slots, kv, out, plane, filt, kv_mode)
             for q, k, plane, filt, kv_mode in _tilings(workload, cfg)
-            for slots in (3, 2, 1) for kv in (2, 1) for out in (2, 1)]
+            for slots in TILE_SLOTS for kv in (2, 1) for out in (2, 1)]
 
 
 def dense_workload(workload: AttentionWorkload) -> AttentionWorkload:

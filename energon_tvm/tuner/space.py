@@ -25,6 +25,7 @@ from ..schedules.schedule import (
     FILTER_MODES,
     KV_MODES,
     PLANE_MODES,
+    TILE_SLOTS,
     Schedule,
     check_plan,
     check_workload,
@@ -48,7 +49,7 @@ def default_knobs(workload: AttentionWorkload) -> dict[str, tuple]:
     return {
         "q_tile": tuple(q_tiles),
         "k_chunk": tuple(range(8, sk8 + 1, 8)),
-        "tile_slots": (1, 2, 3),
+        "tile_slots": tuple(sorted(TILE_SLOTS)),
         "kv_slots": (1, 2),
         "out_slots": (1, 2),
         "plane_mode": PLANE_MODES,

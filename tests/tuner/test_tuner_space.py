@@ -25,7 +25,7 @@ def test_default_knobs_follow_the_issue(workload):
     knobs = default_knobs(AttentionWorkload(1, 1, 100, 60, 32))
     assert knobs["q_tile"] == (1, 2, 4, 8, 16, 32, 64, 100)  # powers of two below Sq, and Sq
     assert knobs["k_chunk"] == tuple(range(8, 65, 8))        # multiples of 8 up to Sk (rounded up)
-    assert knobs["tile_slots"] == (1, 2, 3) and knobs["kv_slots"] == (1, 2) and knobs["out_slots"] == (1, 2)
+    assert knobs["tile_slots"] == (1, 2, 3, 4) and knobs["kv_slots"] == (1, 2) and knobs["out_slots"] == (1, 2)
     assert set(knobs["plane_mode"]) == {"head", "chunk"} and set(knobs["kv_mode"]) == {"chunk", "head"}
     assert set(knobs) == set(KNOBS)
 
@@ -96,6 +96,6 @@ def test_space_sizes_are_the_emitted_sizes_for_every_slot_count_and_mode(cfg):
     # slots only: every point of this grid, slots and modes all varied, must still count exactly
     w = AttentionWorkload(1, 2, 40, 72, 32, causal=True, bias_shape=(1, 1, 1, 72))
     space = SearchSpace.build(w, cfg, knobs={"q_tile": [8, 40], "k_chunk": [16, 72]})
-    assert len(space) == 2 * 2 * 3 * 2 * 2 * 2 * 2 * 2  # kv_mode last
+    assert len(space) == 2 * 2 * 4 * 2 * 2 * 2 * 2 * 2  # kv_mode last
     for s, size in zip(space, space.sizes):
         assert size == program_size(w, s, cfg) == len(emit_program(w, s, cfg).code), s
